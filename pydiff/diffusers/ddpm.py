@@ -1,0 +1,119 @@
+"""``pydiff.diffusers.DDPMScheduler``: diffusers' DDPM with the step fused into one kernel."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler as _DiffusersDDPM
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..ops import dynamic_threshold, fused_step
+from ..ops import COL
+from ..plans import DDPM_VARIANCE_TYPES, PREDICTION_TYPES, check_finite, ddpm_rows
+from ..schedules import BETA_SCHEDULES, SPACINGS
+from ._common import TableCache, check_pair, fallback, select_rows, timestep_arg, validated_init
+
+_VARIANCE_TYPES = DDPM_VARIANCE_TYPES + ("learned", "learned_range")
+
+
+class DDPMScheduler(_DiffusersDDPM):
+    """Drop-in for ``diffusers.DDPMScheduler`` (Ho et al., arXiv:2006.11239) whose ``step`` is one kernel.
+
+    Fused: epsilon/sample/v_prediction, clip_sample with clip_sample_range, thresholding, every timestep
+    spacing with steps_offset, custom ``timesteps`` lists, variance types fixed_small, fixed_small_log,
+    fixed_large and fixed_large_log, and a given ``generator`` (noise drawn exactly as diffusers draws it).
+    The update, with ``prev`` the next timestep of the schedule (``t - 1`` before ``set_timesteps``)::
+
+        x0     = clip(P x + Q m)
+        x_prev = sqrt(a_prev) beta_t/(1-a_t) x0 + sqrt(alpha_t) (1-a_prev)/(1-a_t) x + std_t z   (z only if t > 0)
+
+    ``fixed_large_log`` differs from diffusers 0.42 on purpose: diffusers takes the square root of
+    ``log(beta_t)`` and returns NaN; here it gives the evidently intended ``std = sqrt(beta_t)`` (a
+    warning says so once). ``learned``/``learned_range`` (a model output with twice the channels) fall back
+    to diffusers, as do multi-element or float timesteps. An integer timestep off the schedule falls back
+    too (diffusers then raises); a GPU timestep tensor off the schedule gives NaN (checking would sync).
+    With a GPU timestep tensor the noise is drawn on every step, the last one (t = 0) included, where
+    diffusers skips it: the samples are the same, the generator ends one draw further on.
+    """
+
+    __init__ = validated_init(
+        _DiffusersDDPM.__init__,
+        {"beta_schedule": BETA_SCHEDULES, "prediction_type": PREDICTION_TYPES, "timestep_spacing": SPACINGS,
+         "variance_type": _VARIANCE_TYPES},
+    )
+
+    def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None):
+        if num_inference_steps is not None:
+            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+                raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
+            if num_inference_steps <= 0:
+                raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        elif timesteps is None:
+            raise ValueError("give num_inference_steps or timesteps")
+        super().set_timesteps(num_inference_steps, device=device, timesteps=timesteps)
+        self._pydiff_tables = TableCache()
+
+    def _build_rows(self) -> np.ndarray:
+        cfg = self.config
+        N = cfg.num_train_timesteps
+        ac = self.alphas_cumprod.double().cpu().numpy()
+        if self.custom_timesteps or self.num_inference_steps:
+            ts = self.timesteps.cpu().numpy().astype(np.int64)
+            rows_t = ts
+            prev = np.append(ts[1:], -1)
+        else:
+            rows_t = np.arange(N)
+            prev = rows_t - 1
+        a_prev = np.where(prev >= 0, ac[np.maximum(prev, 0)], 1.0)
+        clip = cfg.clip_sample_range if (cfg.clip_sample and not cfg.thresholding) else math.inf
+        vt = cfg.variance_type
+        if vt == "fixed_large_log" and not getattr(type(self), "_warned_large_log", False):
+            warnings.warn("DDPMScheduler: variance_type='fixed_large_log' gives NaN in diffusers 0.42; pydiff uses "
+                          "std = sqrt(beta_t) (the same as 'fixed_large')", stacklevel=3)
+            type(self)._warned_large_log = True
+        sub = ddpm_rows(ac[rows_t], a_prev, prediction_type=cfg.prediction_type, clip=clip, variance_type=vt)
+        sub[rows_t == 0, COL["C"]] = 0.0  # no noise at t = 0
+        check_finite(sub, f"DDPMScheduler with prediction_type={cfg.prediction_type!r}, variance_type={vt!r}, "
+                          f"rescale_betas_zero_snr={cfg.rescale_betas_zero_snr}", [f"timestep {t}" for t in rows_t])
+        rows = np.full((N, sub.shape[1]), np.nan)  # timesteps off the schedule: NaN rows
+        rows[rows_t] = sub
+        self._pydiff_on_schedule = np.zeros(N, dtype=bool)
+        self._pydiff_on_schedule[rows_t] = True
+        return rows
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
+        if not isinstance(getattr(self, "_pydiff_tables", None), TableCache):
+            self._pydiff_tables = TableCache()  # step() before set_timesteps(): diffusers uses prev = t - 1
+        if self.config.variance_type in ("learned", "learned_range"):
+            fallback(self, f"variance_type={self.config.variance_type!r}")
+            return super().step(model_output, timestep, sample, generator, return_dict)
+        check_pair(model_output, sample)
+        kind, t = timestep_arg(timestep, self.config.num_train_timesteps, sample.device)
+        rows = self._pydiff_tables.rows("rows", self._build_rows)
+        if kind == "int" and not self._pydiff_on_schedule[t]:
+            kind, t = None, f"timestep {t} is not on the schedule"
+        if kind is None:
+            fallback(self, t)
+            return super().step(model_output, timestep, sample, generator, return_dict)
+        self.last_fallback_reason = None
+        table = self._pydiff_tables.device_view("rows", rows, sample.device, sample.dtype)
+        coef, index = select_rows(kind, t, table)
+        backend = self.pydiff_backend
+        threshold = None
+        if self.config.thresholding:
+            threshold = dynamic_threshold(sample, model_output, coef, index=index,
+                                          ratio=self.config.dynamic_thresholding_ratio,
+                                          max_val=self.config.sample_max_value, backend=backend)
+        noise = None
+        if kind == "device" or t > 0:
+            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                 dtype=model_output.dtype)
+        pred_x0 = torch.empty_like(sample)
+        prev_sample = fused_step(sample, model_output, coef, index=index, w_out=pred_x0, noise=noise,
+                                 threshold=threshold, backend=backend)
+        if not return_dict:
+            return prev_sample, pred_x0
+        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)

@@ -1,0 +1,53 @@
+"""Test helpers: the dtype -> tolerance table, device/backend parametrization, relative errors."""
+import os
+
+import pytest
+import torch
+
+from pydiff.ops import backend_available
+
+HAS_CUDA = torch.cuda.is_available()
+
+# Backends compute in float32 (float64 for float64) and round once on store, exactly like the reference,
+# so they may differ from it by the float32 rounding of the arithmetic plus one rounding of the dtype.
+TOL = {
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.float64: dict(atol=1e-12, rtol=1e-12),
+}
+DTYPES = list(TOL)
+
+
+def backend_device(name):
+    """The device a backend is tested on here, or None when it cannot run."""
+    if not backend_available(name):
+        return None
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        return torch.device("cuda") if HAS_CUDA else None
+    if name == "triton":
+        if HAS_CUDA:
+            return torch.device("cuda")
+        return torch.device("cpu") if os.environ.get("TRITON_INTERPRET") == "1" else None
+    return torch.device("cpu")
+
+
+def backend_params(names=("cpu", "triton", "cuda")):
+    out = []
+    for n in names:
+        marks = [pytest.mark.gpu] if n == "cuda" else []
+        if backend_device(n) is None:
+            marks.append(pytest.mark.skip(reason=f"backend {n} is not available here"))
+        out.append(pytest.param(n, marks=marks, id=n))
+    return out
+
+
+def supports_dtype(backend, dtype):
+    return dtype != torch.float64 or backend in ("reference", "cpu")
+
+
+def rel_l2(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
