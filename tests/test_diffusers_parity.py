@@ -1,0 +1,280 @@
+"""pydiff.diffusers drop-ins against diffusers' own schedulers: full loops, same inputs, same generator."""
+import contextlib
+import itertools
+
+import pytest
+import torch
+import diffusers
+
+import pydiff.diffusers as pd
+from helpers import backend_device, backend_params, rel_l2
+
+SHAPE = (2, 3, 8, 8)
+
+DDIM_OPTIONS = [
+    ({}, {}),  # diffusers' defaults: clip_sample=True, leading spacing
+    ({"clip_sample": False}, {"eta": 1.0}),
+    ({}, {"eta": 0.5, "use_clipped_model_output": True}),
+    ({"clip_sample_range": 0.5}, {"eta": 0.3}),
+    ({"prediction_type": "sample", "clip_sample": False}, {}),
+    ({"prediction_type": "sample"}, {"eta": 1.0, "use_clipped_model_output": True}),
+    ({"prediction_type": "v_prediction", "clip_sample": False}, {"eta": 0.2}),
+    ({"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5}, {}),
+    ({"thresholding": True, "prediction_type": "v_prediction"}, {"eta": 1.0, "use_clipped_model_output": True}),
+    ({"set_alpha_to_one": False}, {}),
+    ({"steps_offset": 1}, {"eta": 0.1}),
+    ({"timestep_spacing": "trailing", "clip_sample": False}, {}),
+    ({"timestep_spacing": "linspace"}, {"eta": 1.0}),
+    ({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False}, {}),
+    ({"beta_schedule": "squaredcos_cap_v2"}, {"eta": 0.5}),
+    ({"rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}, {}),
+]
+DDPM_OPTIONS = [
+    {},
+    {"clip_sample": False},
+    {"clip_sample_range": 0.5},
+    {"prediction_type": "sample"},
+    {"prediction_type": "v_prediction", "clip_sample": False},
+    {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5},
+    {"variance_type": "fixed_small_log"},
+    {"variance_type": "fixed_large", "clip_sample": False},
+    {"steps_offset": 1, "timestep_spacing": "leading"},
+    {"timestep_spacing": "trailing"},
+    {"timestep_spacing": "linspace", "beta_schedule": "squaredcos_cap_v2"},
+    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+]
+GRID = list(itertools.product([10, 50], [1000, 500]))
+
+
+MU, S = 0.3, 1.6  # data x0 ~ N(MU, S^2): |x0| often exceeds 1, so clipping and thresholding engage
+
+
+def toy_model(x, t, sched):
+    """A consistent denoiser: the exact prediction for Gaussian data plus a small smooth nonlinearity.
+
+    (An arbitrary nonlinear map would make the sampler's dynamics expanding, so that float32 rounding
+    grows step by step and no two implementations could agree.)
+    """
+    a = float(sched.alphas_cumprod[int(t)])
+    sa, sb = a ** 0.5, (1 - a) ** 0.5
+    xf = x.double()
+    x0 = MU + sa * S * S / (a * S * S + 1 - a) * (xf - sa * MU) + 0.05 * torch.sin(3.0 * xf)
+    eps = (xf - sa * x0) / sb
+    kind = sched.config.prediction_type
+    out = eps if kind == "epsilon" else x0 if kind == "sample" else sa * eps - sb * x0
+    return out.to(x.dtype)
+
+
+def run_loop(cls, config, steps, dtype, step_kwargs=None, backend=None, device="cpu", custom=None, noise_arg=False):
+    sched = cls(**config)
+    if backend is not None:
+        sched.pydiff_backend = backend
+    if custom is not None:
+        sched.set_timesteps(timesteps=custom)
+    else:
+        sched.set_timesteps(steps)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
+    gen = torch.Generator().manual_seed(1)
+    for t in sched.timesteps:
+        m = toy_model(x, t, sched)
+        kw = dict(step_kwargs or {})
+        if noise_arg:
+            kw["variance_noise"] = torch.randn(SHAPE, generator=gen).to(device=device, dtype=dtype)
+        else:
+            kw["generator"] = gen
+        out = sched.step(m, t, x, **kw)
+        x = out.prev_sample
+        assert getattr(sched, "last_fallback_reason", None) is None, sched.last_fallback_reason
+    return x, out.pred_original_sample
+
+
+@contextlib.contextmanager
+def noise_drawn_in_float32():
+    """Make diffusers (and our drop-ins, which call the same function) draw float32 noise, then cast.
+
+    torch's generator gives different streams per dtype, so a float64 run normally sees other noise;
+    with this, a float64 run is the float32 run's exact-arithmetic twin: the ground truth of its rounding.
+    """
+    import diffusers.schedulers.scheduling_ddim as m_ddim
+    import diffusers.schedulers.scheduling_ddpm as m_ddpm
+    import pydiff.diffusers.ddim as p_ddim
+    import pydiff.diffusers.ddpm as p_ddpm
+
+    original = m_ddpm.randn_tensor
+
+    def randn32(shape, generator=None, device=None, dtype=None, **kw):
+        return original(shape, generator=generator, device=device, dtype=torch.float32, **kw).to(dtype)
+
+    mods = (m_ddim, m_ddpm, p_ddim, p_ddpm)
+    for mod in mods:
+        mod.randn_tensor = randn32
+    try:
+        yield
+    finally:
+        for mod in mods:
+            mod.randn_tensor = original
+
+
+def assert_fp32_parity(cls_ours, cls_ref, config, steps, step_kwargs=None):
+    """1e-5 relative L2 against diffusers in float32 — unless the configuration is so ill-conditioned that
+    diffusers' own float32 result is further than that from the exact (float64) result; then ours must be
+    at least as close to the exact result as diffusers' own (within a factor 2).
+
+    The second case is real: with squaredcos_cap_v2, alpha_bar_999 = 2.4e-9, so x0 = (x - sigma eps)/alpha
+    divides a cancellation error of ~6e-8 by 4.9e-5: every float32 evaluation (diffusers' own on another
+    device, or with FMA contraction) is off by ~1e-3 in x0 at that step.
+    """
+    ours, ours_x0 = run_loop(cls_ours, config, steps, torch.float32, step_kwargs)
+    ref, ref_x0 = run_loop(cls_ref, config, steps, torch.float32, step_kwargs)
+    err = rel_l2(ours, ref)
+    if err < 1e-5 and rel_l2(ours_x0, ref_x0) < 1e-5:
+        return
+    with noise_drawn_in_float32():
+        truth, _ = run_loop(cls_ref, config, steps, torch.float64, step_kwargs)
+    own = rel_l2(ref, truth)
+    assert own > 5e-6, f"rel L2 vs diffusers {err:.2e} > 1e-5 in a well-conditioned case (diffusers' own {own:.1e})"
+    assert rel_l2(ours, truth) <= 2 * own, (rel_l2(ours, truth), own)
+
+
+def _cases(options, with_step_kwargs):
+    cases = []
+    for i, opt in enumerate(options):
+        cfg, kw = opt if with_step_kwargs else (opt, {})
+        for steps, n_train in GRID:
+            if steps > n_train:
+                continue
+            cases.append(pytest.param(dict(cfg, num_train_timesteps=n_train), kw, steps, id=f"{i}-{steps}of{n_train}"))
+    return cases
+
+
+DDIM_CASES = _cases(DDIM_OPTIONS, True)
+DDPM_CASES = _cases(DDPM_OPTIONS, False)
+assert len(DDIM_CASES) >= 40 and len(DDPM_CASES) >= 40
+
+
+@pytest.mark.parametrize("config,step_kwargs,steps", DDIM_CASES)
+def test_ddim_matches_diffusers_fp32(config, step_kwargs, steps):
+    assert_fp32_parity(pd.DDIMScheduler, diffusers.DDIMScheduler, config, steps, step_kwargs)
+
+
+@pytest.mark.parametrize("config,step_kwargs,steps", DDPM_CASES)
+def test_ddpm_matches_diffusers_fp32(config, step_kwargs, steps):
+    assert_fp32_parity(pd.DDPMScheduler, diffusers.DDPMScheduler, config, steps)
+
+
+def _fp16_rule(cls_ours, cls_ref, config, steps, step_kwargs, **kw):
+    ref32, _ = run_loop(cls_ref, config, steps, torch.float32, step_kwargs)
+    ref16, _ = run_loop(cls_ref, config, steps, torch.float16, step_kwargs)
+    ours16, _ = run_loop(cls_ours, config, steps, torch.float16, step_kwargs, **kw)
+    assert ours16.dtype == torch.float16
+    bound = max(2e-3, 2.0 * rel_l2(ref16, ref32))
+    assert rel_l2(ours16, ref32) <= bound
+
+
+@pytest.mark.parametrize("config,step_kwargs,steps", DDIM_CASES[::3])
+def test_ddim_fp16_error_within_twice_diffusers(config, step_kwargs, steps):
+    _fp16_rule(pd.DDIMScheduler, diffusers.DDIMScheduler, config, steps, step_kwargs)
+
+
+@pytest.mark.parametrize("config,step_kwargs,steps", DDPM_CASES[::3])
+def test_ddpm_fp16_error_within_twice_diffusers(config, step_kwargs, steps):
+    _fp16_rule(pd.DDPMScheduler, diffusers.DDPMScheduler, config, steps, step_kwargs)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cls_name,config,step_kwargs", [
+    ("DDIMScheduler", {"thresholding": True}, {"eta": 1.0}),
+    ("DDIMScheduler", {"prediction_type": "v_prediction"}, {"eta": 0.5, "use_clipped_model_output": True}),
+    ("DDPMScheduler", {"clip_sample_range": 0.7}, {}),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_dropins_on_each_backend(backend, cls_name, config, step_kwargs, dtype):
+    """Each compiled backend drives the whole loop (on its device) and agrees with diffusers."""
+    device = backend_device(backend)
+    ours, _ = run_loop(getattr(pd, cls_name), config, 10, dtype, step_kwargs, backend=backend, device=device)
+    ref, _ = run_loop(getattr(diffusers, cls_name), config, 10, torch.float32, step_kwargs, device=device)
+    assert rel_l2(ours, ref) < (1e-5 if dtype == torch.float32 else 3e-2)
+
+
+def test_ddim_variance_noise_argument():
+    cfg = {"clip_sample": False}
+    ours, _ = run_loop(pd.DDIMScheduler, cfg, 10, torch.float32, {"eta": 1.0}, noise_arg=True)
+    ref, _ = run_loop(diffusers.DDIMScheduler, cfg, 10, torch.float32, {"eta": 1.0}, noise_arg=True)
+    assert rel_l2(ours, ref) < 1e-5
+
+
+@pytest.mark.parametrize("custom", [[999, 700, 420, 100, 3, 0], [800, 799, 10]])
+def test_ddpm_custom_timesteps(custom):
+    ours, _ = run_loop(pd.DDPMScheduler, {}, None, torch.float32, custom=custom)
+    ref, _ = run_loop(diffusers.DDPMScheduler, {}, None, torch.float32, custom=custom)
+    assert rel_l2(ours, ref) < 1e-5
+
+
+def test_ddpm_fixed_large_log_is_the_intended_std_not_nan():
+    with pytest.warns(UserWarning, match="fixed_large_log"):
+        type(pd.DDPMScheduler())._warned_large_log = False
+        ours, _ = run_loop(pd.DDPMScheduler, {"variance_type": "fixed_large_log"}, 10, torch.float32)
+    ref, _ = run_loop(diffusers.DDPMScheduler, {"variance_type": "fixed_large"}, 10, torch.float32)
+    assert torch.isfinite(ours).all()
+    assert rel_l2(ours, ref) < 1e-5
+
+
+def test_from_config_round_trip_keeps_every_option():
+    ref = diffusers.DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, steps_offset=1,
+                                  prediction_type="v_prediction", timestep_spacing="trailing")
+    ours = pd.DDIMScheduler.from_config(ref.config)
+    assert isinstance(ours, diffusers.DDIMScheduler)
+    assert dict(ours.config) == dict(ref.config)
+    back = diffusers.DDPMScheduler.from_config(pd.DDPMScheduler(variance_type="fixed_large").config)
+    assert back.config.variance_type == "fixed_large"
+
+
+def test_off_schedule_int_timestep_keeps_diffusers_behaviour():
+    # DDIM accepts any timestep (its coefficients depend on t alone): fused, and equal to diffusers.
+    ours, ref = pd.DDIMScheduler(), diffusers.DDIMScheduler()
+    for s in (ours, ref):
+        s.set_timesteps(10)
+    x = torch.randn(SHAPE)
+    m = toy_model(x, 555, ours)
+    a = ours.step(m, 555, x).prev_sample
+    assert ours.last_fallback_reason is None
+    torch.testing.assert_close(a, ref.step(m, 555, x).prev_sample, rtol=1e-5, atol=1e-6)
+    # DDPM looks the previous timestep up in its schedule: diffusers raises, and so do we (via fallback).
+    ddpm = pd.DDPMScheduler()
+    ddpm.set_timesteps(10)
+    with pytest.raises(IndexError):
+        ddpm.step(m, 555, x)
+    assert "not on the schedule" in ddpm.last_fallback_reason
+
+
+def test_learned_range_falls_back_visibly():
+    ours, ref = pd.DDPMScheduler(variance_type="learned_range"), diffusers.DDPMScheduler(variance_type="learned_range")
+    for s in (ours, ref):
+        s.set_timesteps(10)
+    x = torch.randn(SHAPE)
+    m = torch.randn(SHAPE[0], 2 * SHAPE[1], *SHAPE[2:])
+    a = ours.step(m, ours.timesteps[2], x, generator=torch.Generator().manual_seed(3)).prev_sample
+    b = ref.step(m, ref.timesteps[2], x, generator=torch.Generator().manual_seed(3)).prev_sample
+    assert "learned_range" in ours.last_fallback_reason
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + [p.values[0] for p in backend_params(("cpu",)) if not p.marks])
+def test_device_timestep_path_uses_guarded_table(backend):
+    """The in-kernel row lookup (used for GPU timestep tensors) picks the timestep's row, NaN when off range."""
+    from pydiff.diffusers._common import TableCache, select_rows
+    from pydiff.ops import fused_step
+    sched = pd.DDIMScheduler(clip_sample=False)
+    sched.set_timesteps(10)
+    rows = sched._rows(0.0, False)
+    table = TableCache().device_view("k", rows, "cpu", torch.float32)
+    x = torch.randn(SHAPE)
+    m = toy_model(x, 901, sched)
+    expect = diffusers.DDIMScheduler(clip_sample=False)
+    expect.set_timesteps(10)
+    coef, index = select_rows("device", torch.tensor([901]), table)
+    got = fused_step(x, m, coef, index=index, backend=backend)
+    torch.testing.assert_close(got, expect.step(m, 901, x).prev_sample, rtol=1e-5, atol=1e-6)
+    for bad in (-5, 1000, 10**6):
+        coef, index = select_rows("device", torch.tensor([bad]), table)
+        assert fused_step(x, m, coef, index=index, backend=backend).isnan().all()
