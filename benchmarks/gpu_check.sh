@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One prepared GPU session: build the extension (CUDA included), run the GPU tests, time the steps, and
+# print a short table last. Run it on the device machine from the repo root, e.g.
+#   bash benchmarks/gpu_check.sh            (diffusers must be importable there: carry it as a wheel, .whl/)
+# Everything it prints also lands in $OUT (or benchmarks/out/) as gpu_check.log and JSON files.
+set -uo pipefail
+OUT=${OUT:-benchmarks/out}
+mkdir -p "$OUT"
+log="$OUT/gpu_check.log"
+exec > >(tee "$log") 2>&1
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+echo "== build"
+t0=$(date +%s)
+PYDIFF_BUILD_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps -e . || { echo "BUILD FAILED"; exit 1; }
+echo "build took $(( $(date +%s) - t0 )) s"
+echo "== GPU tests"
+timeout 300 python3 -m pytest -q -x tests/test_ops.py tests/test_native_build.py tests/test_triton_kernels.py \
+  tests/test_diffusers_parity.py -k "cuda or triton or gpu or dropins" 2>&1 | tail -15
+echo "== step latency (eager, host time included)"
+python3 -m pydiff bench --device cuda --dtype fp16 --shape 1x4x64x64 --json "$OUT/step_fp16.json" --min-time 0.5
+echo "== bandwidth"
+python3 -m pydiff bench --device cuda --dtype fp32 --shape 32x3x512x512 --bandwidth --json "$OUT/bandwidth.json"

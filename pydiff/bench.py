@@ -1,0 +1,202 @@
+"""Per-step latency: diffusers' scheduler step against pydiff's fused step, side by side in one run.
+
+Each candidate is a zero-argument callable doing one full ``scheduler.step`` (host overhead included: that
+is what a sampling loop pays). On CUDA every timing is bracketed by synchronisations, and the median of
+many repetitions is reported; on CPU ``time.perf_counter`` around each call. The same inputs, timestep and
+options are used for every candidate, and the pydiff drop-in's output is checked against diffusers' before
+it is timed, so a fast wrong kernel cannot post a number.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .ops import available_backends, backend_available
+
+SAMPLERS = ("ddim", "ddpm")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
+
+
+@dataclass
+class Row:
+    sampler: str
+    impl: str
+    device: str
+    dtype: str
+    shape: str
+    median_us: float
+    speedup_vs_diffusers: float
+
+
+def _schedulers(sampler: str):
+    import diffusers
+
+    from . import diffusers as pd
+
+    if sampler == "ddim":
+        # eta > 0 and clipping: the full update, noise included
+        cfg, kw = dict(clip_sample=True), dict(eta=1.0)
+        return diffusers.DDIMScheduler(**cfg), pd.DDIMScheduler(**cfg), kw
+    if sampler == "ddpm":
+        cfg = dict(clip_sample=True)
+        return diffusers.DDPMScheduler(**cfg), pd.DDPMScheduler(**cfg), {}
+    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+
+def step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=None, steps: int = 50):
+    """``{name: callable}`` for diffusers' step and pydiff's drop-in step on each backend.
+
+    The noise comes from a fixed ``variance_noise`` (DDIM) or a freshly seeded generator (DDPM), so every
+    candidate does the same arithmetic.
+    """
+    device = torch.device(device)
+    ref, ours, kw = _schedulers(sampler)
+    for s in (ref, ours):
+        s.set_timesteps(steps, device=device)
+    t = ref.timesteps[steps // 2]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    m = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    if sampler == "ddim":
+        kw = dict(kw, variance_noise=torch.randn(shape, generator=gen).to(device=device, dtype=dtype))
+
+    def make(s):
+        def call():
+            extra = {} if sampler == "ddim" else {"generator": torch.Generator(device="cpu").manual_seed(1)}
+            return s.step(m, t, x, **kw, **extra).prev_sample
+        return call
+
+    if backends is None:
+        backends = [b for b in available_backends() if _runs_on(b, device, dtype)]
+    out = {"diffusers": make(ref)}
+    expect = out["diffusers"]().double()
+    for b in backends:
+        s = type(ours).from_config(ours.config)
+        s.set_timesteps(steps, device=device)
+        s.pydiff_backend = b
+        fn = make(s)
+        got = fn().double()
+        err = ((got - expect).norm() / expect.norm()).item()
+        tol = 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+        if not err < tol:
+            raise RuntimeError(f"pydiff {sampler} on backend {b} disagrees with diffusers (rel L2 {err:.2e})")
+        out[f"pydiff-{b}"] = fn
+    return out
+
+
+def _runs_on(backend, device, dtype):
+    if backend == "reference":
+        return True
+    if backend == "cpu":
+        return device.type == "cpu"
+    if dtype == torch.float64:
+        return False
+    return device.type == "cuda" or (backend == "triton" and device.type == "cpu")
+
+
+def time_callable(fn, device, min_time: float = 0.3, min_reps: int = 20, warmup: int = 5) -> float:
+    """Median wall time of one call, in microseconds."""
+    cuda = torch.device(device).type == "cuda"
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
+    samples = []
+    start = time.perf_counter()
+    while len(samples) < min_reps or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        samples.append(time.perf_counter() - t0)
+        if len(samples) >= 10000:
+            break
+    return statistics.median(samples) * 1e6
+
+
+def run(samplers=SAMPLERS, shape=(1, 4, 64, 64), dtype="fp32", device=None, backends=None, min_time=0.3):
+    """Benchmark every sampler; returns a list of ``Row``."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    if backends is not None:
+        for b in backends:
+            if not backend_available(b):
+                raise ValueError(f"backend {b!r} is not available here; available: {available_backends()}")
+    tdtype = DTYPES[dtype]
+    rows = []
+    for sampler in samplers:
+        calls = step_callables(sampler, shape, tdtype, device, backends)
+        base = None
+        for name, fn in calls.items():
+            us = time_callable(fn, device, min_time=min_time)
+            base = us if name == "diffusers" else base
+            rows.append(Row(sampler, name, str(device), dtype, "x".join(map(str, shape)), us, base / us))
+    return rows
+
+
+def format_table(rows) -> str:
+    head = f"{'sampler':8} {'implementation':18} {'device':7} {'dtype':5} {'shape':14} {'median us':>10} {'vs diffusers':>12}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.sampler:8} {r.impl:18} {r.device:7} {r.dtype:5} {r.shape:14} {r.median_us:10.1f} "
+                     f"{r.speedup_vs_diffusers:11.2f}x")
+    return "\n".join(lines)
+
+
+def rows_as_dicts(rows):
+    return [asdict(r) for r in rows]
+
+
+@dataclass
+class BandwidthRow:
+    impl: str
+    device: str
+    dtype: str
+    shape: str
+    median_us: float
+    gb_per_s: float
+    fraction_of_copy: float
+
+
+def bandwidth(shape=(32, 3, 512, 512), dtype="fp32", device=None, backends=None, min_time=0.3):
+    """Effective bandwidth of a DDIM-like fused step (reads x, m; writes x', x0) against a device copy.
+
+    The copy (``y.copy_(x)``, 2 tensors moved) is the measured ceiling; the fused step moves 4 tensors.
+    """
+    from .ops import coef_row, fused_step
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    tdtype = DTYPES[dtype]
+    x = torch.randn(shape, device=device).to(tdtype)
+    m = torch.randn(shape, device=device).to(tdtype)
+    out, x0 = torch.empty_like(x), torch.empty_like(x)
+    coef = torch.tensor(coef_row(P=1.2, Q=-0.3, B0=0.9, D=0.4, CLIP=1.0), device=device)
+    nbytes = x.numel() * x.element_size()
+    copy_us = time_callable(lambda: out.copy_(x), device, min_time=min_time)
+    copy_gbs = 2 * nbytes / copy_us / 1e3
+    sh = "x".join(map(str, shape))
+    rows = [BandwidthRow("torch copy_", str(device), dtype, sh, copy_us, copy_gbs, 1.0)]
+    if backends is None:
+        backends = [b for b in available_backends() if _runs_on(b, device, tdtype)]
+    for b in backends:
+        fn = lambda b=b: fused_step(x, m, coef, out=out, w_out=x0, backend=b)  # noqa: E731
+        us = time_callable(fn, device, min_time=min_time)
+        gbs = 4 * nbytes / us / 1e3
+        rows.append(BandwidthRow(f"fused_step-{b}", str(device), dtype, sh, us, gbs, gbs / copy_gbs))
+    return rows
+
+
+def format_bandwidth(rows) -> str:
+    head = f"{'implementation':20} {'device':7} {'dtype':5} {'shape':14} {'median us':>10} {'GB/s':>8} {'of copy':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.impl:20} {r.device:7} {r.dtype:5} {r.shape:14} {r.median_us:10.1f} {r.gb_per_s:8.1f} "
+                     f"{100 * r.fraction_of_copy:7.1f}%")
+    return "\n".join(lines)
