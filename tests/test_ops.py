@@ -89,7 +89,10 @@ def test_fused_step_matches_reference(backend, dtype, shape, mode, feature):
                      offset=offset, threshold=threshold, backend=backend)
     assert res is out
     assert not out.isnan().any(), "unwritten or NaN output elements"
-    torch.testing.assert_close(out, ref_out, **TOL[dtype])
+    tol = dict(TOL[dtype])
+    if noise_kind == "philox" and dtype == torch.float64:
+        tol = dict(TOL[torch.float32])  # Philox normals are float32 math (libm rounding differs per backend)
+    torch.testing.assert_close(out, ref_out, **tol)
     if want_w:
         assert not w_out.isnan().any()
         torch.testing.assert_close(w_out, ref_w, **TOL[dtype])
@@ -115,7 +118,7 @@ def test_fused_step_aliasing(backend, dtype):
     torch.testing.assert_close(m2, w1, **TOL[dtype])
     x3 = x.clone()
     fused_step(x3, m, coef, out=x3, w_out=h2b, hist=(h1, h2b), seed=5, offset=9, backend=backend)  # w_out=h2
-    torch.testing.assert_close(x3, ref_out, **TOL[dtype])
+    torch.testing.assert_close(x3, ref_out, **TOL[torch.float32 if dtype == torch.float64 else dtype])
     torch.testing.assert_close(h2b, ref_w, **TOL[dtype])
 
 
@@ -145,7 +148,7 @@ def test_sumsq_matches_reference(backend, dtype, shape, source):
     got = torch.stack(got) if isinstance(got, tuple) else got[None]
     assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     # sums of N squares: relative error grows like sqrt(N) * eps of the accumulator
-    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    tol = 1e-10 if dtype == torch.float64 and source != "philox" else 2e-5  # Philox normals: float32 math
     torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
 
 
@@ -186,7 +189,8 @@ def test_philox_normal_matches_reference(backend, dtype, shape):
         got = philox_normal(shape, seed=seed, offset=offset, dtype=dtype, device=device, backend=backend)
         ref = torch.empty(shape, dtype=dtype, device=device)
         philox_normal_reference(ref, seed, offset)
-        torch.testing.assert_close(got, ref, **TOL[dtype])
+        # float32 math on every backend (libm rounding differs), then one rounding to dtype
+        torch.testing.assert_close(got, ref, **TOL[torch.float32 if dtype == torch.float64 else dtype])
 
 
 @pytest.mark.parametrize("backend", backend_params())
