@@ -45,13 +45,18 @@ class Plan:
 
 
 def _x0_conversion(prediction_type: str, sa, sb):
-    """(P, Q) with x0 = P x + Q m, for alpha_t = sa, sigma_t = sb (DDIM eq. 9; Salimans & Ho 2022 for v)."""
+    """(P, Q, S) with x0 = S (P x + Q m), for alpha_t = sa, sigma_t = sb (DDIM eq. 9; Salimans & Ho 2022 for v).
+
+    For eps the division by alpha comes last (S = 1/alpha): at alpha ~ 5e-5 this keeps the float32 error of
+    x0 at the cancellation error of x - sigma eps over alpha, as in diffusers (docs/ops.md, column S).
+    """
+    one = np.ones_like(sa)
     if prediction_type == "epsilon":
-        return 1.0 / sa, -sb / sa
+        return one, -sb, 1.0 / sa
     if prediction_type == "sample":
-        return np.zeros_like(sa), np.ones_like(sa)
+        return np.zeros_like(sa), one, one
     if prediction_type == "v_prediction":
-        return sa, -sb
+        return sa, -sb, one
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
@@ -64,42 +69,111 @@ def _eps_from_raw(prediction_type: str, sa, sb):
     return sb, sa  # v_prediction: eps = alpha v + sigma x
 
 
-def ddim_rows(alpha_bar_t, alpha_bar_prev, *, eta: float = 0.0, prediction_type: str = "epsilon",
-              clip: float = math.inf, use_clipped_model_output: bool = False, thresholding: bool = False):
-    """DDIM update rows (Song, Meng, Ermon, arXiv:2010.02502, eq. 12 and 16).
+def _maximum(v, lo):
+    return torch.clamp(v, min=lo) if isinstance(v, torch.Tensor) else np.maximum(v, lo)
 
-    ``x0 = clip(P x + Q m)``, ``sigma = eta sqrt((1-a_prev)/(1-a_t)) sqrt(1 - a_t/a_prev)``,
-    ``x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z``, where ``eps`` is the model's
-    noise estimate, or — with ``use_clipped_model_output`` — re-derived from the clipped x0:
-    ``eps = (x - sqrt(a_t) x0) / sqrt(1 - a_t)``.
+
+def _exp_log_half(v):
+    return torch.exp(0.5 * torch.log(v)) if isinstance(v, torch.Tensor) else np.exp(0.5 * np.log(v))
+
+
+def _float64(scalars: dict) -> dict:
+    return {k: (v.double().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, np.float64))
+            for k, v in scalars.items()}
+
+
+def ddim_scalars(a_t, a_prev, eta: float) -> dict:
+    """The scalars of a DDIM step, in diffusers' order of operations.
+
+    Works on float64 NumPy arrays (exact plans) and on float32 torch tensors: the drop-ins evaluate it on
+    diffusers' own float32 ``alphas_cumprod`` so that their coefficients carry diffusers' rounding too.
+    That matters where a formula cancels: ``sqrt(1 - a_t)`` at a_t ~ 1 - 4e-5 is off by an ulp and converting
+    eps to x0 divides by alpha ~ 6e-3, which shows as ~1e-5 relative in the result.
     """
-    a_t = np.asarray(alpha_bar_t, dtype=np.float64)
-    a_prev = np.asarray(alpha_bar_prev, dtype=np.float64)
-    sa, sb = np.sqrt(a_t), np.sqrt(1.0 - a_t)
+    beta_prod_t = 1 - a_t
+    variance = ((1 - a_prev) / beta_prod_t) * (1 - a_t / a_prev)
+    std = eta * variance ** 0.5
+    return dict(sa=a_t ** 0.5, sb=beta_prod_t ** 0.5, sap=a_prev ** 0.5, direction=(1 - a_prev - std ** 2) ** 0.5,
+                std=std)
+
+
+def ddpm_scalars(a_t, a_prev, variance_type: str) -> dict:
+    """The scalars of a DDPM step, in diffusers' order of operations (arrays as in ``ddim_scalars``).
+
+    ``beta_t = 1 - a_t/a_prev`` cancels near t = 0 (float32: ~2e-4 relative at t = 3 of the linear schedule),
+    so the drop-ins evaluate this in float32 like diffusers and the native plans in float64.
+    """
+    if variance_type not in DDPM_VARIANCE_TYPES:
+        raise ValueError(f"variance_type must be one of {DDPM_VARIANCE_TYPES} on the fused path, got {variance_type!r}")
+    beta_prod_t = 1 - a_t
+    current_alpha = a_t / a_prev
+    current_beta = 1 - current_alpha
+    variance = _maximum((1 - a_prev) / (1 - a_t) * current_beta, 1e-20)
+    if variance_type == "fixed_small":
+        std = variance ** 0.5
+    elif variance_type == "fixed_small_log":
+        std = _exp_log_half(variance)
+    else:  # fixed_large, and fixed_large_log as the log-domain form of the same variance
+        std = current_beta ** 0.5
+    return dict(sa=a_t ** 0.5, sb=beta_prod_t ** 0.5, poc=(a_prev ** 0.5 * current_beta) / beta_prod_t,
+                csc=current_alpha ** 0.5 * (1 - a_prev) / beta_prod_t, std=std)
+
+
+def ddim_rows_from(scalars: dict, *, prediction_type: str = "epsilon", clip: float = math.inf,
+                   use_clipped_model_output: bool = False, thresholding: bool = False) -> np.ndarray:
+    """Assemble DDIM rows from ``ddim_scalars`` (float64 arithmetic on whatever those were)."""
+    sc = _float64(scalars)
+    sa, sb = sc["sa"], sc["sb"]
     with np.errstate(divide="ignore", invalid="ignore"):
-        P, Q = _x0_conversion(prediction_type, sa, sb)
-        var = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
-        std = eta * np.sqrt(var)
-        direction = np.sqrt(1.0 - a_prev - std ** 2)
-        rows = np.zeros(a_t.shape + (NCOEF,))
-        rows[..., COL["P"]], rows[..., COL["Q"]] = P, Q
-        rows[..., COL["B0"]] = np.sqrt(a_prev)
-        clipped = thresholding or math.isfinite(clip)
-        if use_clipped_model_output and clipped:
+        P, Q, S = _x0_conversion(prediction_type, sa, sb)
+        rows = np.zeros(sa.shape + (NCOEF,))
+        rows[..., COL["P"]], rows[..., COL["Q"]], rows[..., COL["S"]] = P, Q, S
+        rows[..., COL["B0"]] = sc["sap"]
+        direction = sc["direction"]
+        if use_clipped_model_output and (thresholding or math.isfinite(clip)):
             rows[..., COL["A"]] += direction / sb
             rows[..., COL["B0"]] += -direction * sa / sb
         else:
             A, D = _eps_from_raw(prediction_type, sa, sb)
             rows[..., COL["A"]] += direction * A
             rows[..., COL["D"]] += direction * D
-        rows[..., COL["C"]] = std
+        rows[..., COL["C"]] = sc["std"]
+        rows[..., COL["CLIP"]] = clip
+    return rows
+
+
+def ddim_rows(alpha_bar_t, alpha_bar_prev, *, eta: float = 0.0, prediction_type: str = "epsilon",
+              clip: float = math.inf, use_clipped_model_output: bool = False, thresholding: bool = False):
+    """DDIM update rows (Song, Meng, Ermon, arXiv:2010.02502, eq. 12 and 16), exact in float64.
+
+    ``x0 = clip(S (P x + Q m))``, ``sigma = eta sqrt((1-a_prev)/(1-a_t)) sqrt(1 - a_t/a_prev)``,
+    ``x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z``, where ``eps`` is the model's
+    noise estimate, or — with ``use_clipped_model_output`` — re-derived from the clipped x0:
+    ``eps = (x - sqrt(a_t) x0) / sqrt(1 - a_t)``.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = ddim_scalars(np.asarray(alpha_bar_t, np.float64), np.asarray(alpha_bar_prev, np.float64), eta)
+    return ddim_rows_from(sc, prediction_type=prediction_type, clip=clip,
+                          use_clipped_model_output=use_clipped_model_output, thresholding=thresholding)
+
+
+def ddpm_rows_from(scalars: dict, *, prediction_type: str = "epsilon", clip: float = math.inf) -> np.ndarray:
+    """Assemble DDPM rows from ``ddpm_scalars``."""
+    sc = _float64(scalars)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        P, Q, S = _x0_conversion(prediction_type, sc["sa"], sc["sb"])
+        rows = np.zeros(sc["sa"].shape + (NCOEF,))
+        rows[..., COL["P"]], rows[..., COL["Q"]], rows[..., COL["S"]] = P, Q, S
+        rows[..., COL["B0"]] = sc["poc"]
+        rows[..., COL["A"]] = sc["csc"]
+        rows[..., COL["C"]] = sc["std"]
         rows[..., COL["CLIP"]] = clip
     return rows
 
 
 def ddpm_rows(alpha_bar_t, alpha_bar_prev, *, prediction_type: str = "epsilon", clip: float = math.inf,
               variance_type: str = "fixed_small"):
-    """DDPM ancestral step rows (Ho, Jain, Abbeel, arXiv:2006.11239, eq. 6-7).
+    """DDPM ancestral step rows (Ho, Jain, Abbeel, arXiv:2006.11239, eq. 6-7), exact in float64.
 
     ``x_prev = sqrt(a_prev) beta_t/(1-a_t) x0 + sqrt(alpha_t) (1-a_prev)/(1-a_t) x + std z`` with
     ``beta_t = 1 - a_t/a_prev``, and ``std^2`` the posterior variance ``(1-a_prev)/(1-a_t) beta_t``
@@ -107,26 +181,9 @@ def ddpm_rows(alpha_bar_t, alpha_bar_prev, *, prediction_type: str = "epsilon", 
     ``fixed_large_log`` gives NaN in diffusers 0.42 (it takes the square root of log beta_t); here it is the
     log-domain form of ``fixed_large``, i.e. the same std ``sqrt(beta_t)``.
     """
-    if variance_type not in DDPM_VARIANCE_TYPES:
-        raise ValueError(f"variance_type must be one of {DDPM_VARIANCE_TYPES} on the fused path, got {variance_type!r}")
-    a_t = np.asarray(alpha_bar_t, dtype=np.float64)
-    a_prev = np.asarray(alpha_bar_prev, dtype=np.float64)
-    sa, sb = np.sqrt(a_t), np.sqrt(1.0 - a_t)
     with np.errstate(divide="ignore", invalid="ignore"):
-        P, Q = _x0_conversion(prediction_type, sa, sb)
-        alpha_t = a_t / a_prev
-        beta_t = 1.0 - alpha_t
-        rows = np.zeros(a_t.shape + (NCOEF,))
-        rows[..., COL["P"]], rows[..., COL["Q"]] = P, Q
-        rows[..., COL["B0"]] = np.sqrt(a_prev) * beta_t / (1.0 - a_t)
-        rows[..., COL["A"]] = np.sqrt(alpha_t) * (1.0 - a_prev) / (1.0 - a_t)
-        if variance_type in ("fixed_small", "fixed_small_log"):
-            var = np.maximum((1.0 - a_prev) / (1.0 - a_t) * beta_t, 1e-20)
-        else:
-            var = beta_t
-        rows[..., COL["C"]] = np.sqrt(var)
-        rows[..., COL["CLIP"]] = clip
-    return rows
+        sc = ddpm_scalars(np.asarray(alpha_bar_t, np.float64), np.asarray(alpha_bar_prev, np.float64), variance_type)
+    return ddpm_rows_from(sc, prediction_type=prediction_type, clip=clip)
 
 
 def check_finite(rows: np.ndarray, what: str, labels=None) -> None:

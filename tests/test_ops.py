@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import DTYPES, TOL, backend_device, backend_params, supports_dtype
-from pydiff.ops import NCOEF, COL, dynamic_threshold, fused_step, philox_normal, sumsq
+from pydiff.ops import NCOEF, COL, coef_row, dynamic_threshold, fused_step, philox_normal, sumsq
 from pydiff.ops.dynamic_threshold import dynamic_threshold_reference
 from pydiff.ops.fused_step import fused_step_reference
 from pydiff.ops.philox import philox_normal_reference
@@ -127,7 +127,7 @@ def test_fused_step_propagates_nan(backend):
     device = backend_device(backend)
     x = torch.ones(2, 9, device=device)
     x[1, 4] = float("nan")
-    coef = torch.tensor([1.0, 0, 0, 0, 1.0, 0, 0, 0, 0, 0.5], device=device)  # out = clamp(x, +-0.5)
+    coef = torch.tensor(coef_row(P=1.0, B0=1.0, CLIP=0.5), device=device)  # out = clamp(x, +-0.5)
     out = fused_step(x, torch.zeros_like(x), coef, backend=backend)
     assert out[1, 4].isnan() and not out[0].isnan().any() and (out[0] == 0.5).all()
 
@@ -198,9 +198,7 @@ def test_fused_step_noise_is_philox_normal(backend):
     """The in-kernel noise is exactly philox_normal's tensor: C=1 and nothing else gives z itself."""
     device = backend_device(backend)
     shape = (3, 2, 9, 5)
-    coef = torch.zeros(NCOEF, device=device)
-    coef[COL["C"]] = 1.0
-    coef[COL["CLIP"]] = math.inf
+    coef = torch.tensor(coef_row(C=1.0), device=device)
     x = torch.randn(shape, device=device)
     z = fused_step(x, x, coef, seed=42, offset=5, backend=backend)
     expect = philox_normal(shape, seed=42, offset=5, device=device, backend="reference")

@@ -10,7 +10,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..ops import dynamic_threshold, fused_step
-from ..plans import PREDICTION_TYPES, check_finite, ddim_rows
+from ..plans import PREDICTION_TYPES, check_finite, ddim_rows_from, ddim_scalars
 from ..schedules import BETA_SCHEDULES, SPACINGS
 from ._common import TableCache, check_pair, fallback, select_rows, timestep_arg, validated_init
 
@@ -50,16 +50,17 @@ class DDIMScheduler(_DiffusersDDIM):
         self._pydiff_tables = TableCache()
 
     def _rows(self, eta: float, use_clipped: bool) -> np.ndarray:
+        """Rows for every timestep value; scalars in float32 as diffusers computes them (see ddim_scalars)."""
         cfg = self.config
         N = cfg.num_train_timesteps
-        ac = self.alphas_cumprod.double().cpu().numpy()
+        ac = self.alphas_cumprod.detach().cpu()
         t = np.arange(N)
-        prev = t - N // self.num_inference_steps
-        final = float(self.final_alpha_cumprod)
-        a_prev = np.where(prev >= 0, ac[np.maximum(prev, 0)], final)
+        prev = torch.from_numpy(t - N // self.num_inference_steps)
+        final = self.final_alpha_cumprod.to(ac.dtype).reshape(())
+        a_prev = torch.where(prev >= 0, ac[prev.clamp(min=0)], final)
         clip = cfg.clip_sample_range if (cfg.clip_sample and not cfg.thresholding) else math.inf
-        rows = ddim_rows(ac, a_prev, eta=eta, prediction_type=cfg.prediction_type, clip=clip,
-                         use_clipped_model_output=use_clipped, thresholding=cfg.thresholding)
+        rows = ddim_rows_from(ddim_scalars(ac, a_prev, eta), prediction_type=cfg.prediction_type, clip=clip,
+                              use_clipped_model_output=use_clipped, thresholding=cfg.thresholding)
         timesteps = set(self.timesteps.cpu().tolist())
         on_grid = np.array([ti in timesteps for ti in t])
         labels = [f"timestep {ti}" for ti in t[on_grid]]

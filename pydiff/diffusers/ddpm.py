@@ -12,7 +12,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..ops import dynamic_threshold, fused_step
 from ..ops import COL
-from ..plans import DDPM_VARIANCE_TYPES, PREDICTION_TYPES, check_finite, ddpm_rows
+from ..plans import DDPM_VARIANCE_TYPES, PREDICTION_TYPES, check_finite, ddpm_rows_from, ddpm_scalars
 from ..schedules import BETA_SCHEDULES, SPACINGS
 from ._common import TableCache, check_pair, fallback, select_rows, timestep_arg, validated_init
 
@@ -59,7 +59,7 @@ class DDPMScheduler(_DiffusersDDPM):
     def _build_rows(self) -> np.ndarray:
         cfg = self.config
         N = cfg.num_train_timesteps
-        ac = self.alphas_cumprod.double().cpu().numpy()
+        ac = self.alphas_cumprod.detach().cpu()  # float32: scalars as diffusers computes them (ddpm_scalars)
         if self.custom_timesteps or self.num_inference_steps:
             ts = self.timesteps.cpu().numpy().astype(np.int64)
             rows_t = ts
@@ -67,14 +67,14 @@ class DDPMScheduler(_DiffusersDDPM):
         else:
             rows_t = np.arange(N)
             prev = rows_t - 1
-        a_prev = np.where(prev >= 0, ac[np.maximum(prev, 0)], 1.0)
+        a_prev = torch.where(torch.from_numpy(prev >= 0), ac[np.maximum(prev, 0)], self.one.to(ac.dtype))
         clip = cfg.clip_sample_range if (cfg.clip_sample and not cfg.thresholding) else math.inf
         vt = cfg.variance_type
         if vt == "fixed_large_log" and not getattr(type(self), "_warned_large_log", False):
             warnings.warn("DDPMScheduler: variance_type='fixed_large_log' gives NaN in diffusers 0.42; pydiff uses "
                           "std = sqrt(beta_t) (the same as 'fixed_large')", stacklevel=3)
             type(self)._warned_large_log = True
-        sub = ddpm_rows(ac[rows_t], a_prev, prediction_type=cfg.prediction_type, clip=clip, variance_type=vt)
+        sub = ddpm_rows_from(ddpm_scalars(ac[rows_t], a_prev, vt), prediction_type=cfg.prediction_type, clip=clip)
         sub[rows_t == 0, COL["C"]] = 0.0  # no noise at t = 0
         check_finite(sub, f"DDPMScheduler with prediction_type={cfg.prediction_type!r}, variance_type={vt!r}, "
                           f"rescale_betas_zero_snr={cfg.rescale_betas_zero_snr}", [f"timestep {t}" for t in rows_t])

@@ -2,7 +2,7 @@
 
 Per sample ``b``::
 
-    x0  = P*x + Q*m                              (the predicted clean sample; x itself when m is None)
+    x0  = S*(P*x + Q*m)                          (the predicted clean sample; x itself when m is None)
     q_b = quantile(|x0_b|, ratio)                (linear interpolation, as torch.quantile)
     s_b = clamp(q_b, min=1, max=max_val)
 
@@ -24,7 +24,7 @@ def dynamic_threshold_reference(x, m, coef, index, index_stride, row_stride, rat
     x0 = x.to(T).reshape(B, -1)
     if m is not None:
         r = _rows(coef, index, index_stride, row_stride, B).to(T)
-        x0 = r[:, COL["P"], None] * x0 + r[:, COL["Q"], None] * m.to(T).reshape(B, -1)
+        x0 = r[:, COL["S"], None] * (r[:, COL["P"], None] * x0 + r[:, COL["Q"], None] * m.to(T).reshape(B, -1))
     q = torch.quantile(x0.abs(), ratio, dim=1)
     return torch.clamp(q, min=1.0, max=max_val)
 
@@ -39,11 +39,11 @@ def dynamic_threshold(
     max_val: float = 1.0,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Per-sample dynamic-thresholding scale ``s`` of ``x0 = P*x + Q*model_output`` (or of ``x``).
+    """Per-sample dynamic-thresholding scale ``s`` of ``x0 = S*(P*x + Q*model_output)`` (or of ``x``).
 
     Args:
         x: ``(B, ...)`` tensor; the predicted ``x0`` itself when ``model_output`` is None.
-        model_output, coef, index: as for ``fused_step``; only columns P and Q are read.
+        model_output, coef, index: as for ``fused_step``; only columns P, Q and S are read.
         ratio: the quantile of ``|x0|``, in (0, 1] (Imagen: 0.995).
         max_val: upper bound of ``s`` (diffusers' ``sample_max_value``), > 0.
 

@@ -2,7 +2,7 @@
 
 Per sample ``b`` (coefficient row ``r``) and element ``g``::
 
-    w     = clip(r.P * x + r.Q * m)                      # eps / x0 / v  ->  the solver's variable
+    w     = clip(r.S * (r.P * x + r.Q * m))              # eps / x0 / v  ->  the solver's variable
     w_out = w                                            # optional: pred_original_sample, or history
     x'    = r.A*x + r.D*m + r.B0*w + sum_k r.Bk*h_k + r.C*z
 
@@ -32,18 +32,19 @@ from ._dispatch import (
 )
 from .philox import philox_normal_flat
 
-COLUMNS = ("P", "Q", "A", "D", "B0", "B1", "B2", "B3", "C", "CLIP")
+COLUMNS = ("P", "Q", "A", "D", "B0", "B1", "B2", "B3", "C", "CLIP", "S")
 NCOEF = len(COLUMNS)
 COL = {name: i for i, name in enumerate(COLUMNS)}
 
 
 def coef_row(**values: float) -> np.ndarray:
-    """A float64 coefficient row; unnamed columns are 0 except ``CLIP`` (= +inf, no clipping).
+    """A float64 coefficient row; unnamed columns are 0 except ``CLIP`` (+inf: no clipping) and ``S`` (1).
 
     >>> coef_row(P=1.0, B0=1.0)   # out = w = x
     """
     row = np.zeros(NCOEF, dtype=np.float64)
     row[COL["CLIP"]] = math.inf
+    row[COL["S"]] = 1.0
     for name, value in values.items():
         if name not in COL:
             raise ValueError(f"unknown coefficient {name!r}; columns are {COLUMNS}")
@@ -68,7 +69,7 @@ def fused_step_reference(x, m, coef, index, index_stride, row_stride, out, w_out
     r = _rows(coef, index, index_stride, row_stride, B).to(T)
     col = lambda name: r[:, COL[name]].view(view)  # noqa: E731
     xf, mf = x.to(T), m.to(T)
-    w = col("P") * xf + col("Q") * mf
+    w = col("S") * (col("P") * xf + col("Q") * mf)
     if threshold is not None:
         s = threshold.to(T).view(view)
         w = torch.maximum(torch.minimum(w, s), -s) / s
@@ -109,8 +110,8 @@ def fused_step(
     Args:
         x: current sample, shape ``(B, ...)``, float16/bfloat16/float32 (float64 on reference/cpu).
         model_output: the network output ``m``, same shape, dtype and device as ``x``.
-        coef: coefficient row(s), columns ``pydiff.ops.COLUMNS``: ``(10,)`` for the whole batch,
-            ``(B, 10)`` one row per sample, or a table ``(R, 10)`` indexed by ``index``.
+        coef: coefficient row(s), columns ``pydiff.ops.COLUMNS``: ``(11,)`` for the whole batch,
+            ``(B, 11)`` one row per sample, or a table ``(R, 11)`` indexed by ``index``.
         index: optional int64 device tensor (shape ``()``, ``(1,)`` or ``(B,)``) of table rows; lets a
             device-side step counter or timestep select the row without a host sync.
         out: where to write ``x'`` (may be ``x`` itself); a new tensor by default.
