@@ -5,5 +5,7 @@ pipe.scheduler.config)``: same config, same outputs, one kernel per step. Requir
 """
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
+from .dpmsolver_multistep import DPMSolverMultistepScheduler
+from .dpmsolver_singlestep import DPMSolverSinglestepScheduler
 
-__all__ = ["DDIMScheduler", "DDPMScheduler"]
+__all__ = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"]

@@ -1,0 +1,152 @@
+"""``pydiff.diffusers.DPMSolverSinglestepScheduler``: diffusers' singlestep DPM-Solver(++), one kernel per step."""
+from __future__ import annotations
+
+import numpy as np
+from diffusers import DPMSolverSinglestepScheduler as _DiffusersDPMSS
+from diffusers.schedulers.scheduling_utils import SchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..ops import dynamic_threshold, fused_step
+from ..plans_dpmsolver import row_is_finite, singlestep_table
+from ..schedules import BETA_SCHEDULES
+from ._common import TableCache, check_pair, fallback, validated_init
+from .dpmsolver_multistep import (check_solver_order, history_buffer, history_ok, host_step_index, preload_table,
+                                  table_view)
+
+_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
+_ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver++", "deis")  # deis -> dpmsolver++ (diffusers)
+_SOLVER_TYPES = ("midpoint", "heun", "logrho", "bh1", "bh2")  # the last three -> midpoint (diffusers)
+
+
+class DPMSolverSinglestepScheduler(_DiffusersDPMSS):
+    """Drop-in for ``diffusers.DPMSolverSinglestepScheduler`` (DPM-Solver, arXiv:2206.00927; DPM-Solver++,
+    arXiv:2211.01095) whose ``step`` is one ``fused_step`` (plus ``dynamic_threshold`` when thresholding).
+
+    Same constructor, config, ``set_timesteps``, ``step`` and outputs as diffusers (one ``step`` call per model
+    evaluation; the orders come from diffusers' ``get_order_list``). Fused: algorithm_type ``dpmsolver++``,
+    ``sde-dpmsolver++`` and ``dpmsolver``, solver_order 1-3, solver_type midpoint/heun, prediction_type
+    epsilon/sample/v_prediction, thresholding (``++`` variants), lower_order_final, use_karras_sigmas,
+    final_sigmas_type zero/sigma_min, ``lambda_min_clipped``, custom ``timesteps``, and a given ``generator``
+    (noise drawn exactly as diffusers draws it).
+
+    A singlestep block of order ``o`` starts from the sample ``x_b`` of its first step; its ``k``-th step
+    updates from ``x_b`` with the converted outputs of the block so far. The current sample enters only
+    through the conversion, so one row per (step, order) does it::
+
+        w  = clip(S (P x + Q m))                   # x0 (++ variants) or eps (dpmsolver)
+        x' = B0 w + B1 m_{i-1} + B2 m_{i-2} + (A | B2 | B3) x_b + C z
+
+    with ``x_b`` passed as the last history tensor (``x`` itself at order 1). ``self.sample`` keeps ``x_b``
+    as diffusers keeps it. The step counter is diffusers' ``_step_index`` on the host (first step: the
+    timestep's position in a host copy of the schedule, or ``begin_index``; no device sync). Computation is in
+    float32 (float64 for float64 data); diffusers computes in the data's dtype, so in float16 this is the more
+    accurate of the two.
+
+    Falls back to diffusers (logged at debug level, reason in ``last_fallback_reason``) for: variance_type
+    learned/learned_range, use_exponential_sigmas, use_beta_sigmas, use_flow_sigmas, prediction_type
+    flow_prediction, thresholding with algorithm_type dpmsolver (diffusers 0.42 indexes ``alpha_t`` with the
+    deprecated ``timestep`` argument there and fails), a step past the end, and steps whose coefficients are
+    not finite. ``solver_order`` outside 1-3 is a ValueError, as in diffusers (which raises it from
+    ``get_order_list``).
+    """
+
+    __init__ = check_solver_order(validated_init(
+        _DiffusersDPMSS.__init__,
+        {"beta_schedule": BETA_SCHEDULES, "prediction_type": _PREDICTION_TYPES, "algorithm_type": _ALGORITHMS,
+         "solver_type": _SOLVER_TYPES, "final_sigmas_type": ("zero", "sigma_min"),
+         "variance_type": (None, "learned", "learned_range"), "time_shift_type": ("exponential",)},
+    ), max_order=3)
+
+    def set_timesteps(self, num_inference_steps=None, device=None, mu=None, timesteps=None):
+        if num_inference_steps is not None:
+            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+                raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
+            if num_inference_steps <= 0:
+                raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        super().set_timesteps(num_inference_steps, device=None, mu=mu, timesteps=timesteps)
+        self._pydiff_ts_host = self.timesteps.numpy().copy()
+        self.timesteps = self.timesteps.to(device=device)
+        self._pydiff_tables = TableCache()
+        self._pydiff_owned = []
+        self._pydiff_rows = None
+        if self._pydiff_unsupported() is None:
+            cfg = self.config
+            self._pydiff_rows = singlestep_table(
+                self.sigmas.double().numpy(), self.order_list, algorithm=cfg.algorithm_type,
+                solver_type=cfg.solver_type, prediction_type=cfg.prediction_type)
+            preload_table(self, device)
+
+    def _pydiff_unsupported(self):
+        """Why this configuration is not fused (None when it is)."""
+        cfg = self.config
+        if cfg.variance_type in ("learned", "learned_range"):
+            return f"variance_type={cfg.variance_type!r}"
+        for opt in ("use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas"):
+            if getattr(cfg, opt, False):
+                return f"{opt}=True"
+        if cfg.prediction_type not in ("epsilon", "sample", "v_prediction"):
+            return f"prediction_type={cfg.prediction_type!r}"
+        if cfg.thresholding and cfg.algorithm_type == "dpmsolver":
+            return "thresholding with algorithm_type='dpmsolver'"
+        if cfg.algorithm_type not in ("dpmsolver", "dpmsolver++", "sde-dpmsolver++"):
+            return f"algorithm_type={cfg.algorithm_type!r}"
+        return None
+
+    def _parent_step(self, reason, model_output, timestep, sample, generator, return_dict):
+        fallback(self, reason)
+        return super().step(model_output, timestep, sample, generator, return_dict)
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
+        if self.num_inference_steps is None:
+            raise ValueError(
+                "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
+            )
+        args = (model_output, timestep, sample, generator, return_dict)
+        reason = self._pydiff_unsupported()
+        if reason is None and getattr(self, "_pydiff_rows", None) is None:
+            reason = "no fused plan (the timesteps were not set by this class's set_timesteps)"
+        if reason is not None:
+            return self._parent_step(reason, *args)
+        check_pair(model_output, sample)
+        cfg = self.config
+        if self._step_index is None:
+            self._step_index = host_step_index(self, timestep)
+        i = self._step_index
+        if i >= len(self.order_list) or i >= self._pydiff_rows.shape[1]:
+            return self._parent_step(f"step index {i} past the last step", *args)
+        # diffusers: the order of the list, lowered while the history is short (a run that starts mid-block)
+        order = self.order_list[i]
+        while order > 1 and self.model_outputs[-order + 1] is None:
+            order -= 1
+        row = self._pydiff_rows[order - 1, i]
+        if not row_is_finite(row):
+            return self._parent_step(f"non-finite coefficients at step {i} (order {order})", *args)
+        hist = [self.model_outputs[-k] for k in range(1, order)]  # m_{i-1}, m_{i-2}
+        if order > 1:
+            hist.append(self.sample)  # the block's starting sample
+        if not history_ok(hist, sample):
+            return self._parent_step("the history does not match the sample (shape, dtype or device)", *args)
+        self.last_fallback_reason = None
+
+        coef = table_view(self, sample.device, sample.dtype)[(order - 1) * self._pydiff_rows.shape[1] + i]
+        backend = self.pydiff_backend
+        threshold = None
+        if cfg.thresholding:
+            threshold = dynamic_threshold(sample, model_output, coef, ratio=cfg.dynamic_thresholding_ratio,
+                                          max_val=cfg.sample_max_value, backend=backend)
+        noise = None
+        if cfg.algorithm_type == "sde-dpmsolver++":
+            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                 dtype=model_output.dtype)
+        target, new_outputs = history_buffer(self, sample, cfg.solver_order - 1)
+        prev_sample = fused_step(sample, model_output, coef, w_out=target, hist=hist, noise=noise,
+                                 threshold=threshold, backend=backend)
+        if order == 1:
+            self.sample = sample
+        self.model_outputs = new_outputs
+        self._pydiff_owned = [t for t in new_outputs if t is not None and (
+            t is target or any(t is o for o in self._pydiff_owned))]
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
