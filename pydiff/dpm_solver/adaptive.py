@@ -1,0 +1,140 @@
+"""Adaptive step size DPM-Solver (DPM-Solver-12 and -23, arXiv:2206.00927 section 4.2 / appendix).
+
+Each attempt from ``s`` takes a step ``h`` in ``lambda`` with a lower- and a higher-order singlestep solver
+that share their model evaluations (order 2: DPM-Solver-1 and singlestep-2 with ``r1 = 1/2``; order 3:
+singlestep-2 and singlestep-3 with ``r1 = 1/3``, ``r2 = 2/3``), and measures
+
+    E = max_b  rms_i( (x_high - x_low) / max(atol, rtol * max(|x_low|, |x_prev|)) )
+
+(``x_prev``: the lower-order result of the last accepted step). ``E <= 1`` accepts ``x_high``; either way
+``h <- min(theta h E^(-1/order), lambda_end - lambda_s)``. The step size depends on the data, so the
+coefficients are computed on the host, in float64, once per attempt, and the loop reads ``E`` back:
+**one host sync per accepted or rejected step**. The updates themselves are fused steps; the norm is a
+few elementwise ops and one ``sumsq`` reduction.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from pydiff.ops import coef_row, fused_step, sumsq
+from pydiff.ops._dispatch import compute_dtype
+
+from . import coefficients as cf
+from .runtime import Runner, correction_tables, device_tables
+
+
+def scaled_error_norm(x_high, x_low, x_prev, atol, rtol, backend=None):
+    """``max_b sqrt(mean_i(((x_high - x_low)/delta)^2))`` with ``delta = max(atol, rtol max(|x_low|, |x_prev|))``.
+
+    Returns a host float (this is the sync point of the adaptive solver).
+    """
+    T = compute_dtype(x_high.dtype)
+    lo = x_low.to(T)
+    delta = torch.clamp_min(torch.maximum(lo.abs(), x_prev.to(T).abs()) * rtol, atol)
+    ratio = (x_high.to(T) - lo) / delta
+    n = ratio[0].numel()
+    ss = sumsq(ratio, backend=backend)
+    return float(torch.sqrt(ss / n).max())
+
+
+class _Rows:
+    """A few coefficient rows built for one attempt."""
+
+    def __init__(self, raw_type, alg):
+        self.raw_type, self.alg = raw_type, alg
+        self.rows, self.to_x0, self.times = [], [], []
+
+    def model_row(self, p: cf.Point, A, b0, hist_w=(), to_x0=None):
+        to_x0 = (self.alg == "dpmsolver++") if to_x0 is None else to_x0
+        P, Q, S = cf.conversion("x0" if to_x0 else "eps", self.raw_type, p)
+        return self._add(P, Q, S, A, b0, hist_w, to_x0, p.t)
+
+    def combine_row(self, A, b0, hist_w=()):
+        return self._add(0.0, 1.0, 1.0, A, b0, hist_w, False, None)
+
+    def _add(self, P, Q, S, A, b0, hist_w, to_x0, t):
+        row = coef_row(P=P, Q=Q, S=S, A=A, B0=b0, **{f"B{k}": w for k, w in enumerate(hist_w, start=1)})
+        self.rows.append(row)
+        self.to_x0.append(to_x0)
+        self.times.append(0.0 if t is None else t)
+        return len(self.rows) - 1
+
+
+def run_adaptive(solver, x, order, t_T, t_0, h_init, atol, rtol, theta, t_err, solver_type, denoise_to_zero,
+                 max_attempts=100000):
+    ns, alg, backend = solver.noise_schedule, solver.algorithm_type, solver.backend
+    raw_type, mode = solver._raw_type(), solver._correction_mode()
+    lam_s, lam_0 = float(ns._lambda64(t_T)), float(ns._lambda64(t_0))
+    s, h = float(t_T), float(h_init)
+    x_prev = x
+    nfe = 0
+    attempts = 0
+    while abs(s - t_0) > t_err:
+        attempts += 1
+        if attempts > max_attempts:
+            raise RuntimeError(f"adaptive DPM-Solver did not reach t_end after {max_attempts} attempts")
+        ps = cf.point(ns, s)
+        pt = cf.point_at_lambda(ns, lam_s + h)
+        hh = pt.lam - ps.lam
+        R = _Rows(raw_type, alg)
+        if order == 2:
+            r1 = 0.5
+            p1 = cf.point_at_lambda(ns, ps.lam + r1 * hh)
+            A1, c1 = cf.first_order(alg, ps, p1)
+            ra = R.model_row(ps, A1, c1["s"])
+            Al, cl = cf.first_order(alg, ps, pt)
+            rl = R.combine_row(Al, cl["s"])
+            A, comb = cf.singlestep_second(alg, solver_type, ps, pt, r1)
+            rb = R.model_row(p1, 0.0, comb["s1"], (A, comb["s"]))
+        else:
+            r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+            p1 = cf.point_at_lambda(ns, ps.lam + r1 * hh)
+            p2 = cf.point_at_lambda(ns, ps.lam + r2 * hh)
+            A1, c1 = cf.first_order(alg, ps, p1)
+            ra = R.model_row(ps, A1, c1["s"])
+            A2, c2 = cf.singlestep_third_mid(alg, ps, p2, hh, r1, r2)
+            rb = R.model_row(p1, 0.0, c2["s1"], (A2, c2["s"]))
+            Al, cl = cf.singlestep_second(alg, solver_type, ps, pt, r1)
+            rl = R.combine_row(Al, cl["s1"], (cl["s"],))
+            A, comb = cf.singlestep_third(alg, solver_type, ps, pt, r1, r2)
+            rc = R.model_row(p2, 0.0, comb["s2"], (A, comb["s"], comb.get("s1", 0.0)))
+        to_x0 = np.array(R.to_x0, dtype=bool)
+        tables = device_tables(correction_tables(R.rows, to_x0, mode, solver.thresholding_max_val),
+                               R.times, x.device, x.dtype)
+        run = Runner(solver, x, tables, mode)
+        t_rows = tables["times"]
+        w0, w1 = torch.empty_like(x), torch.empty_like(x)
+        m = run.evaluate(x, t_rows[ra])
+        y1 = run.apply(x, m, ra, torch.empty_like(x), w0, (), R.to_x0[ra], t_rows[ra, 0])
+        if order == 2:
+            x_low = fused_step(x, w0, tables["fused"][rl], backend=backend)
+            m = run.evaluate(y1, t_rows[rb])
+            x_high = run.apply(y1, m, rb, y1, None, (x, w0), R.to_x0[rb], t_rows[rb, 0])
+        else:
+            m = run.evaluate(y1, t_rows[rb])
+            y2 = run.apply(y1, m, rb, y1, w1, (x, w0), R.to_x0[rb], t_rows[rb, 0])
+            x_low = fused_step(x, w1, tables["fused"][rl], hist=(w0,), backend=backend)
+            m = run.evaluate(y2, t_rows[rc])
+            hist = (x, w0, w1) if comb.get("s1", 0.0) != 0.0 else (x, w0)
+            x_high = run.apply(y2, m, rc, y2, None, hist, R.to_x0[rc], t_rows[rc, 0])
+        E = scaled_error_norm(x_high, x_low, x_prev, atol, rtol, backend)
+        if not math.isfinite(E):
+            raise RuntimeError(f"adaptive DPM-Solver: non-finite error estimate {E} at t={s}")
+        if E <= 1.0:
+            x, x_prev, s, lam_s = x_high, x_low, pt.t, pt.lam
+        factor = math.inf if E == 0.0 else theta * E ** (-1.0 / order)
+        h = min(h * factor, lam_0 - lam_s)
+        nfe += order
+    solver.adaptive_nfe = nfe
+    if denoise_to_zero:
+        R = _Rows(raw_type, alg)
+        rd = R.model_row(cf.point(ns, t_0), 0.0, 1.0, to_x0=True)
+        tables = device_tables(correction_tables(R.rows, np.array(R.to_x0), mode, solver.thresholding_max_val),
+                               R.times, x.device, x.dtype)
+        run = Runner(solver, x, tables, mode)
+        m = run.evaluate(x, tables["times"][rd])
+        x = run.apply(x, m, rd, torch.empty_like(x), None, (), True, tables["times"][rd, 0])
+    return x
