@@ -16,7 +16,7 @@ import torch
 
 from .ops import available_backends, backend_available
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpm2m", "dpm3m")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 
 
@@ -43,6 +43,9 @@ def _schedulers(sampler: str):
     if sampler == "ddpm":
         cfg = dict(clip_sample=True)
         return diffusers.DDPMScheduler(**cfg), pd.DDPMScheduler(**cfg), {}
+    if sampler in ("dpm2m", "dpm3m"):  # DPM-Solver++ multistep, order 2 or 3 (the production default family)
+        cfg = dict(solver_order=int(sampler[3]), algorithm_type="dpmsolver++")
+        return diffusers.DPMSolverMultistepScheduler(**cfg), pd.DPMSolverMultistepScheduler(**cfg), {}
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
 
 
@@ -53,21 +56,37 @@ def step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=Non
     candidate does the same arithmetic.
     """
     device = torch.device(device)
+    multistep = sampler.startswith("dpm")
+    if multistep:
+        steps = 20
     ref, ours, kw = _schedulers(sampler)
-    for s in (ref, ours):
-        s.set_timesteps(steps, device=device)
-    t = ref.timesteps[steps // 2]
+    k = steps // 2
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
     m = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
     if sampler == "ddim":
         kw = dict(kw, variance_noise=torch.randn(shape, generator=gen).to(device=device, dtype=dtype))
 
+    def prepare(s):
+        s.set_timesteps(steps, device=device)
+        if multistep:  # run to the middle of the schedule so the history holds solver_order outputs
+            for i in range(k):
+                s.step(m, s.timesteps[i], x)
+
     def make(s):
+        if multistep:
+            def call():
+                s._step_index = k  # replay the same mid-schedule step (the arithmetic is the same every time)
+                return s.step(m, s.timesteps[k], x).prev_sample
+            return call
+
         def call():
             extra = {} if sampler == "ddim" else {"generator": torch.Generator(device="cpu").manual_seed(1)}
             return s.step(m, t, x, **kw, **extra).prev_sample
         return call
+
+    prepare(ref)
+    t = ref.timesteps[k]
 
     if backends is None:
         backends = [b for b in available_backends() if _runs_on(b, device, dtype)]
@@ -75,8 +94,8 @@ def step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=Non
     expect = out["diffusers"]().double()
     for b in backends:
         s = type(ours).from_config(ours.config)
-        s.set_timesteps(steps, device=device)
         s.pydiff_backend = b
+        prepare(s)
         fn = make(s)
         got = fn().double()
         err = ((got - expect).norm() / expect.norm()).item()
