@@ -1,10 +1,11 @@
-"""pytest-benchmark suite: one DDIM/DDPM scheduler step on 8x4x128x128 fp32, CPU.
+"""pytest-benchmark suite: one DDIM / DDPM / DPM-Solver++ multistep-3 scheduler step on 8x4x128x128 fp32, CPU.
 
 diffusers' step, pydiff's drop-in on the reference ops, and on the fused C++ backend, in the same run:
 
     python -m pytest benchmarks/bench_step_cpu.py --benchmark-columns=median,iqr,rounds
 
-Goal (issue 2): fused cpu >= 3x faster than diffusers' DDIM step. Record the ratio in RESULTS.md.
+Goals: fused cpu >= 3x faster than diffusers' DDIM step (issue 2) and >= 8x for the multistep-3 step
+(issue 3). Record the ratios in RESULTS.md.
 """
 import pytest
 import torch
@@ -16,7 +17,7 @@ SHAPE = (8, 4, 128, 128)
 IMPLS = ["diffusers", "pydiff-reference", "pydiff-cpu"]
 
 
-@pytest.fixture(scope="module", params=["ddim", "ddpm"])
+@pytest.fixture(scope="module", params=["ddim", "ddpm", "dpm3m"])
 def calls(request):
     backends = [b for b in ("reference", "cpu") if backend_available(b)]
     return request.param, step_callables(request.param, SHAPE, torch.float32, "cpu", backends)

@@ -10,7 +10,6 @@ import torch
 from helpers import DTYPES, TOL, backend_device, backend_params, supports_dtype
 from pydiff.ops import NCOEF, COL, coef_row, dynamic_threshold, fused_step, philox_normal, sumsq
 from pydiff.ops.dynamic_threshold import dynamic_threshold_reference
-from pydiff.ops.fused_step import fused_step_reference
 from pydiff.ops.philox import philox_normal_reference
 from pydiff.ops.sumsq import sumsq_reference
 

@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 import diffusers
 
 from pydiff.schedules import (DiscreteSchedule, VEGeometric, VPCosine, VPLinear, continuous_timesteps,

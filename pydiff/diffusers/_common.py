@@ -49,6 +49,27 @@ def validated_init(parent_init, allowed: dict):
     return __init__
 
 
+def check_num_inference_steps(num_inference_steps) -> None:
+    """None (custom timesteps) or a positive int; diffusers itself checks the upper bound."""
+    if num_inference_steps is None:
+        return
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+        raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
+    if num_inference_steps <= 0:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+
+
+def threshold_scale(scheduler, sample, model_output, coef, index):
+    """Per-sample dynamic-thresholding scale for the step's x0 when the config asks for it, else None."""
+    cfg = scheduler.config
+    if not cfg.thresholding:
+        return None
+    from ..ops import dynamic_threshold
+
+    return dynamic_threshold(sample, model_output, coef, index=index, ratio=cfg.dynamic_thresholding_ratio,
+                             max_val=cfg.sample_max_value, backend=scheduler.pydiff_backend)
+
+
 def check_pair(model_output, sample) -> None:
     """model_output and sample must agree in shape, dtype and device (diffusers would broadcast or promote)."""
     if not isinstance(model_output, torch.Tensor):

@@ -9,10 +9,11 @@ from diffusers import DDIMScheduler as _DiffusersDDIM
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..ops import dynamic_threshold, fused_step
+from ..ops import fused_step
 from ..plans import PREDICTION_TYPES, check_finite, ddim_rows_from, ddim_scalars
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import TableCache, check_pair, fallback, select_rows, timestep_arg, validated_init
+from ._common import (TableCache, check_num_inference_steps, check_pair, fallback, select_rows, threshold_scale,
+                      timestep_arg, validated_init)
 
 
 class DDIMScheduler(_DiffusersDDIM):
@@ -42,10 +43,9 @@ class DDIMScheduler(_DiffusersDDIM):
     )
 
     def set_timesteps(self, num_inference_steps: int, device=None):
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-            raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
-        if num_inference_steps <= 0:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if num_inference_steps is None:
+            raise TypeError("num_inference_steps must be an int, got NoneType")
+        check_num_inference_steps(num_inference_steps)
         super().set_timesteps(num_inference_steps, device=device)
         self._pydiff_tables = TableCache()
 
@@ -93,11 +93,7 @@ class DDIMScheduler(_DiffusersDDIM):
         table = self._pydiff_tables.device_view(key, rows, sample.device, sample.dtype)
         coef, index = select_rows(kind, t, table)
         backend = self.pydiff_backend
-        threshold = None
-        if self.config.thresholding:
-            threshold = dynamic_threshold(sample, model_output, coef, index=index,
-                                          ratio=self.config.dynamic_thresholding_ratio,
-                                          max_val=self.config.sample_max_value, backend=backend)
+        threshold = threshold_scale(self, sample, model_output, coef, index)
         noise = None
         if eta > 0:
             noise = variance_noise

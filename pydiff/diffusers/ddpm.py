@@ -10,11 +10,12 @@ from diffusers import DDPMScheduler as _DiffusersDDPM
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..ops import dynamic_threshold, fused_step
+from ..ops import fused_step
 from ..ops import COL
 from ..plans import DDPM_VARIANCE_TYPES, PREDICTION_TYPES, check_finite, ddpm_rows_from, ddpm_scalars
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import TableCache, check_pair, fallback, select_rows, timestep_arg, validated_init
+from ._common import (TableCache, check_num_inference_steps, check_pair, fallback, select_rows, threshold_scale,
+                      timestep_arg, validated_init)
 
 _VARIANCE_TYPES = DDPM_VARIANCE_TYPES + ("learned", "learned_range")
 
@@ -46,12 +47,8 @@ class DDPMScheduler(_DiffusersDDPM):
     )
 
     def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None):
-        if num_inference_steps is not None:
-            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-                raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
-            if num_inference_steps <= 0:
-                raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        elif timesteps is None:
+        check_num_inference_steps(num_inference_steps)
+        if num_inference_steps is None and timesteps is None:
             raise ValueError("give num_inference_steps or timesteps")
         super().set_timesteps(num_inference_steps, device=device, timesteps=timesteps)
         self._pydiff_tables = TableCache()
@@ -102,11 +99,7 @@ class DDPMScheduler(_DiffusersDDPM):
         table = self._pydiff_tables.device_view("rows", rows, sample.device, sample.dtype)
         coef, index = select_rows(kind, t, table)
         backend = self.pydiff_backend
-        threshold = None
-        if self.config.thresholding:
-            threshold = dynamic_threshold(sample, model_output, coef, index=index,
-                                          ratio=self.config.dynamic_thresholding_ratio,
-                                          max_val=self.config.sample_max_value, backend=backend)
+        threshold = threshold_scale(self, sample, model_output, coef, index)
         noise = None
         if kind == "device" or t > 0:
             noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,

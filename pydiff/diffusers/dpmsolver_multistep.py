@@ -13,7 +13,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..ops import dynamic_threshold, fused_step
 from ..plans_dpmsolver import multistep_table, row_is_finite
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import TableCache, check_pair, fallback, validated_init
+from ._common import TableCache, check_num_inference_steps, check_pair, fallback, validated_init
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++", "deis")  # deis -> dpmsolver++
@@ -153,11 +153,7 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
     ))
 
     def set_timesteps(self, num_inference_steps=None, device=None, mu=None, timesteps=None):
-        if num_inference_steps is not None:
-            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-                raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
-            if num_inference_steps <= 0:
-                raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        check_num_inference_steps(num_inference_steps)
         # timesteps stay on the CPU for the host copy, then move like diffusers moves them
         super().set_timesteps(num_inference_steps, device=None, mu=mu, timesteps=timesteps)
         self._pydiff_ts_host = self.timesteps.numpy().copy()

@@ -1,7 +1,6 @@
 """``pydiff.diffusers.DPMSolverSinglestepScheduler``: diffusers' singlestep DPM-Solver(++), one kernel per step."""
 from __future__ import annotations
 
-import numpy as np
 from diffusers import DPMSolverSinglestepScheduler as _DiffusersDPMSS
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -9,7 +8,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..ops import dynamic_threshold, fused_step
 from ..plans_dpmsolver import row_is_finite, singlestep_table
 from ..schedules import BETA_SCHEDULES
-from ._common import TableCache, check_pair, fallback, validated_init
+from ._common import TableCache, check_num_inference_steps, check_pair, fallback, validated_init
 from .dpmsolver_multistep import (check_solver_order, history_buffer, history_ok, host_step_index, preload_table,
                                   table_view)
 
@@ -58,11 +57,7 @@ class DPMSolverSinglestepScheduler(_DiffusersDPMSS):
     ), max_order=3)
 
     def set_timesteps(self, num_inference_steps=None, device=None, mu=None, timesteps=None):
-        if num_inference_steps is not None:
-            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-                raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
-            if num_inference_steps <= 0:
-                raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        check_num_inference_steps(num_inference_steps)
         super().set_timesteps(num_inference_steps, device=None, mu=mu, timesteps=timesteps)
         self._pydiff_ts_host = self.timesteps.numpy().copy()
         self.timesteps = self.timesteps.to(device=device)
