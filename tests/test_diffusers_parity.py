@@ -1,5 +1,4 @@
 """pydiff.diffusers drop-ins against diffusers' own schedulers: full loops, same inputs, same generator."""
-import contextlib
 import itertools
 
 import pytest
@@ -88,52 +87,18 @@ def run_loop(cls, config, steps, dtype, step_kwargs=None, backend=None, device="
     return x, out.pred_original_sample
 
 
-@contextlib.contextmanager
-def noise_drawn_in_float32():
-    """Make diffusers (and our drop-ins, which call the same function) draw float32 noise, then cast.
-
-    torch's generator gives different streams per dtype, so a float64 run normally sees other noise;
-    with this, a float64 run is the float32 run's exact-arithmetic twin: the ground truth of its rounding.
-    """
-    import diffusers.schedulers.scheduling_ddim as m_ddim
-    import diffusers.schedulers.scheduling_ddpm as m_ddpm
-    import pydiff.diffusers.ddim as p_ddim
-    import pydiff.diffusers.ddpm as p_ddpm
-
-    original = m_ddpm.randn_tensor
-
-    def randn32(shape, generator=None, device=None, dtype=None, **kw):
-        return original(shape, generator=generator, device=device, dtype=torch.float32, **kw).to(dtype)
-
-    mods = (m_ddim, m_ddpm, p_ddim, p_ddpm)
-    for mod in mods:
-        mod.randn_tensor = randn32
-    try:
-        yield
-    finally:
-        for mod in mods:
-            mod.randn_tensor = original
-
-
 def assert_fp32_parity(cls_ours, cls_ref, config, steps, step_kwargs=None):
-    """1e-5 relative L2 against diffusers in float32 — unless the configuration is so ill-conditioned that
-    diffusers' own float32 result is further than that from the exact (float64) result; then ours must be
-    at least as close to the exact result as diffusers' own (within a factor 2).
+    """1e-5 relative L2 against diffusers in float32, for the final sample and the final x0.
 
-    The second case is real: with squaredcos_cap_v2, alpha_bar_999 = 2.4e-9, so x0 = (x - sigma eps)/alpha
-    divides a cancellation error of ~6e-8 by 4.9e-5: every float32 evaluation (diffusers' own on another
-    device, or with FMA contraction) is off by ~1e-3 in x0 at that step.
+    This holds on the whole grid (worst case 4.6e-7 on 2026-11-26) because the drop-ins evaluate their
+    scalars in diffusers' float32 order (plans.ddim_scalars/ddpm_scalars) and divide by alpha last
+    (column S); with float64 scalars, ill-conditioned steps (alpha_bar_999 = 2.4e-9 for squaredcos,
+    beta_t = 1 - a_t/a_prev near t = 0) differed by up to 5e-5.
     """
     ours, ours_x0 = run_loop(cls_ours, config, steps, torch.float32, step_kwargs)
     ref, ref_x0 = run_loop(cls_ref, config, steps, torch.float32, step_kwargs)
-    err = rel_l2(ours, ref)
-    if err < 1e-5 and rel_l2(ours_x0, ref_x0) < 1e-5:
-        return
-    with noise_drawn_in_float32():
-        truth, _ = run_loop(cls_ref, config, steps, torch.float64, step_kwargs)
-    own = rel_l2(ref, truth)
-    assert own > 5e-6, f"rel L2 vs diffusers {err:.2e} > 1e-5 in a well-conditioned case (diffusers' own {own:.1e})"
-    assert rel_l2(ours, truth) <= 2 * own, (rel_l2(ours, truth), own)
+    assert rel_l2(ours, ref) < 1e-5
+    assert rel_l2(ours_x0, ref_x0) < 1e-5
 
 
 def _cases(options, with_step_kwargs):
