@@ -160,19 +160,15 @@ def run_loop(cls, config, steps, dtype, exact_module=None, noise_arg=False, begi
 
 
 def assert_fp32_parity(kind, config, steps, **kw):
-    """1e-5 relative L2 against diffusers in float32 — unless diffusers' own float32 result is further than
-    5e-6 from its exact-arithmetic result (ill-conditioned coefficients such as ``(e^h - 1)/h - 1`` for small
-    ``h``); then ours must be at least as close to that exact result as diffusers' own (within a factor 2)."""
+    """1e-5 relative L2 against diffusers in float32 (worst case 2.1e-6 on 2026-11-26).
+
+    It holds because the rows round alpha, sigma and lambda in float32 as diffusers does
+    (plans_dpmsolver.alpha_sigma); with float64 scalars a singlestep-3 case differed by 1.15e-5."""
     ours_cls, ref_cls, module = PAIRS[kind]
     ours = run_loop(ours_cls, config, steps, torch.float32, **kw)
     ref = run_loop(ref_cls, config, steps, torch.float32, **kw)
     err = rel_l2(ours, ref)
-    if err < 1e-5:
-        return err
-    truth = run_loop(ref_cls, config, steps, torch.float64, exact_module=module, **kw)
-    own = rel_l2(ref, truth)
-    assert own > 5e-6, f"rel L2 vs diffusers {err:.2e} > 1e-5 in a well-conditioned case (diffusers' own {own:.1e})"
-    assert rel_l2(ours, truth) <= 2 * own, (rel_l2(ours, truth), own)
+    assert err < 1e-5, err
     return err
 
 
@@ -196,9 +192,12 @@ def test_singlestep_matches_diffusers_fp32(config, steps):
 
 @pytest.mark.parametrize("kind,config", [pytest.param("multistep", c, id=f"ms{i}") for i, c in enumerate(MS_OPTIONS)]
                          + [pytest.param("singlestep", c, id=f"ss{i}") for i, c in enumerate(SS_OPTIONS)])
-def test_float64_equals_diffusers_exact_arithmetic(kind, config):
-    """In float64 the fused rows reproduce diffusers' update formulas to rounding: every coefficient is right."""
+def test_float64_equals_diffusers_exact_arithmetic(kind, config, monkeypatch):
+    """In float64 the fused rows reproduce diffusers' update formulas to rounding: every coefficient is right.
+
+    (With exact scalars: by default the drop-ins round alpha, sigma, lambda in float32 like diffusers.)"""
     ours_cls, ref_cls, module = PAIRS[kind]
+    monkeypatch.setattr(ours_cls, "pydiff_float64_scalars", True)
     for steps in (10, 25):
         with noise_drawn_in_float32(pss_mod):
             ours = run_loop(ours_cls, config, steps, torch.float64)
@@ -261,6 +260,7 @@ def test_state_matches_diffusers_and_history_uses_order_minus_one_buffers(kind, 
     diffusers' exact arithmetic); the converted outputs rotate through solver_order - 1 tensors."""
     ours_cls, ref_cls, module = PAIRS[kind]
     a, b = ours_cls(**config), ref_cls(**config)
+    a.pydiff_float64_scalars = True  # exact scalars, to compare with diffusers' exact arithmetic
     for s in (a, b):
         s.set_timesteps(10)
     b.sigmas = b.sigmas.double()

@@ -94,6 +94,14 @@ def table_view(scheduler, device, dtype):
     return scheduler._pydiff_tables.device_view("rows", rows.reshape(-1, rows.shape[-1]), device, dtype)
 
 
+def scheduler_sigmas(scheduler) -> np.ndarray:
+    """The sigmas the rows are built from: diffusers' float32 ones, so the rows' scalars (alpha, sigma, lambda)
+    round like diffusers' (plans_dpmsolver.alpha_sigma); float64 with ``pydiff_float64_scalars = True`` (exact
+    coefficients, the tests' way of pinning every formula against diffusers run in float64)."""
+    sig = scheduler.sigmas.detach().cpu()
+    return sig.double().numpy() if scheduler.pydiff_float64_scalars else sig.float().numpy()
+
+
 def preload_table(scheduler, device) -> None:
     """Upload the float32 table in ``set_timesteps(device=...)``, so that no step copies anything to the device."""
     if device is None:
@@ -144,6 +152,8 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
     finite (degenerate custom timesteps): there diffusers' own result (or error) is what you get.
     """
 
+    pydiff_float64_scalars = False  # see scheduler_sigmas
+
     __init__ = check_solver_order(validated_init(
         _DiffusersDPMMS.__init__,
         {"beta_schedule": BETA_SCHEDULES, "prediction_type": _PREDICTION_TYPES, "algorithm_type": _ALGORITHMS,
@@ -164,7 +174,7 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
         if self._pydiff_unsupported() is None:
             cfg = self.config
             self._pydiff_rows = multistep_table(
-                self.sigmas.double().numpy(), solver_order=cfg.solver_order, algorithm=cfg.algorithm_type,
+                scheduler_sigmas(self), solver_order=cfg.solver_order, algorithm=cfg.algorithm_type,
                 solver_type=cfg.solver_type, prediction_type=cfg.prediction_type, thresholding=cfg.thresholding,
                 lower_order_final=cfg.lower_order_final, euler_at_final=cfg.euler_at_final,
                 final_sigmas_type=cfg.final_sigmas_type)

@@ -10,7 +10,7 @@ from ..plans_dpmsolver import row_is_finite, singlestep_table
 from ..schedules import BETA_SCHEDULES
 from ._common import TableCache, check_num_inference_steps, check_pair, fallback, validated_init
 from .dpmsolver_multistep import (check_solver_order, history_buffer, history_ok, host_step_index, preload_table,
-                                  table_view)
+                                  scheduler_sigmas, table_view)
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver++", "deis")  # deis -> dpmsolver++ (diffusers)
@@ -49,6 +49,8 @@ class DPMSolverSinglestepScheduler(_DiffusersDPMSS):
     ``get_order_list``).
     """
 
+    pydiff_float64_scalars = False  # see dpmsolver_multistep.scheduler_sigmas
+
     __init__ = check_solver_order(validated_init(
         _DiffusersDPMSS.__init__,
         {"beta_schedule": BETA_SCHEDULES, "prediction_type": _PREDICTION_TYPES, "algorithm_type": _ALGORITHMS,
@@ -67,7 +69,7 @@ class DPMSolverSinglestepScheduler(_DiffusersDPMSS):
         if self._pydiff_unsupported() is None:
             cfg = self.config
             self._pydiff_rows = singlestep_table(
-                self.sigmas.double().numpy(), self.order_list, algorithm=cfg.algorithm_type,
+                scheduler_sigmas(self), self.order_list, algorithm=cfg.algorithm_type,
                 solver_type=cfg.solver_type, prediction_type=cfg.prediction_type)
             preload_table(self, device)
 
