@@ -47,7 +47,7 @@ from ._common import check_dtype, check_f32, check_index
 BLOCK_SIZE = 1024
 NUM_WARPS = 4
 MAX_GRID_Y = 65535
-NCOEF = 11
+NCOEF = 12
 
 
 @triton.jit

@@ -6,7 +6,7 @@ Per sample ``b`` with coefficient row ``r = coef[row(b)]`` and flat element ``g 
     w   = clamp(w, -s_b, s_b) / s_b        given a per-sample threshold s (Imagen, arXiv:2205.11487)
         = clamp(w, -r.CLIP, r.CLIP)        otherwise (static clipping; CLIP = +inf: none)
     w_out[g] = w                           (optional)
-    out[g]   = r.A*x + r.D*m + r.B0*w + r.B1*h1 + r.B2*h2 + r.B3*h3 + r.C*z
+    out[g]   = r.O*(r.A*x + r.D*m + r.B0*w + r.B1*h1 + r.B2*h2 + r.B3*h3 + r.C*z)
 
 with ``z`` = ``noise[g]``, or the Philox normal of ``(seed, offset, g)`` (Salmon et al., SC'11; see
 ``philox.py``), or absent. DDIM (Song et al., arXiv:2010.02502, eq. 12), DDPM's posterior mean and
@@ -45,7 +45,7 @@ from .philox import philox_normal_at
 BLOCK_SIZE = 1024
 NUM_WARPS = 4
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y; tests lower it to exercise the sample loop
-NCOEF = 11
+NCOEF = 12
 
 
 @triton.jit
@@ -117,6 +117,7 @@ def _fused_step_kernel(
         # ---- stores last
         if HAS_W_OUT:
             tl.store(w_out_ptr + g, w.to(w_out_ptr.dtype.element_ty), mask=mask)
+        acc = tl.load(r + 11) * acc
         tl.store(out_ptr + g, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from .ops import COL, NCOEF
+from .ops import COL, NCOEF, coef_row
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 DDPM_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
@@ -126,7 +126,7 @@ def ddim_rows_from(scalars: dict, *, prediction_type: str = "epsilon", clip: flo
     sa, sb = sc["sa"], sc["sb"]
     with np.errstate(divide="ignore", invalid="ignore"):
         P, Q, S = _x0_conversion(prediction_type, sa, sb)
-        rows = np.zeros(sa.shape + (NCOEF,))
+        rows = np.tile(coef_row(), sa.shape + (1,))
         rows[..., COL["P"]], rows[..., COL["Q"]], rows[..., COL["S"]] = P, Q, S
         rows[..., COL["B0"]] = sc["sap"]
         direction = sc["direction"]
@@ -162,7 +162,7 @@ def ddpm_rows_from(scalars: dict, *, prediction_type: str = "epsilon", clip: flo
     sc = _float64(scalars)
     with np.errstate(divide="ignore", invalid="ignore"):
         P, Q, S = _x0_conversion(prediction_type, sc["sa"], sc["sb"])
-        rows = np.zeros(sc["sa"].shape + (NCOEF,))
+        rows = np.tile(coef_row(), sc["sa"].shape + (1,))
         rows[..., COL["P"]], rows[..., COL["Q"]], rows[..., COL["S"]] = P, Q, S
         rows[..., COL["B0"]] = sc["poc"]
         rows[..., COL["A"]] = sc["csc"]

@@ -6,10 +6,12 @@ published, difference form; pydiff runs its float64 plans through fused steps.
 
 Tolerances:
 * float64 data: 1e-9 relative L2 on the whole grid (the two sides compute the same numbers).
-* float32 data: 1e-4 relative L2. A few noise-form ('dpmsolver') singlestep cases on the cosine schedules
-  are ill-conditioned in float32: their first step multiplies x by alpha_t/alpha_s ~ 20-50 and cancels it
-  against the noise term, so merely rounding the model's input and output to float32 moves the reference's
-  own result by up to ~7e-5 (its "float32 floor", measured below per case). There the bound is 5x that floor.
+* float32 data: 1e-4 relative L2, strictly on the 324-case grid. The noise-form ('dpmsolver') singlestep-3
+  cases on the discrete cosine schedule are ill-conditioned in float32: their first step multiplies x by
+  alpha_t/alpha_s ~ 3000 and cancels it against the noise term, so merely rounding the model's input and
+  output to float32 moves the reference's own result by 4-6e-5 (its "float32 floor"). With the output scale
+  O (docs/ops.md) the worst grid case is 9.9e-5 (2026-11-26; 1.35e-4 without O) — inside the bound, with
+  little room. Outside the grid, cases of that kind are allowed 5x their measured floor.
 """
 import itertools
 import math
@@ -116,7 +118,7 @@ def test_parity_grid(sched, alg, method, order, skip, steps, dtype):
     ours = solver.sample(x, steps=steps, order=order, skip_type=skip, method=method)
     kw = dict(steps=steps, order=order, skip_type=skip, method=method, algorithm_type=alg)
     ref = R.sample(exact_eps_ref(rs), rs, x.double(), **kw)
-    check(ours, ref, dtype, lambda: R.sample(exact_eps_ref(rs, rounding=torch.float32), rs, x.double(), **kw))
+    check(ours, ref, dtype)  # strict: the issue's 1e-4 in float32, 1e-9 in float64
 
 
 # ------------------------------------------------------------------------------------------------ options

@@ -22,7 +22,7 @@ namespace fused {
 
 template <typename T>
 struct Coefs {
-  T P, Q, A, D, B0, B1, B2, B3, C, Sc;
+  T P, Q, A, D, B0, B1, B2, B3, C, Sc, O;  // O: output scale (docs/ops.md)
   T bound, div;  // clamp to [-bound, bound], then divide by div (threshold path only)
 };
 
@@ -61,6 +61,7 @@ static inline void fused_range(const Ptrs<typename Traits<DT>::S>& p, int64_t i0
   const S* h3 = NH >= 3 ? p.h3 + i0 : nullptr;
   const S* zn = NZ == kNoiseTensor ? p.noise + i0 : nullptr;
   const T P = c.P, Q = c.Q, A = c.A, D = c.D, B0 = c.B0, B1 = c.B1, B2 = c.B2, B3 = c.B3, C = c.C, Sc = c.Sc;
+  const T O = c.O;
   const T hi = c.bound, lo = -c.bound, div = c.div;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
@@ -77,7 +78,7 @@ static inline void fused_range(const Ptrs<typename Traits<DT>::S>& p, int64_t i0
     if (NZ == kNoiseTensor) acc = acc + C * Tr::load(zn[i]);
     if (NZ == kNoiseBuffer) acc = acc + C * static_cast<T>(zf[i]);
     if (W) wo[i] = Tr::store(w);
-    out[i] = Tr::store(acc);
+    out[i] = Tr::store(O * acc);
   }
 }
 
@@ -119,6 +120,7 @@ static void run(const FusedStepArgs& a, int nt) {
     c.B3 = r[kB3];
     c.C = r[kC];
     c.Sc = r[kS];
+    c.O = r[kO];
     if (THR) {
       c.bound = thr[b];
       c.div = thr[b];

@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(kThreads) fused_step_kernel(const FusedStepArg
     const float nan = __int_as_float(0x7fc00000);
     const float P = r ? r[kP] : nan, Q = r ? r[kQ] : nan, A = r ? r[kA] : nan, D = r ? r[kD] : nan;
     const float B0 = r ? r[kB0] : nan, B1 = r ? r[kB1] : nan, B2 = r ? r[kB2] : nan, B3 = r ? r[kB3] : nan;
-    const float C = r ? r[kC] : nan, Sc = r ? r[kS] : nan;
+    const float C = r ? r[kC] : nan, Sc = r ? r[kS] : nan, O = r ? r[kO] : nan;
     const float bound = thr ? thr[b] : (r ? r[kCLIP] : nan);
     const int64_t base = b * N;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < N; i += stride) {
@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kThreads) fused_step_kernel(const FusedStepArg
         acc = acc + C * ::pydiff::philox_normal(a.seed, a.offset, static_cast<uint64_t>(g));
       }
       if (w_out) w_out[g] = Conv<S>::store(w);
-      out[g] = Conv<S>::store(acc);
+      out[g] = Conv<S>::store(O * acc);
     }
   }
 }

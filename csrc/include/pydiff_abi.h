@@ -20,7 +20,7 @@ enum DType : int {
 
 // coefficient columns (docs/ops.md)
 // w = S*(P*x + Q*m); clip; out = A*x + D*m + B0*w + B1*h1 + B2*h2 + B3*h3 + C*z
-enum Col : int { kP = 0, kQ, kA, kD, kB0, kB1, kB2, kB3, kC, kCLIP, kS, kNCoef };
+enum Col : int { kP = 0, kQ, kA, kD, kB0, kB1, kB2, kB3, kC, kCLIP, kS, kO, kNCoef };
 
 // Normalized arguments of fused_step (docs/ops.md).
 struct FusedStepArgs {

@@ -4,7 +4,7 @@ Per sample ``b`` (coefficient row ``r``) and element ``g``::
 
     w     = clip(r.S * (r.P * x + r.Q * m))              # eps / x0 / v  ->  the solver's variable
     w_out = w                                            # optional: pred_original_sample, or history
-    x'    = r.A*x + r.D*m + r.B0*w + sum_k r.Bk*h_k + r.C*z
+    x'    = r.O*(r.A*x + r.D*m + r.B0*w + sum_k r.Bk*h_k + r.C*z)
 
 ``clip`` is ``clamp(w, -CLIP, CLIP)`` (static clipping, DDPM Ho et al. 2020) or, given a per-sample
 ``threshold`` s, ``clamp(w, -s, s)/s`` (Imagen dynamic thresholding, Saharia et al. 2022).
@@ -32,19 +32,20 @@ from ._dispatch import (
 )
 from .philox import philox_normal_flat
 
-COLUMNS = ("P", "Q", "A", "D", "B0", "B1", "B2", "B3", "C", "CLIP", "S")
+COLUMNS = ("P", "Q", "A", "D", "B0", "B1", "B2", "B3", "C", "CLIP", "S", "O")
 NCOEF = len(COLUMNS)
 COL = {name: i for i, name in enumerate(COLUMNS)}
 
 
 def coef_row(**values: float) -> np.ndarray:
-    """A float64 coefficient row; unnamed columns are 0 except ``CLIP`` (+inf: no clipping) and ``S`` (1).
+    """A float64 coefficient row; unnamed columns are 0 except ``CLIP`` (+inf: no clipping), ``S`` and ``O`` (1).
 
     >>> coef_row(P=1.0, B0=1.0)   # out = w = x
     """
     row = np.zeros(NCOEF, dtype=np.float64)
     row[COL["CLIP"]] = math.inf
     row[COL["S"]] = 1.0
+    row[COL["O"]] = 1.0
     for name, value in values.items():
         if name not in COL:
             raise ValueError(f"unknown coefficient {name!r}; columns are {COLUMNS}")
@@ -87,7 +88,7 @@ def fused_step_reference(x, m, coef, index, index_stride, row_stride, out, w_out
         acc = acc + col("C") * z
     if w_out is not None:
         w_out.copy_(w)
-    out.copy_(acc)
+    out.copy_(col("O") * acc)
 
 
 def fused_step(
@@ -110,8 +111,8 @@ def fused_step(
     Args:
         x: current sample, shape ``(B, ...)``, float16/bfloat16/float32 (float64 on reference/cpu).
         model_output: the network output ``m``, same shape, dtype and device as ``x``.
-        coef: coefficient row(s), columns ``pydiff.ops.COLUMNS``: ``(11,)`` for the whole batch,
-            ``(B, 11)`` one row per sample, or a table ``(R, 11)`` indexed by ``index``.
+        coef: coefficient row(s), columns ``pydiff.ops.COLUMNS``: ``(12,)`` for the whole batch,
+            ``(B, 12)`` one row per sample, or a table ``(R, 12)`` indexed by ``index``.
         index: optional int64 device tensor (shape ``()``, ``(1,)`` or ``(B,)``) of table rows; lets a
             device-side step counter or timestep select the row without a host sync.
         out: where to write ``x'`` (may be ``x`` itself); a new tensor by default.
