@@ -9,8 +9,9 @@ singlestep-2 and singlestep-3 with ``r1 = 1/3``, ``r2 = 2/3``), and measures
 (``x_prev``: the lower-order result of the last accepted step). ``E <= 1`` accepts ``x_high``; either way
 ``h <- min(theta h E^(-1/order), lambda_end - lambda_s)``. The step size depends on the data, so the
 coefficients are computed on the host, in float64, once per attempt, and the loop reads ``E`` back:
-**one host sync per accepted or rejected step**. The updates themselves are fused steps; the norm is a
-few elementwise ops and one ``sumsq`` reduction.
+**one host sync per accepted or rejected step**. The updates themselves are fused steps; ``x_high - x_low``
+is one more fused step from the float64 coefficient differences (not a subtraction of two rounded
+results), and the norm is a few elementwise ops and one ``sumsq`` reduction.
 """
 from __future__ import annotations
 
@@ -26,15 +27,16 @@ from . import coefficients as cf
 from .runtime import Runner, correction_tables, device_tables
 
 
-def scaled_error_norm(x_high, x_low, x_prev, atol, rtol, backend=None):
-    """``max_b sqrt(mean_i(((x_high - x_low)/delta)^2))`` with ``delta = max(atol, rtol max(|x_low|, |x_prev|))``.
+def scaled_error_norm(diff, x_low, x_prev, atol, rtol, backend=None):
+    """``max_b sqrt(mean_i((diff/delta)^2))`` with ``diff = x_high - x_low`` and
+    ``delta = max(atol, rtol max(|x_low|, |x_prev|))``.
 
     Returns a host float (this is the sync point of the adaptive solver).
     """
-    T = compute_dtype(x_high.dtype)
+    T = compute_dtype(diff.dtype)
     lo = x_low.to(T)
     delta = torch.clamp_min(torch.maximum(lo.abs(), x_prev.to(T).abs()) * rtol, atol)
-    ratio = (x_high.to(T) - lo) / delta
+    ratio = diff.to(T) / delta
     n = ratio[0].numel()
     ss = sumsq(ratio, backend=backend)
     return float(torch.sqrt(ss / n).max())
@@ -106,21 +108,34 @@ def run_adaptive(solver, x, order, t_T, t_0, h_init, atol, rtol, theta, t_err, s
                                R.times, x.device, x.dtype)
         run = Runner(solver, x, tables, mode)
         t_rows = tables["times"]
-        w0, w1 = torch.empty_like(x), torch.empty_like(x)
+        w0, w1, w_hi = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
         m = run.evaluate(x, t_rows[ra])
         y1 = run.apply(x, m, ra, torch.empty_like(x), w0, (), R.to_x0[ra], t_rows[ra, 0])
         if order == 2:
             x_low = fused_step(x, w0, tables["fused"][rl], backend=backend)
             m = run.evaluate(y1, t_rows[rb])
-            x_high = run.apply(y1, m, rb, y1, None, (x, w0), R.to_x0[rb], t_rows[rb, 0])
+            x_high = run.apply(y1, m, rb, y1, w_hi, (x, w0), R.to_x0[rb], t_rows[rb, 0])
+            # x_high - x_low straight from the coefficient differences (see _difference)
+            diff_row = coef_row(Q=1.0, A=A - Al, B0=comb["s1"], B1=comb["s"] - cl["s"])
+            diff_hist = (w0,)
         else:
             m = run.evaluate(y1, t_rows[rb])
             y2 = run.apply(y1, m, rb, y1, w1, (x, w0), R.to_x0[rb], t_rows[rb, 0])
             x_low = fused_step(x, w1, tables["fused"][rl], hist=(w0,), backend=backend)
             m = run.evaluate(y2, t_rows[rc])
             hist = (x, w0, w1) if comb.get("s1", 0.0) != 0.0 else (x, w0)
-            x_high = run.apply(y2, m, rc, y2, None, hist, R.to_x0[rc], t_rows[rc, 0])
-        E = scaled_error_norm(x_high, x_low, x_prev, atol, rtol, backend)
+            x_high = run.apply(y2, m, rc, y2, w_hi, hist, R.to_x0[rc], t_rows[rc, 0])
+            diff_row = coef_row(Q=1.0, A=A - Al, B0=comb["s2"], B1=comb["s"] - cl["s"],
+                                B2=comb.get("s1", 0.0) - cl["s1"])
+            diff_hist = (w0, w1)
+        # The two solutions agree to ~h^(order+1); subtracting them after rounding each to float32 leaves
+        # rounding noise (~6e-8 relative) instead of the ~1e-8 true difference at the first step of
+        # DPM-Solver-23, which then picks the step sizes. One more fused step computes the difference
+        # from the float64 coefficient differences instead: the float32 run then takes the float64 run's
+        # steps (parity with the float64 transcription, 1e-4, in float32 too).
+        diff = fused_step(x, w_hi, torch.as_tensor(diff_row, dtype=compute_dtype(x.dtype), device=x.device),
+                          hist=diff_hist, backend=backend)
+        E = scaled_error_norm(diff, x_low, x_prev, atol, rtol, backend)
         if not math.isfinite(E):
             raise RuntimeError(f"adaptive DPM-Solver: non-finite error estimate {E} at t={s}")
         if E <= 1.0:
