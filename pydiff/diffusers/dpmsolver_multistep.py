@@ -102,6 +102,20 @@ def scheduler_sigmas(scheduler) -> np.ndarray:
     return sig.double().numpy() if scheduler.pydiff_float64_scalars else sig.float().numpy()
 
 
+def reset_fused_state(scheduler, device, build_table) -> None:
+    """After the parent's ``set_timesteps`` (run with ``device=None``): keep a host copy of the timesteps,
+    move them like diffusers does, drop the old history and tables, and build (and upload) the new rows when
+    the configuration is fused."""
+    scheduler._pydiff_ts_host = scheduler.timesteps.numpy().copy()
+    scheduler.timesteps = scheduler.timesteps.to(device=device)
+    scheduler._pydiff_tables = TableCache()
+    scheduler._pydiff_owned = []
+    scheduler._pydiff_rows = None
+    if scheduler._pydiff_unsupported() is None:
+        scheduler._pydiff_rows = build_table()
+        preload_table(scheduler, device)
+
+
 def preload_table(scheduler, device) -> None:
     """Upload the float32 table in ``set_timesteps(device=...)``, so that no step copies anything to the device."""
     if device is None:
@@ -166,19 +180,12 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
         check_num_inference_steps(num_inference_steps)
         # timesteps stay on the CPU for the host copy, then move like diffusers moves them
         super().set_timesteps(num_inference_steps, device=None, mu=mu, timesteps=timesteps)
-        self._pydiff_ts_host = self.timesteps.numpy().copy()
-        self.timesteps = self.timesteps.to(device=device)
-        self._pydiff_tables = TableCache()
-        self._pydiff_owned = []
-        self._pydiff_rows = None
-        if self._pydiff_unsupported() is None:
-            cfg = self.config
-            self._pydiff_rows = multistep_table(
-                scheduler_sigmas(self), solver_order=cfg.solver_order, algorithm=cfg.algorithm_type,
-                solver_type=cfg.solver_type, prediction_type=cfg.prediction_type, thresholding=cfg.thresholding,
-                lower_order_final=cfg.lower_order_final, euler_at_final=cfg.euler_at_final,
-                final_sigmas_type=cfg.final_sigmas_type)
-            preload_table(self, device)
+        cfg = self.config
+        reset_fused_state(self, device, lambda: multistep_table(
+            scheduler_sigmas(self), solver_order=cfg.solver_order, algorithm=cfg.algorithm_type,
+            solver_type=cfg.solver_type, prediction_type=cfg.prediction_type, thresholding=cfg.thresholding,
+            lower_order_final=cfg.lower_order_final, euler_at_final=cfg.euler_at_final,
+            final_sigmas_type=cfg.final_sigmas_type))
 
     def _pydiff_unsupported(self):
         """Why this configuration is not fused (None when it is)."""

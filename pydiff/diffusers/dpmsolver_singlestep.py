@@ -8,8 +8,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..ops import dynamic_threshold, fused_step
 from ..plans_dpmsolver import row_is_finite, singlestep_table
 from ..schedules import BETA_SCHEDULES
-from ._common import TableCache, check_num_inference_steps, check_pair, fallback, validated_init
-from .dpmsolver_multistep import (check_solver_order, history_buffer, history_ok, host_step_index, preload_table,
+from ._common import check_num_inference_steps, check_pair, fallback, validated_init
+from .dpmsolver_multistep import (check_solver_order, history_buffer, history_ok, host_step_index, reset_fused_state,
                                   scheduler_sigmas, table_view)
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
@@ -61,17 +61,10 @@ class DPMSolverSinglestepScheduler(_DiffusersDPMSS):
     def set_timesteps(self, num_inference_steps=None, device=None, mu=None, timesteps=None):
         check_num_inference_steps(num_inference_steps)
         super().set_timesteps(num_inference_steps, device=None, mu=mu, timesteps=timesteps)
-        self._pydiff_ts_host = self.timesteps.numpy().copy()
-        self.timesteps = self.timesteps.to(device=device)
-        self._pydiff_tables = TableCache()
-        self._pydiff_owned = []
-        self._pydiff_rows = None
-        if self._pydiff_unsupported() is None:
-            cfg = self.config
-            self._pydiff_rows = singlestep_table(
-                scheduler_sigmas(self), self.order_list, algorithm=cfg.algorithm_type,
-                solver_type=cfg.solver_type, prediction_type=cfg.prediction_type)
-            preload_table(self, device)
+        cfg = self.config
+        reset_fused_state(self, device, lambda: singlestep_table(
+            scheduler_sigmas(self), self.order_list, algorithm=cfg.algorithm_type, solver_type=cfg.solver_type,
+            prediction_type=cfg.prediction_type))
 
     def _pydiff_unsupported(self):
         """Why this configuration is not fused (None when it is)."""
