@@ -137,3 +137,12 @@ def test_ddim_generator_and_variance_noise_together():
     with pytest.raises(ValueError, match="generator"):
         s.step(x, s.timesteps[0], x, eta=1.0, generator=torch.Generator(), variance_noise=x)
     assert math.isfinite(float(s.step(x, s.timesteps[0], x).prev_sample.sum()))
+
+
+def test_dropin_noise_source_is_checked():
+    s = pd.DDPMScheduler()
+    s.set_timesteps(10)
+    s.pydiff_noise = "cuRAND"
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="pydiff_noise must be one of"):
+        s.step(x, s.timesteps[0], x)

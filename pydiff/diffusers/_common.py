@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 logger = logging.getLogger("pydiff.diffusers")
 
@@ -45,6 +46,8 @@ def validated_init(parent_init, allowed: dict):
         parent_init(self, *args, **kwargs)
         self.last_fallback_reason = None
         self.pydiff_backend = os.environ.get("PYDIFF_BACKEND") or None
+        self.pydiff_noise = "diffusers"
+        self._pydiff_noise_count = 0
 
     return __init__
 
@@ -68,6 +71,31 @@ def threshold_scale(scheduler, sample, model_output, coef, index):
 
     return dynamic_threshold(sample, model_output, coef, index=index, ratio=cfg.dynamic_thresholding_ratio,
                              max_val=cfg.sample_max_value, backend=scheduler.pydiff_backend)
+
+
+NOISE_SOURCES = ("diffusers", "philox")
+
+
+def step_noise(scheduler, shape, generator, device, dtype, variance_noise=None):
+    """``(noise, seed, offset)`` for ``fused_step``: how the step's ``z`` is obtained.
+
+    ``scheduler.pydiff_noise = "diffusers"`` (default): drawn exactly as diffusers draws it (``randn_tensor``
+    with the given generator), so the images equal diffusers'. ``"philox"``: generated inside the kernel from
+    Philox (docs/ops.md) — no separate noise tensor, no extra launch — keyed by the generator's seed (else
+    ``torch.initial_seed()``) and a per-scheduler step counter reset by ``set_timesteps``. Reproducible for a
+    given seed and identical on every backend, but different numbers from diffusers' (opt-in).
+    """
+    if variance_noise is not None:
+        return variance_noise, None, 0
+    source = getattr(scheduler, "pydiff_noise", "diffusers")
+    if source == "diffusers":
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype), None, 0
+    if source != "philox":
+        raise ValueError(f"pydiff_noise must be one of {NOISE_SOURCES}, got {source!r}")
+    seed = generator.initial_seed() if generator is not None else torch.initial_seed()
+    offset = scheduler._pydiff_noise_count
+    scheduler._pydiff_noise_count += 1
+    return None, int(seed) % (1 << 64), offset
 
 
 def check_pair(model_output, sample) -> None:

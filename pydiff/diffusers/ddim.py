@@ -7,13 +7,12 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler as _DiffusersDDIM
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..ops import fused_step
 from ..plans import PREDICTION_TYPES, check_finite, ddim_rows_from, ddim_scalars
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import (TableCache, check_num_inference_steps, check_pair, fallback, select_rows, threshold_scale,
-                      timestep_arg, validated_init)
+from ._common import (TableCache, check_num_inference_steps, check_pair, fallback, select_rows, step_noise,
+                      threshold_scale, timestep_arg, validated_init)
 
 
 class DDIMScheduler(_DiffusersDDIM):
@@ -48,6 +47,7 @@ class DDIMScheduler(_DiffusersDDIM):
         check_num_inference_steps(num_inference_steps)
         super().set_timesteps(num_inference_steps, device=device)
         self._pydiff_tables = TableCache()
+        self._pydiff_noise_count = 0
 
     def _rows(self, eta: float, use_clipped: bool) -> np.ndarray:
         """Rows for every timestep value; scalars in float32 as diffusers computes them (see ddim_scalars)."""
@@ -94,15 +94,13 @@ class DDIMScheduler(_DiffusersDDIM):
         coef, index = select_rows(kind, t, table)
         backend = self.pydiff_backend
         threshold = threshold_scale(self, sample, model_output, coef, index)
-        noise = None
+        noise, seed, offset = None, None, 0
         if eta > 0:
-            noise = variance_noise
-            if noise is None:
-                noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                                     dtype=model_output.dtype)
+            noise, seed, offset = step_noise(self, model_output.shape, generator, model_output.device,
+                                             model_output.dtype, variance_noise)
         pred_x0 = torch.empty_like(sample)
-        prev_sample = fused_step(sample, model_output, coef, index=index, w_out=pred_x0, noise=noise,
-                                 threshold=threshold, backend=backend)
+        prev_sample = fused_step(sample, model_output, coef, index=index, w_out=pred_x0, noise=noise, seed=seed,
+                                 offset=offset, threshold=threshold, backend=backend)
         if not return_dict:
             return prev_sample, pred_x0
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)

@@ -8,14 +8,13 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler as _DiffusersDDPM
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..ops import fused_step
 from ..ops import COL
 from ..plans import DDPM_VARIANCE_TYPES, PREDICTION_TYPES, check_finite, ddpm_rows_from, ddpm_scalars
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import (TableCache, check_num_inference_steps, check_pair, fallback, select_rows, threshold_scale,
-                      timestep_arg, validated_init)
+from ._common import (TableCache, check_num_inference_steps, check_pair, fallback, select_rows, step_noise,
+                      threshold_scale, timestep_arg, validated_init)
 
 _VARIANCE_TYPES = DDPM_VARIANCE_TYPES + ("learned", "learned_range")
 
@@ -52,6 +51,7 @@ class DDPMScheduler(_DiffusersDDPM):
             raise ValueError("give num_inference_steps or timesteps")
         super().set_timesteps(num_inference_steps, device=device, timesteps=timesteps)
         self._pydiff_tables = TableCache()
+        self._pydiff_noise_count = 0
 
     def _build_rows(self) -> np.ndarray:
         cfg = self.config
@@ -100,13 +100,13 @@ class DDPMScheduler(_DiffusersDDPM):
         coef, index = select_rows(kind, t, table)
         backend = self.pydiff_backend
         threshold = threshold_scale(self, sample, model_output, coef, index)
-        noise = None
+        noise, seed, offset = None, None, 0
         if kind == "device" or t > 0:
-            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                                 dtype=model_output.dtype)
+            noise, seed, offset = step_noise(self, model_output.shape, generator, model_output.device,
+                                             model_output.dtype)
         pred_x0 = torch.empty_like(sample)
-        prev_sample = fused_step(sample, model_output, coef, index=index, w_out=pred_x0, noise=noise,
-                                 threshold=threshold, backend=backend)
+        prev_sample = fused_step(sample, model_output, coef, index=index, w_out=pred_x0, noise=noise, seed=seed,
+                                 offset=offset, threshold=threshold, backend=backend)
         if not return_dict:
             return prev_sample, pred_x0
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)
