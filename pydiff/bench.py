@@ -136,10 +136,23 @@ def time_callable(fn, device, min_time: float = 0.3, min_reps: int = 20, warmup:
     return statistics.median(samples) * 1e6
 
 
+def _check_device(device):
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA device is available here")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    return str(dev)
+
+
 def run(samplers=SAMPLERS, shape=(1, 4, 64, 64), dtype="fp32", device=None, backends=None, min_time=0.3):
     """Benchmark every sampler; returns a list of ``Row``."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _check_device(device)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     if backends is not None:
@@ -189,9 +202,9 @@ def bandwidth(shape=(32, 3, 512, 512), dtype="fp32", device=None, backends=None,
     """
     from .ops import coef_row, fused_step
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = torch.device(_check_device(device))
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     tdtype = DTYPES[dtype]
     x = torch.randn(shape, device=device).to(tdtype)
     m = torch.randn(shape, device=device).to(tdtype)

@@ -35,7 +35,15 @@ def _parser():
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ValueError as err:  # bad option values: a usage error, not a traceback
+        parser.error(str(err))
+
+
+def _run(args) -> int:
     if args.command == "bench":
         from . import bench
         from .ops import available_backends

@@ -1,0 +1,36 @@
+"""The `pydiff` command: the bench runs, checks its candidates against diffusers, writes JSON, and rejects
+bad options with a usage error."""
+import json
+
+import pytest
+
+from pydiff.cli import main
+
+
+def test_bench_writes_rows(tmp_path, capsys):
+    path = tmp_path / "rows.json"
+    assert main(["bench", "--sampler", "ddim", "--sampler", "dpm3m", "--shape", "2x3x8x8", "--min-time", "0.01",
+                 "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())
+    impls = {(r["sampler"], r["impl"]) for r in rows}
+    assert ("ddim", "diffusers") in impls and ("dpm3m", "pydiff-reference") in impls
+    assert all(r["median_us"] > 0 and r["shape"] == "2x3x8x8" for r in rows)
+    assert "vs diffusers" in capsys.readouterr().out
+
+
+def test_bench_bandwidth(capsys):
+    assert main(["bench", "--bandwidth", "--shape", "2x3x8x8", "--min-time", "0.01", "--backend", "reference"]) == 0
+    out = capsys.readouterr().out
+    assert "torch copy_" in out and "fused_step-reference" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "--shape", "1x0x3"], "shape dimensions must be positive"),
+    (["bench", "--device", "tpu"], "device must be"),
+    (["bench", "--sampler", "euler"], "invalid choice"),
+])
+def test_bench_rejects_bad_options(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
