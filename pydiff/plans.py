@@ -1,8 +1,10 @@
-"""Coefficient plans: a sampler's per-step scalars, computed once in float64, kept on the device.
+"""Coefficient plans: a sampler's per-step scalars, computed once before the loop.
 
-A plan is a float64 table with one row per step (or per timestep value), columns ``pydiff.ops.COLUMNS``.
-The sampling loop only selects rows (by a Python int, or by a device tensor through ``fused_step(index=)``),
-so it performs no ``.item()``, no host sync and no host-to-device copy per step.
+A plan is a float64 table with one row per step (or per timestep value), columns ``pydiff.ops.COLUMNS``,
+copied to the device once (the drop-ins keep it in ``pydiff.diffusers._common.TableCache``; DPM-Solver in
+``pydiff.dpm_solver.plan``). The sampling loop only selects rows (by a Python int, or by a device tensor
+through ``fused_step(index=)``), so it performs no ``.item()``, no host sync and no host-to-device copy per
+step.
 
 The DDIM and DDPM row builders below take arrays of ``alpha_bar`` (cumulative products) for the current
 and the previous timestep, so the same formulas serve diffusers' discrete grids and any other grid.
@@ -14,34 +16,10 @@ import math
 import numpy as np
 import torch
 
-from .ops import COL, NCOEF, coef_row
+from .ops import COL, coef_row
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 DDPM_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
-
-
-class Plan:
-    """A float64 coefficient table and its device copies (one per device and compute dtype)."""
-
-    def __init__(self, rows: np.ndarray):
-        rows = np.asarray(rows, dtype=np.float64)
-        if rows.ndim != 2 or rows.shape[1] != NCOEF:
-            raise ValueError(f"plan rows must have shape (R, {NCOEF}), got {rows.shape}")
-        self.rows = rows
-        self._tables: dict = {}
-
-    def __len__(self) -> int:
-        return self.rows.shape[0]
-
-    def table(self, device, dtype=torch.float32) -> torch.Tensor:
-        """The table on ``device`` in the compute dtype of data of ``dtype`` (copied once, then cached)."""
-        cdtype = torch.float64 if dtype == torch.float64 else torch.float32
-        key = (torch.device(device), cdtype)
-        t = self._tables.get(key)
-        if t is None:
-            t = torch.from_numpy(self.rows).to(device=key[0], dtype=cdtype)
-            self._tables[key] = t
-        return t
 
 
 def _x0_conversion(prediction_type: str, sa, sb):
