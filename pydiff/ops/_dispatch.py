@@ -69,8 +69,8 @@ def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
     Successful choices are cached per (argument, environment, device type, dtype): the eager step pays
     ~1 µs here instead of ~10 µs (availability probes, environment reads) — it is on every step's path.
     """
-    env = os.environ
-    key = (backend, env.get("PYDIFF_BACKEND"), env.get("TRITON_INTERPRET"), tensor.device.type, tensor.dtype)
+    # TRITON_INTERPRET is left out of the key: triton reads it once, at import, so it cannot change later
+    key = (backend, os.environ.get("PYDIFF_BACKEND"), tensor.device.type, tensor.dtype)
     hit = _RESOLVED.get(key)
     if hit is not None:
         return hit
@@ -188,7 +188,11 @@ def normalize_rows(coef, index, batch: int, like: torch.Tensor, ncoef: int):
         coef = coef.unsqueeze(0)
     if coef.ndim != 2 or coef.shape[1] != ncoef:
         raise ValueError(f"coef must have shape ({ncoef},), (B, {ncoef}) or (R, {ncoef}), got {tuple(coef.shape)}")
-    coef = coef.to(compute_dtype(like.dtype)).contiguous()
+    cdt = compute_dtype(like.dtype)
+    if coef.dtype != cdt:
+        coef = coef.to(cdt)
+    if not coef.is_contiguous():
+        coef = coef.contiguous()
     if index is not None:
         if not isinstance(index, torch.Tensor) or index.dtype not in (torch.int64, torch.int32):
             raise TypeError("index must be an int64 (or int32) tensor of row numbers")
