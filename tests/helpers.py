@@ -51,3 +51,23 @@ def supports_dtype(backend, dtype):
 def rel_l2(a, b):
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+MU, S = 0.3, 1.6  # toy data x0 ~ N(MU, S^2): |x0| often exceeds 1, so clipping and thresholding engage
+
+
+def toy_model(x, t, sched):
+    """A consistent denoiser for a diffusers scheduler: the exact prediction for Gaussian data plus a small
+    smooth nonlinearity, in the scheduler's prediction type.
+
+    (An arbitrary nonlinear map would make the sampler's dynamics expanding, so that float32 rounding
+    grows step by step and no two implementations could agree.)
+    """
+    a = float(sched.alphas_cumprod[int(t)])
+    sa, sb = a ** 0.5, (1 - a) ** 0.5
+    xf = x.double()
+    x0 = MU + sa * S * S / (a * S * S + 1 - a) * (xf - sa * MU) + 0.05 * torch.sin(3.0 * xf)
+    eps = (xf - sa * x0) / sb
+    kind = sched.config.prediction_type
+    out = eps if kind == "epsilon" else x0 if kind == "sample" else sa * eps - sb * x0
+    return out.to(x.dtype)

@@ -10,7 +10,7 @@ from ..plans_dpmsolver import row_is_finite, singlestep_table
 from ..schedules import BETA_SCHEDULES
 from ._common import check_num_inference_steps, check_pair, fallback, validated_init
 from .dpmsolver_multistep import (check_solver_order, history_buffer, history_ok, host_step_index, reset_fused_state,
-                                  scheduler_sigmas, table_view)
+                                  scheduler_sigmas, table_view, unsupported_common)
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver++", "deis")  # deis -> dpmsolver++ (diffusers)
@@ -69,13 +69,9 @@ class DPMSolverSinglestepScheduler(_DiffusersDPMSS):
     def _pydiff_unsupported(self):
         """Why this configuration is not fused (None when it is)."""
         cfg = self.config
-        if cfg.variance_type in ("learned", "learned_range"):
-            return f"variance_type={cfg.variance_type!r}"
-        for opt in ("use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas"):
-            if getattr(cfg, opt, False):
-                return f"{opt}=True"
-        if cfg.prediction_type not in ("epsilon", "sample", "v_prediction"):
-            return f"prediction_type={cfg.prediction_type!r}"
+        reason = unsupported_common(cfg)
+        if reason:
+            return reason
         if cfg.thresholding and cfg.algorithm_type == "dpmsolver":
             return "thresholding with algorithm_type='dpmsolver'"
         if cfg.algorithm_type not in ("dpmsolver", "dpmsolver++", "sde-dpmsolver++"):
