@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from ._native_common import batch_and_numel as _bn
+from ._native_common import check_coef_columns, dtype_code, ptr as _ptr
+
 try:  # the extension is optional (pure-Python installs, or a failed native build)
     from . import _C
 except ImportError:  # pragma: no cover - depends on the build
@@ -32,15 +35,8 @@ def available() -> bool:
     return _C is not None
 
 
-def _code(dtype: torch.dtype) -> int:
-    try:
-        return _DTYPE_CODE[dtype]
-    except KeyError:
-        raise TypeError(f"the cpu backend does not take {dtype}") from None
 
 
-def _ptr(t) -> int:
-    return 0 if t is None else t.data_ptr()
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -51,16 +47,8 @@ def _threads() -> int:
     return torch.get_num_threads()  # honour torch.set_num_threads
 
 
-def _check_coef(coef: torch.Tensor) -> None:
-    # guards against a stale build whose compiled column layout differs from pydiff.ops.COLUMNS
-    if coef.shape[-1] != _C.NCOEF:
-        raise RuntimeError(f"pydiff._C was built for {_C.NCOEF} coefficient columns, got {coef.shape[-1]}; "
-                           "rebuild the extension (pip install -e .)")
 
 
-def _bn(x: torch.Tensor):
-    B = x.shape[0]
-    return B, (x.numel() // B if B else 0)
 
 
 def fused_step(x, m, coef, index, index_stride, row_stride, out, w_out, hist, noise, seed, offset, threshold) -> None:
@@ -97,3 +85,11 @@ def dynamic_threshold(x, m, coef, index, index_stride, row_stride, ratio, max_va
 
 def philox_normal(out, seed, offset) -> None:
     _C.philox_normal(_code(out.dtype), out.numel(), _ptr(out), int(seed), int(offset), _threads())
+
+
+def _code(dtype: torch.dtype) -> int:
+    return dtype_code(_DTYPE_CODE, dtype, "cpu")
+
+
+def _check_coef(coef: torch.Tensor) -> None:
+    check_coef_columns(_C, coef)

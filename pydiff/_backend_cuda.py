@@ -19,6 +19,9 @@ import math
 import numpy as np
 import torch
 
+from ._native_common import batch_and_numel as _bn
+from ._native_common import check_coef_columns, dtype_code, ptr as _ptr
+
 try:
     from . import _C_cuda
 except ImportError:  # pragma: no cover - depends on the build
@@ -42,15 +45,8 @@ def available() -> bool:
         return False
 
 
-def _code(dtype: torch.dtype) -> int:
-    try:
-        return _DTYPE_CODE[dtype]
-    except KeyError:
-        raise TypeError(f"the cuda backend does not take {dtype}") from None
 
 
-def _ptr(t) -> int:
-    return 0 if t is None else t.data_ptr()
 
 
 def _dev_stream(t: torch.Tensor):
@@ -58,16 +54,8 @@ def _dev_stream(t: torch.Tensor):
     return dev, torch.cuda.current_stream(dev).cuda_stream
 
 
-def _check_coef(coef: torch.Tensor) -> None:
-    # guards against a stale build whose compiled column layout differs from pydiff.ops.COLUMNS
-    if coef.shape[-1] != _C_cuda.NCOEF:
-        raise RuntimeError(f"pydiff._C_cuda was built for {_C_cuda.NCOEF} coefficient columns, got {coef.shape[-1]}; "
-                           "rebuild the extension (pip install -e .)")
 
 
-def _bn(x: torch.Tensor):
-    B = x.shape[0]
-    return B, (x.numel() // B if B else 0)
 
 
 def fused_step(x, m, coef, index, index_stride, row_stride, out, w_out, hist, noise, seed, offset, threshold) -> None:
@@ -115,3 +103,11 @@ def dynamic_threshold(x, m, coef, index, index_stride, row_stride, ratio, max_va
 def philox_normal(out, seed, offset) -> None:
     dev, stream = _dev_stream(out)
     _C_cuda.philox_normal(_code(out.dtype), out.numel(), _ptr(out), int(seed), int(offset), dev, stream)
+
+
+def _code(dtype: torch.dtype) -> int:
+    return dtype_code(_DTYPE_CODE, dtype, "cuda")
+
+
+def _check_coef(coef: torch.Tensor) -> None:
+    check_coef_columns(_C_cuda, coef)
