@@ -12,7 +12,7 @@ setup (their float64 run agrees with our float64 run to 5e-6 on the discrete sch
 build from the float32 betas, and to 4e-9 on the continuous one). These are measurements of their code,
 not our output. Ours measured 7e-7 .. 3.5e-6 on every row (2026-12-01); before error differences below one
 unit of float32 were masked, 1.1e-3 .. 6.5e-2 (the float32 step-size control took other steps than
-float64's; see pydiff/dpm_solver/adaptive.py).
+float64's; the adaptive solver's module docstring has the mechanism).
 """
 import pytest
 import torch
