@@ -11,7 +11,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..ops import dynamic_threshold, fused_step
-from ..plans_dpmsolver import multistep_table, row_is_finite
+from ..plans.dpm_solver_diffusers import multistep_table, row_is_finite
 from ..schedules import BETA_SCHEDULES, SPACINGS
 from ._common import TableCache, check_num_inference_steps, check_pair, fallback, validated_init
 
@@ -96,7 +96,7 @@ def table_view(scheduler, device, dtype):
 
 def scheduler_sigmas(scheduler) -> np.ndarray:
     """The sigmas the rows are built from: diffusers' float32 ones, so the rows' scalars (alpha, sigma, lambda)
-    round like diffusers' (plans_dpmsolver.alpha_sigma); float64 with ``pydiff_float64_scalars = True`` (exact
+    round like diffusers' (pydiff.plans.dpm_solver_diffusers.alpha_sigma); float64 with ``pydiff_float64_scalars = True`` (exact
     coefficients, the tests' way of pinning every formula against diffusers run in float64)."""
     sig = scheduler.sigmas.detach().cpu()
     return sig.double().numpy() if scheduler.pydiff_float64_scalars else sig.float().numpy()
@@ -160,7 +160,7 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
 
     Per step ``i`` the order diffusers would use (warm-up, lower_order_final, euler_at_final) is decided on
     the host; its coefficients come from a float64 table built by ``set_timesteps`` for every step and order
-    (``pydiff.plans_dpmsolver``)::
+    (``pydiff.plans.dpm_solver_diffusers``)::
 
         w  = clip(S (P x + Q m))                   # x0 (++ variants) or eps (dpmsolver), as diffusers converts
         x' = A x + B0 w + B1 m_{i-1} + B2 m_{i-2} + C z

@@ -6,7 +6,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..ops import dynamic_threshold, fused_step
-from ..plans_dpmsolver import row_is_finite, singlestep_table
+from ..plans.dpm_solver_diffusers import row_is_finite, singlestep_table
 from ..schedules import BETA_SCHEDULES
 from ._common import check_num_inference_steps, check_pair, fallback, validated_init
 from .dpmsolver_multistep import (check_solver_order, history_buffer, history_ok, host_step_index, reset_fused_state,

@@ -12,11 +12,11 @@ import torch
 
 from pydiff.ops import BACKENDS, COL, coef_row, dynamic_threshold, fused_step
 
-from . import coefficients as cf
-from . import plan as pl
+from ..plans import dpm_solver as cf
+from ..plans import dpm_solver_plan as pl
+from ..runtime import (MODE_CALLABLE, MODE_NONE, MODE_THRESHOLD, Runner, correction_tables, device_tables,
+                       run_adaptive)
 from ._checks import (check_bool, check_callable, check_choice, check_int, check_number, check_sample_tensor)
-from .adaptive import run_adaptive
-from .runtime import MODE_CALLABLE, MODE_NONE, MODE_THRESHOLD, Runner, correction_tables, device_tables
 from .schedule import NoiseScheduleVP, expand_dims
 from .updates import UpdateMethods
 from .wrapper import WrappedModel
