@@ -1,6 +1,6 @@
-"""pydiff.dpm_solver against an independent float64 transcription of the papers (pydiff.reference.dpm_solver).
+"""pydiff.dpm_solver against an independent float64 transcription of the papers (pydiff.testing.dpm_solver).
 
-Data: closed-form Gaussian (tests/gaussian_oracle.py), so the model is the exact noise prediction; both
+Data: closed-form Gaussian (pydiff.testing.gaussian), so the model is the exact noise prediction; both
 sides get the same x_T. The reference evaluates the schedule in Python floats and the updates in their
 published, difference form; pydiff runs its float64 plans through fused steps.
 
@@ -19,10 +19,10 @@ import math
 import pytest
 import torch
 
-import gaussian_oracle as go
+from pydiff.testing import gaussian as go
 from helpers import backend_params, rel_l2
 from pydiff.dpm_solver import DPM_Solver, NoiseScheduleVP, model_wrapper
-from pydiff.reference import dpm_solver as R
+from pydiff.testing import dpm_solver as R
 
 SHAPE = (2, 3, 4, 4)
 MU, S = go.make_data(SHAPE, seed=1)
