@@ -11,7 +11,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..ops import dynamic_threshold, fused_step
-from ..plans.dpm_solver_diffusers import multistep_table, row_is_finite
+from ..plans.dpm_solver_diffusers import multistep_order, multistep_table, row_is_finite
 from ..schedules import BETA_SCHEDULES, SPACINGS
 from ._common import TableCache, check_num_inference_steps, check_pair, fallback, validated_init
 
@@ -96,8 +96,9 @@ def table_view(scheduler, device, dtype):
 
 def scheduler_sigmas(scheduler) -> np.ndarray:
     """The sigmas the rows are built from: diffusers' float32 ones, so the rows' scalars (alpha, sigma, lambda)
-    round like diffusers' (pydiff.plans.dpm_solver_diffusers.alpha_sigma); float64 with ``pydiff_float64_scalars = True`` (exact
-    coefficients, the tests' way of pinning every formula against diffusers run in float64)."""
+    round like diffusers' (``pydiff.plans.dpm_solver.points_from_sigmas``); float64 with
+    ``pydiff_float64_scalars = True`` (exact coefficients, the tests' way of pinning every formula against
+    diffusers run in float64)."""
     sig = scheduler.sigmas.detach().cpu()
     return sig.double().numpy() if scheduler.pydiff_float64_scalars else sig.float().numpy()
 
@@ -221,14 +222,9 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
     def _order(self, i: int, n: int) -> int:
         """The order diffusers' ``step`` uses at step ``i`` (its own rules, on the host)."""
         cfg = self.config
-        lower_order_final = i == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15)
-                                            or cfg.final_sigmas_type == "zero")
-        lower_order_second = i == n - 2 and cfg.lower_order_final and n < 15
-        if cfg.solver_order == 1 or self.lower_order_nums < 1 or lower_order_final:
-            return 1
-        if cfg.solver_order == 2 or self.lower_order_nums < 2 or lower_order_second:
-            return 2
-        return 3
+        return multistep_order(i, n, solver_order=cfg.solver_order, lower_order_final=cfg.lower_order_final,
+                               euler_at_final=cfg.euler_at_final, final_sigmas_type=cfg.final_sigmas_type,
+                               warm=self.lower_order_nums)
 
     def _parent_step(self, reason, model_output, timestep, sample, generator, variance_noise, return_dict):
         fallback(self, reason)

@@ -13,6 +13,7 @@ import torch
 from pydiff.ops import BACKENDS, COL, coef_row, dynamic_threshold, fused_step
 
 from ..plans import dpm_solver as cf
+from ..plans.conversions import convert
 from ..plans import dpm_solver_plan as pl
 from ..runtime import (MODE_CALLABLE, MODE_NONE, MODE_THRESHOLD, Runner, correction_tables, device_tables,
                        run_adaptive)
@@ -114,7 +115,7 @@ class DPM_Solver(UpdateMethods):
         alpha, sigma = ns.marginal_alpha(t), ns.marginal_std(t)
         if alpha.dim() > 0 and alpha.numel() == x.shape[0] and x.dim() > 1:
             alpha, sigma = expand_dims(alpha, x.dim()), expand_dims(sigma, x.dim())
-        x0 = (x - sigma * noise) / alpha
+        x0 = convert("x0", "eps", x, noise, alpha, sigma)
         if self.correcting_x0_fn is not None:
             x0 = self.correcting_x0_fn(x0, t)
         return x0

@@ -62,3 +62,18 @@ def eps_from_raw(raw: str, alpha, sigma):
     """``(A, D)`` with ``eps = A x + D m`` (the eps conversion with its scale folded in)."""
     P, Q, S = _to_eps(kind(raw), alpha, sigma)
     return S * P, S * Q
+
+
+def _is(v, c) -> bool:
+    return isinstance(v, float) and v == c
+
+
+def convert(target: str, raw: str, x, m, alpha, sigma):
+    """``S (P x + Q m)`` of ``conversion`` evaluated directly (tensors; the unfused counterpart of the kernel's
+    ``w``). Terms whose coefficient is the constant 0 or 1 are skipped, so an inf/NaN in ``x`` does not
+    leak through a zero weight."""
+    P, Q, S = conversion(target, raw, alpha, sigma)
+    out = m if _is(Q, 1.0) else Q * m
+    if not _is(P, 0.0):
+        out = (x if _is(P, 1.0) else P * x) + out
+    return out if _is(S, 1.0) else out * S

@@ -13,9 +13,9 @@ import math
 import numpy as np
 import torch
 
-from ..ops import NCOEF
+from ..ops import COL, NCOEF
 from .conversions import conversion, eps_from_raw
-from .rows import RowBuilder
+from .rows import RowBuilder, check_finite
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 DDPM_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
@@ -134,3 +134,59 @@ def ddpm_rows(alpha_bar_t, alpha_bar_prev, *, prediction_type: str = "epsilon", 
     with np.errstate(divide="ignore", invalid="ignore"):
         sc = ddpm_scalars(np.asarray(alpha_bar_t, np.float64), np.asarray(alpha_bar_prev, np.float64), variance_type)
     return ddpm_rows_from(sc, prediction_type=prediction_type, clip=clip)
+
+
+def _alpha_bar_prev(alphas_cumprod: torch.Tensor, prev: np.ndarray, final) -> torch.Tensor:
+    """``alpha_bar[prev]``, or ``final`` where ``prev < 0`` (in ``alphas_cumprod``'s dtype, no arithmetic)."""
+    prev = torch.from_numpy(np.asarray(prev, dtype=np.int64))
+    final = torch.as_tensor(final, dtype=alphas_cumprod.dtype).reshape(())
+    return torch.where(prev >= 0, alphas_cumprod[prev.clamp(min=0)], final)
+
+
+def ddim_timestep_table(alphas_cumprod: torch.Tensor, final_alpha_cumprod, step_ratio: int, *, eta: float,
+                        prediction_type: str, clip: float, use_clipped_model_output: bool, thresholding: bool,
+                        check_timesteps=None, what: str = "DDIM") -> np.ndarray:
+    """diffusers' DDIM rows for every timestep value ``t = 0..N-1``, with ``prev = t - step_ratio``
+    (``final_alpha_cumprod`` below 0), the scalars in the dtype of ``alphas_cumprod`` (see ``ddim_scalars``).
+
+    ``check_timesteps``: the timesteps a run uses; their rows must be finite (``check_finite``, naming
+    ``what`` and the first bad timestep).
+    """
+    ac = alphas_cumprod.detach().cpu()
+    t = np.arange(ac.shape[0])
+    rows = ddim_rows_from(ddim_scalars(ac, _alpha_bar_prev(ac, t - step_ratio, final_alpha_cumprod), eta),
+                          prediction_type=prediction_type, clip=clip,
+                          use_clipped_model_output=use_clipped_model_output, thresholding=thresholding)
+    if check_timesteps is not None:
+        on_grid = np.isin(t, np.asarray(check_timesteps))
+        check_finite(rows[on_grid], what, [f"timestep {ti}" for ti in t[on_grid]])
+    return rows
+
+
+def ddpm_timestep_table(alphas_cumprod: torch.Tensor, timesteps, *, variance_type: str, prediction_type: str,
+                        clip: float, what: str = "DDPM"):
+    """diffusers' DDPM rows for the timesteps ``timesteps`` of a run (descending; each one's ``prev`` is the
+    next, ``alpha_bar_prev = 1`` after the last), or for every ``t`` with ``prev = t - 1`` when ``timesteps``
+    is None. No noise at ``t = 0``.
+
+    Returns ``(rows, on_schedule)``: ``(N, NCOEF)`` rows indexed by timestep value (NaN off the schedule) and
+    the boolean mask of the timesteps that have rows. Non-finite rows on the schedule raise ``check_finite``'s
+    ValueError naming ``what``.
+    """
+    ac = alphas_cumprod.detach().cpu()
+    N = ac.shape[0]
+    if timesteps is None:
+        rows_t = np.arange(N)
+        prev = rows_t - 1
+    else:
+        rows_t = np.asarray(timesteps, dtype=np.int64)
+        prev = np.append(rows_t[1:], -1)
+    sc = ddpm_scalars(ac[rows_t], _alpha_bar_prev(ac, prev, 1.0), variance_type)
+    sub = ddpm_rows_from(sc, prediction_type=prediction_type, clip=clip)
+    sub[rows_t == 0, COL["C"]] = 0.0
+    check_finite(sub, what, [f"timestep {t}" for t in rows_t])
+    rows = np.full((N, NCOEF), np.nan)
+    rows[rows_t] = sub
+    on_schedule = np.zeros(N, dtype=bool)
+    on_schedule[rows_t] = True
+    return rows, on_schedule

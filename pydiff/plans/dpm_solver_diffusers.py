@@ -23,6 +23,8 @@ Tables have shape ``(3, n, NCOEF)`` (order, step); combinations that no run can 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..ops import NCOEF
@@ -118,21 +120,34 @@ def _table(n: int, reachable, build) -> np.ndarray:
     return table
 
 
+def multistep_order(i: int, n: int, *, solver_order: int, lower_order_final: bool, euler_at_final: bool,
+                    final_sigmas_type: str, warm=None) -> int:
+    """The order diffusers' multistep ``step`` uses at step ``i`` of ``n`` after ``warm`` earlier steps (its
+    ``lower_order_nums``; None: a run long enough that the warm-up does not limit it).
+
+    1 if ``solver_order == 1``, during the warm-up, or at the last step when ``euler_at_final``,
+    ``lower_order_final`` with fewer than 15 steps, or ``final_sigmas_type == 'zero'``; at most 2 at the
+    second-to-last step with ``lower_order_final`` and fewer than 15 steps, and in the warm-up's second step.
+    """
+    warm = math.inf if warm is None else warm
+    lower_final = i == n - 1 and (euler_at_final or (lower_order_final and n < 15) or final_sigmas_type == "zero")
+    lower_second = i == n - 2 and lower_order_final and n < 15
+    if solver_order == 1 or warm < 1 or lower_final:
+        return 1
+    if solver_order == 2 or warm < 2 or lower_second:
+        return 2
+    return 3
+
+
 def multistep_table(sigmas, *, solver_order: int, algorithm: str, solver_type: str, prediction_type: str,
                     thresholding: bool, lower_order_final: bool, euler_at_final: bool,
                     final_sigmas_type: str) -> np.ndarray:
-    """Rows for every step and every order diffusers' multistep ``step`` can use there (from any start).
-
-    diffusers' order at step ``i``: 1 if ``solver_order == 1``, during the warm-up, or at the last step when
-    ``euler_at_final``, ``lower_order_final`` with fewer than 15 steps, or ``final_sigmas_type == 'zero'``;
-    at most 2 at the second-to-last step with ``lower_order_final`` and fewer than 15 steps.
-    """
+    """Rows for every step and every order diffusers' multistep ``step`` can use there (from any start):
+    up to ``multistep_order`` and, counting from the first step, ``i + 1``."""
     n = len(sigmas) - 1
-    cap = [min(solver_order, 3)] * n
-    if n >= 1 and (euler_at_final or (lower_order_final and n < 15) or final_sigmas_type == "zero"):
-        cap[n - 1] = 1
-    if n >= 2 and lower_order_final and n < 15:
-        cap[n - 2] = min(cap[n - 2], 2)
+    opts = dict(solver_order=solver_order, lower_order_final=lower_order_final, euler_at_final=euler_at_final,
+                final_sigmas_type=final_sigmas_type)
+    cap = [multistep_order(i, n, **opts) for i in range(n)]
     kw = dict(algorithm=algorithm, solver_type=solver_type, prediction_type=prediction_type,
               thresholding=thresholding)
     return _table(n, lambda i, o: o <= cap[i] and o <= i + 1,
