@@ -143,7 +143,7 @@ OPTION_CASES = {
 @pytest.mark.parametrize("case", list(OPTION_CASES))
 def test_parity_options(case, alg, dtype):
     """Adaptive included in float32: its error estimate x_high - x_low is computed from coefficient
-    differences (adaptive.py), so float32 takes the same steps as float64 (before: 2e-2 to 2e-1 off)."""
+    differences (pydiff/runtime/adaptive.py), so float32 takes the same steps as float64 (before: 2e-2 to 2e-1 off)."""
     kwargs, sched = OPTION_CASES[case]
     ns, rs = schedules(sched)
     x = x_T(dtype, seed=2)

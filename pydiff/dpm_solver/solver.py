@@ -2,7 +2,8 @@
 
 Same constructor, ``sample``/``inverse``/``add_noise`` and helper methods as the authors'
 ``dpm_solver_pytorch.py``; the updates run as ``pydiff.ops.fused_step`` calls whose coefficients come
-from a float64 plan compiled before the loop (``plan.py``), so the non-adaptive loop makes no host syncs.
+from a float64 plan compiled before the loop (``pydiff.plans.dpm_solver_plan``) and run by ``pydiff.runtime``,
+so the non-adaptive loop makes no host syncs.
 """
 from __future__ import annotations
 

@@ -25,7 +25,6 @@ KINDS = {
     "v": "v", "v_prediction": "v",
     "score": "score",
 }
-TARGETS = ("x0", "eps", "v", "score")
 
 
 def kind(name: str) -> str:
