@@ -10,10 +10,10 @@ from diffusers import DPMSolverMultistepScheduler as _DiffusersDPMMS
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..ops import dynamic_threshold, fused_step
+from ..ops import fused_step
 from ..plans.dpm_solver_diffusers import multistep_order, multistep_table, row_is_finite
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import TableCache, check_num_inference_steps, check_pair, fallback, validated_init
+from ._common import TableCache, check_num_inference_steps, check_pair, fallback, threshold_scale, validated_init
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++", "deis")  # deis -> dpmsolver++
@@ -86,6 +86,27 @@ def history_buffer(scheduler, sample, keep: int):
     if target is not None:
         new = [None if (t is target and k < len(new) - 1) else t for k, t in enumerate(new)]
     return target, new
+
+
+def commit_history(scheduler, target, new_outputs) -> None:
+    """Store ``history_buffer``'s updated list; pydiff owns ``target`` and whatever it owned that is still listed."""
+    scheduler.model_outputs = new_outputs
+    scheduler._pydiff_owned = [t for t in new_outputs if t is not None and (
+        t is target or any(t is o for o in scheduler._pydiff_owned))]
+
+
+def fused_reason(scheduler):
+    """Why ``step`` cannot run fused (None when it can): the configuration, or no plan from ``set_timesteps``.
+
+    Raises diffusers' error when ``set_timesteps`` was never called."""
+    if scheduler.num_inference_steps is None:
+        raise ValueError(
+            "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
+        )
+    reason = scheduler._pydiff_unsupported()
+    if reason is None and getattr(scheduler, "_pydiff_rows", None) is None:
+        reason = "no fused plan (the timesteps were not set by this class's set_timesteps)"
+    return reason
 
 
 def table_view(scheduler, device, dtype):
@@ -231,14 +252,8 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
         return super().step(model_output, timestep, sample, generator, variance_noise, return_dict)
 
     def step(self, model_output, timestep, sample, generator=None, variance_noise=None, return_dict: bool = True):
-        if self.num_inference_steps is None:
-            raise ValueError(
-                "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
-            )
         args = (model_output, timestep, sample, generator, variance_noise, return_dict)
-        reason = self._pydiff_unsupported()
-        if reason is None and getattr(self, "_pydiff_rows", None) is None:
-            reason = "no fused plan (the timesteps were not set by this class's set_timesteps)"
+        reason = fused_reason(self)
         if reason is not None:
             return self._parent_step(reason, *args)
         check_pair(model_output, sample)
@@ -263,10 +278,7 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
 
         coef = table_view(self, sample.device, sample.dtype)[(order - 1) * n + i]
         backend = self.pydiff_backend
-        threshold = None
-        if cfg.thresholding:
-            threshold = dynamic_threshold(sample, model_output, coef, ratio=cfg.dynamic_thresholding_ratio,
-                                          max_val=cfg.sample_max_value, backend=backend)
+        threshold = threshold_scale(self, sample, model_output, coef, None)
         noise = None
         if sde:
             if variance_noise is None:
@@ -278,9 +290,7 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
         target, new_outputs = history_buffer(self, sample, cfg.solver_order - 1)
         prev_sample = fused_step(sample, model_output, coef, w_out=target, hist=hist, noise=noise,
                                  threshold=threshold, backend=backend)
-        self.model_outputs = new_outputs
-        self._pydiff_owned = [t for t in new_outputs if t is not None and (
-            t is target or any(t is o for o in self._pydiff_owned))]
+        commit_history(self, target, new_outputs)
         if self.lower_order_nums < cfg.solver_order:
             self.lower_order_nums += 1
         self._step_index += 1
