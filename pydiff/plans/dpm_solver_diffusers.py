@@ -3,12 +3,12 @@
 DPM-Solver (Lu et al., arXiv:2206.00927) and DPM-Solver++ (Lu et al., arXiv:2211.01095) updates are linear
 in the sample and in the converted model outputs, so each one is a ``fused_step`` row: the kernel's
 ``w = clip(S (P x + Q m))`` is the converted output of the current step (``x0`` for the ``++`` variants, the
-noise ``eps`` for ``dpmsolver``), the history tensors are earlier converted outputs, and the finite
-differences ``D1 = (m0 - m1) / r0`` etc. of the papers are expanded here into fixed weights on
-``m0, m1, m2``. Everything is computed in float64 from the scheduler's own ``sigmas`` (diffusers'
-``sigma = sqrt((1 - abar) / abar)``, ``alpha_t = 1 / sqrt(1 + sigma^2)``, ``sigma_t = sigma alpha_t``,
-``lambda = log alpha_t - log sigma_t``) — those three in float32 when the sigmas are float32, as diffusers
-evaluates them (see ``alpha_sigma``).
+noise ``eps`` for ``dpmsolver``), the history tensors are earlier converted outputs. The weights come from
+the one rule set, ``pydiff.plans.dpm_solver``, applied to Points built from the scheduler's own ``sigmas``
+(``points_from_sigmas``: diffusers' ``alpha_t = 1/sqrt(1 + sigma^2)``, ``sigma_t = sigma alpha_t``,
+``lambda = log alpha_t - log sigma_t``, in float32 when the sigmas are float32, as diffusers evaluates
+them): diffusers' ``c0, c1, c2`` forms with their ``D1``, ``D2`` differences are those rules, expanded
+into fixed weights on ``m0, m1, m2``; diffusers' ``midpoint``/``heun`` are the authors' ``dpmsolver``/``taylor``.
 
 Row layout, per scheduler:
 
