@@ -11,13 +11,13 @@ from collections import OrderedDict
 
 import torch
 
-from pydiff.ops import BACKENDS, COL, coef_row, dynamic_threshold, fused_step
+from pydiff.ops import BACKENDS, COL, coef_row, fused_step
 
 from ..plans import dpm_solver as cf
 from ..plans.conversions import convert
 from ..plans import dpm_solver_plan as pl
 from ..runtime import (MODE_CALLABLE, MODE_NONE, MODE_THRESHOLD, Runner, correction_tables, device_tables,
-                       run_adaptive)
+                       dynamic_thresholding, run_adaptive)
 from ._checks import (check_bool, check_callable, check_choice, check_int, check_number, check_sample_tensor)
 from .schedule import NoiseScheduleVP, expand_dims
 from .updates import UpdateMethods
@@ -98,12 +98,7 @@ class DPM_Solver(UpdateMethods):
     # ------------------------------------------------------------------ the authors' helper methods (plain torch)
     def dynamic_thresholding_fn(self, x0, t=None):
         """Imagen's dynamic thresholding of ``x0`` (fused): ``s = max(quantile(|x0|, ratio), thresholding_max_val)``."""
-        inv = 1.0 / self.thresholding_max_val
-        row = torch.as_tensor(coef_row(P=1.0, S=inv, B0=1.0), dtype=torch.float64 if x0.dtype == torch.float64
-                              else torch.float32, device=x0.device)
-        s = dynamic_threshold(x0, x0, row, ratio=self.dynamic_thresholding_ratio, max_val=float("inf"),
-                              backend=self.backend)
-        return fused_step(x0, x0, row, threshold=s, backend=self.backend)
+        return dynamic_thresholding(x0, self.dynamic_thresholding_ratio, self.thresholding_max_val, self.backend)
 
     def noise_prediction_fn(self, x, t):
         """The noise prediction ``eps(x, t)``."""

@@ -38,14 +38,6 @@ DATA_ALGORITHMS = rules.DATA_ALGORITHMS  # w = x0
 NOISE_ALGORITHMS = ("dpmsolver", "sde-dpmsolver")  # w = eps
 
 
-def alpha_sigma(sig):
-    """diffusers' ``_sigma_to_alpha_sigma_t`` for VP schedules: ``(alpha_t, sigma_t)`` as float64 arrays,
-    in the precision of ``sig`` (see ``rules.points_from_sigmas``)."""
-    pts = rules.points_from_sigmas(sig)
-    shape = np.shape(sig)
-    return (np.array([p.alpha for p in pts]).reshape(shape), np.array([p.sigma for p in pts]).reshape(shape))
-
-
 def conversion(algorithm: str, prediction_type: str, alpha: float, sigma: float):
     """``(P, Q, S)`` with the converted output ``S (P x + Q m)``: ``x0`` for the ``++`` algorithms, else ``eps``."""
     if prediction_type not in DPM_PREDICTION_TYPES:

@@ -8,7 +8,8 @@ The runtime asks its ``solver`` (any object) for ``_stage_model(x, t)``, ``corre
 ``correcting_xt_fn``, ``dynamic_thresholding_ratio`` and ``backend``; the authors'-API face provides them.
 """
 from .adaptive import run_adaptive
-from .runner import MODE_CALLABLE, MODE_NONE, MODE_THRESHOLD, Runner, correction_tables, device_tables
+from .runner import (MODE_CALLABLE, MODE_NONE, MODE_THRESHOLD, Runner, correction_tables, device_tables,
+                     dynamic_thresholding, thresholded_step)
 
 __all__ = ["MODE_CALLABLE", "MODE_NONE", "MODE_THRESHOLD", "Runner", "correction_tables", "device_tables",
-           "run_adaptive"]
+           "dynamic_thresholding", "run_adaptive", "thresholded_step"]
