@@ -83,11 +83,6 @@ def test_continuous_grids(skip):
 # ------------------------------------------------------------------------------- the authors' conventions
 
 
-def _cosine_alphas_cumprod(n=1000, s=0.008):
-    f = [math.cos(((i / n) + s) / (1 + s) * math.pi / 2) ** 2 for i in range(n + 1)]
-    return np.cumprod([1.0 - min(1.0 - f[i + 1] / f[i], 0.999) for i in range(n)])
-
-
 @pytest.mark.parametrize("table", ["linear", "cosine"])
 def test_clipped_continuous_discrete_schedule_matches_the_transcription(table):
     """Clipping at lambda < -5.1 and the piecewise-linear log alpha in t against pydiff.testing's literal form."""
@@ -95,7 +90,7 @@ def test_clipped_continuous_discrete_schedule_matches_the_transcription(table):
         betas = make_betas("linear")
         ours, ref = DiscreteSchedule.from_betas(betas), R.DiscreteSchedule(betas=betas)
     else:
-        ac = _cosine_alphas_cumprod()
+        ac = np.cumprod(1.0 - make_betas("squaredcos_cap_v2"))  # alpha ~ 0 at the end: clipping engages
         ours, ref = DiscreteSchedule.from_alphas_cumprod(ac), R.DiscreteSchedule(alphas_cumprod=ac)
     vp = ours.clip_lambda().continuous()
     assert isinstance(vp, PiecewiseVP) and vp.N == ref.N
