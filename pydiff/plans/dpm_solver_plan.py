@@ -88,7 +88,9 @@ def singlestep_outer_grid(ns, skip_type, t_from, t_to, steps, orders):
 
 
 # ----------------------------------------------------------------------------- the builder
-class _Builder:
+class _StageBuilder:
+    """Collects the stages of a plan, their rows (one ``RowBuilder``) and the time table."""
+
     def __init__(self, ns, alg, solver_type, raw_type):
         self.ns, self.alg, self.solver_type, self.raw_type = ns, alg, solver_type, raw_type
         self.times, self.to_x0, self.stages = [], [], []
@@ -112,7 +114,7 @@ class _Builder:
         ``(buffer, weight)``; zero weights are dropped.
         """
         if to_x0 is None:
-            to_x0 = self.alg == "dpmsolver++"
+            to_x0 = cf.target(self.alg) == "x0"
         P, Q, S = cf.conversion("x0" if to_x0 else "eps", self.raw_type, p)
         hist = [(b, w) for b, w in hist_terms if w != 0.0]
         # A large weight on the source sample means the update cancels (noise form at high noise:
@@ -137,7 +139,7 @@ class _Builder:
                     tuple(self.stages), record_initial)
 
 
-def _denoise(b: _Builder, state, t_end, step):
+def _denoise(b: _StageBuilder, state, t_end, step):
     """``denoise_to_zero``: replace the sample by the x0 prediction at ``t_end`` (one more evaluation)."""
     b.stage(b.point(t_end), state, state, 0.0, 1.0, [], to_x0=True)
     b.done(step, t_end)
@@ -145,7 +147,7 @@ def _denoise(b: _Builder, state, t_end, step):
 
 def compile_multistep(ns, alg, solver_type, raw_type, t_from, t_to, steps, order, skip_type,
                       lower_order_final, denoise_to_zero, warmup="lower_order", third_order="authors"):
-    b = _Builder(ns, alg, solver_type, raw_type)
+    b = _StageBuilder(ns, alg, solver_type, raw_type)
     grid = time_steps(ns, skip_type, t_from, t_to, steps)
     pts = [b.point(t) for t in grid]
     slot = lambda i: W[i % 3]  # noqa: E731  (output of the evaluation at grid[i])
@@ -182,7 +184,7 @@ def compile_multistep(ns, alg, solver_type, raw_type, t_from, t_to, steps, order
     return b.plan(record_initial=True)
 
 
-def _singlestep_step(b: _Builder, state, other, s_t, t_t, order, skip_type, step):
+def _singlestep_step(b: _StageBuilder, state, other, s_t, t_t, order, skip_type, step):
     """One singlestep step of ``order`` from ``s_t`` to ``t_t``; returns the buffer holding the result."""
     ns, alg, st = b.ns, b.alg, b.solver_type
     s, t = b.point(s_t), b.point(t_t)
@@ -215,7 +217,7 @@ def _singlestep_step(b: _Builder, state, other, s_t, t_t, order, skip_type, step
 
 def compile_singlestep(ns, alg, solver_type, raw_type, t_from, t_to, steps, order, skip_type, method,
                        denoise_to_zero):
-    b = _Builder(ns, alg, solver_type, raw_type)
+    b = _StageBuilder(ns, alg, solver_type, raw_type)
     if method == "singlestep":
         orders = singlestep_orders(steps, order)
         outer = singlestep_outer_grid(ns, skip_type, t_from, t_to, steps, orders)
