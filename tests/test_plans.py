@@ -125,3 +125,11 @@ def test_check_finite_names_the_first_bad_row_and_allows_infinite_clip():
     check_finite(rows[:1], "ok")  # CLIP = +inf is not an error
     with pytest.raises(ValueError, match=r"DDIM\(x\) gives non-finite coefficients \(first at step 1\)"):
         check_finite(rows, "DDIM(x)", ["step 0", "step 1", "step 2"])
+
+
+def test_history_is_limited_to_the_kernels_slots():
+    from pydiff.ops.columns import K_MAX
+    from pydiff.plans.rows import hist_columns
+    assert hist_columns([0.5, 0.25]) == {"B1": 0.5, "B2": 0.25}
+    with pytest.raises(ValueError, match=f"at most {K_MAX} history tensors, got {K_MAX + 1}"):
+        hist_columns([1.0] * (K_MAX + 1))
