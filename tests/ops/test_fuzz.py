@@ -23,6 +23,15 @@ BASE = int(os.environ.get("FUZZ_SEED_BASE", "20261201"))
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def _setup(backend, seed):
+    """The device, generator, dtype (one the backend takes) and shape of one example."""
+    g = torch.Generator().manual_seed(seed)
+    dtype = DTYPES[int(torch.randint(0, 4, (), generator=g))]
+    if not supports_dtype(backend, dtype):
+        dtype = torch.float32
+    return backend_device(backend), g, dtype, _shape(g)
+
+
 def _shape(g):
     nd = int(torch.randint(1, 5, (), generator=g))
     B = int(torch.randint(1, 6, (), generator=g))
@@ -82,12 +91,7 @@ def _close(got, ref, dtype, what, seed):
 
 
 def _fused_case(backend, seed):
-    device = backend_device(backend)
-    g = torch.Generator().manual_seed(seed)
-    dtype = DTYPES[int(torch.randint(0, 4, (), generator=g))]
-    if not supports_dtype(backend, dtype):
-        dtype = torch.float32
-    shape = _shape(g)
+    device, g, dtype, shape = _setup(backend, seed)
     B = shape[0]
     extremes = bool(torch.rand((), generator=g) < 0.3)
     x = _values(shape, dtype, g, device, extremes)
@@ -149,12 +153,7 @@ def _fused_case(backend, seed):
 
 
 def _other_case(backend, seed):
-    device = backend_device(backend)
-    g = torch.Generator().manual_seed(seed)
-    dtype = DTYPES[int(torch.randint(0, 4, (), generator=g))]
-    if not supports_dtype(backend, dtype):
-        dtype = torch.float32
-    shape = _shape(g)
+    device, g, dtype, shape = _setup(backend, seed)
     B = shape[0]
     a = _values(shape, dtype, g, device, False)
     which = int(torch.randint(0, 3, (), generator=g))
