@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from pydiff.ops import fused_step
-from pydiff.ops._dispatch import compute_dtype
+from pydiff.ops import compute_dtype
 
 from ..plans import dpm_solver as cf
 from ..plans.rows import update_row

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from pydiff.ops import coef_row, fused_step, sumsq
-from pydiff.ops._dispatch import compute_dtype
+from pydiff.ops import compute_dtype
 
 from pydiff.plans import dpm_solver as cf
 from .runner import Runner, correction_tables, device_tables

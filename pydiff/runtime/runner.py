@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pydiff.ops import COL, coef_row, dynamic_threshold, fused_step
-from pydiff.ops._dispatch import compute_dtype
+from pydiff.ops import compute_dtype
 
 MODE_NONE, MODE_THRESHOLD, MODE_CALLABLE = "none", "threshold", "callable"
 
