@@ -230,7 +230,7 @@ def test_device_timestep_path_uses_guarded_table(backend):
 
 @pytest.mark.parametrize("cls_name,step_kwargs", [("DDIMScheduler", {"eta": 1.0}), ("DDPMScheduler", {})])
 def test_philox_noise_option(cls_name, step_kwargs):
-    """pydiff_noise = "philox": in-kernel noise keyed by the generator's seed and a step counter.
+    """pydiff_noise = "philox": in-kernel noise keyed by one draw of two 64-bit words from the step's generator.
 
     Oracle: diffusers' own step given that noise explicitly (DDIM: variance_noise) or, for DDPM, our default
     path with the same noise tensor patched in; plus reproducibility and backend independence."""
@@ -252,16 +252,19 @@ def test_philox_noise_option(cls_name, step_kwargs):
     for b in ("cpu", "triton"):
         if backend_available(b) and (b != "triton" or torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"):
             assert rel_l2(loop(b, 5), a) < 1e-5
-    # the k-th noisy step adds philox_normal(seed, offset=k), the same z diffusers adds when given it
+    # every step gets a freshly seeded generator here, so every noisy step draws the same key: the words of
+    # torch.randint(-2**63, 2**63 - 1, (2,)) from it, as (seed, counter offset) mod 2**64
+    words = torch.randint(-2**63, 2**63 - 1, (2,), generator=torch.Generator().manual_seed(5)).tolist()
+    key, ctr = words[0] % 2**64, words[1] % 2**64
     ref = getattr(diffusers, cls_name)(clip_sample=False)
     ref.set_timesteps(10)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
     for k, t in enumerate(ref.timesteps):
         m = toy_model(x, t, ref)
-        z = philox_normal(SHAPE, seed=5, offset=k)
+        z = philox_normal(SHAPE, seed=key, offset=ctr)
         if cls_name == "DDIMScheduler":
             x = ref.step(m, t, x, variance_noise=z, **step_kwargs).prev_sample
-        else:  # DDPM draws with randn_tensor only when t > 0 (then offset k is used)
+        else:  # DDPM draws with randn_tensor only when t > 0
             import diffusers.schedulers.scheduling_ddpm as mod
             orig = mod.randn_tensor
             mod.randn_tensor = lambda *args, z=z, **kw: z

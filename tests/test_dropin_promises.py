@@ -5,6 +5,7 @@ import gc
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 import diffusers
@@ -163,3 +164,22 @@ def test_pipeline_save_and_load_keeps_the_dropin(unet, kind, tmp_path):
 def test_compatibles_include_the_dropins():
     names = {c for c in pd.DDIMScheduler.compatibles}
     assert pd.DPMSolverMultistepScheduler in names and pd.DDPMScheduler in names
+
+
+def test_ddim_first_use_row_equals_the_table_row():
+    """A per-step eta gets one row per step (no table); it must be the row the table would hold."""
+    s = pd.DDIMScheduler()
+    s.set_timesteps(50)
+    for eta in (0.0, 0.3, 1.0):
+        for use_clipped in (False, True):
+            table = s._rows(eta, use_clipped)
+            for t in (s.timesteps[0].item(), s.timesteps[25].item(), s.timesteps[-1].item()):
+                row = s._row(t, eta, use_clipped)
+                assert row is not None
+                np.testing.assert_allclose(row, table[t], rtol=1e-6, atol=0)
+
+
+def test_explain_answers_for_diffusers_schedulers_and_rejects_other_objects():
+    assert "pydiff.diffusers.DDIMScheduler" in pydiff.explain(diffusers.DDIMScheduler())
+    with pytest.raises(TypeError, match="scheduler"):
+        pydiff.explain(object())

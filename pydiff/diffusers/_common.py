@@ -2,8 +2,10 @@
 
 A drop-in subclasses a diffusers scheduler, keeps its constructor signature and config (so ``from_config``
 and ``from_pretrained`` work unchanged), and overrides ``step``: when the fused path covers the call it
-runs one ``fused_step`` (plus ``dynamic_threshold`` when thresholding), otherwise it logs the reason at
-debug level and calls the parent's ``step``.
+runs one ``fused_step`` (plus ``dynamic_threshold`` when thresholding), otherwise it calls the parent's
+``step`` and says why: a warning through the ``pydiff.diffusers`` logger the first time a reason occurs on a
+scheduler instance (debug level afterwards), the reason in ``last_fallback_reason``, and every reason seen in
+``pydiff.explain(scheduler)``.
 """
 from __future__ import annotations
 
@@ -13,17 +15,36 @@ import logging
 import math
 import os
 
+import numbers
+from collections import OrderedDict
+
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..ops import int64_to_seed, philox_normal
+
 logger = logging.getLogger("pydiff.diffusers")
 
 
-def fallback(scheduler, reason: str) -> None:
-    """Record (and log at debug level) why a call went to the parent diffusers implementation."""
+def fallback(scheduler, reason: str, key: str | None = None) -> None:
+    """Record why a call went to the parent diffusers implementation, and say so where a user sees it.
+
+    The first time a reason (``key``, default the reason itself: callers whose reason names a step pass a
+    stable key) occurs on a scheduler instance it is a warning through the ``pydiff.diffusers`` logger, which
+    Python's logging shows at its default level; repeats are debug messages, so a 50-step run warns once.
+    """
     scheduler.last_fallback_reason = reason
-    logger.debug("pydiff %s: falling back to diffusers: %s", type(scheduler).__name__, reason)
+    seen = scheduler.__dict__.setdefault("_pydiff_fallbacks", {})
+    key = reason if key is None else key
+    name = type(scheduler).__name__
+    if key in seen:
+        seen[key] = reason
+        logger.debug("pydiff %s: runs diffusers' own step: %s", name, reason)
+        return
+    seen[key] = reason
+    logger.warning("pydiff %s: this step runs diffusers' own (unfused) code: %s. Said once per scheduler and "
+                   "reason; pydiff.explain(scheduler) lists what runs fused.", name, reason)
 
 
 def validated_init(parent_init, allowed: dict):
@@ -46,21 +67,32 @@ def validated_init(parent_init, allowed: dict):
                 raise ValueError(f"{name} must be one of {tuple(choices)}, got {values[name]!r}")
         parent_init(self, *args, **kwargs)
         self.last_fallback_reason = None
+        self._pydiff_fallbacks = {}
         self.pydiff_backend = os.environ.get("PYDIFF_BACKEND") or None
         self.pydiff_noise = "diffusers"
-        self._pydiff_noise_count = 0
 
     return __init__
 
 
-def check_num_inference_steps(num_inference_steps) -> None:
-    """None (custom timesteps) or a positive int; diffusers itself checks the upper bound."""
-    if num_inference_steps is None:
-        return
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-        raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
-    if num_inference_steps <= 0:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+def check_num_inference_steps(num_inference_steps, *, floats: bool = False, tensors: bool = False):
+    """``num_inference_steps`` as a Python int (None stays None: custom timesteps); diffusers checks the upper
+    bound. What diffusers 0.42 accepts, and nothing it fails on later: Python and NumPy integers everywhere,
+    integral floats where ``floats`` (DDPM: diffusers runs ``set_timesteps(10.0)``; its DDIM step fails on it
+    and its DPM schedulers reject it), one-element integer tensors where ``tensors`` (the DPM schedulers)."""
+    n = num_inference_steps
+    if n is None:
+        return None
+    if tensors and isinstance(n, torch.Tensor) and n.numel() == 1 and not n.is_floating_point() \
+            and not n.is_complex() and n.dtype != torch.bool:
+        n = int(n.item())
+    elif floats and isinstance(n, (float, np.floating)) and float(n).is_integer():
+        n = int(n)
+    elif isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"num_inference_steps must be an int, got {type(n).__name__} {n!r}")
+    n = int(n)
+    if n <= 0:
+        raise ValueError(f"num_inference_steps must be >= 1, got {n}")
+    return n
 
 
 def clip_bound(cfg) -> float:
@@ -83,42 +115,170 @@ def threshold_scale(scheduler, sample, model_output, coef, index):
 NOISE_SOURCES = ("diffusers", "philox")
 
 
-def step_noise(scheduler, shape, generator, device, dtype, variance_noise=None):
-    """``(noise, seed, offset)`` for ``fused_step``: how the step's ``z`` is obtained.
+def check_noise_source(value) -> str:
+    if not isinstance(value, str) or value not in NOISE_SOURCES:
+        raise ValueError(f"pydiff_noise must be one of {NOISE_SOURCES}, got {value!r}")
+    return value
 
-    ``scheduler.pydiff_noise = "diffusers"`` (default): drawn exactly as diffusers draws it (``randn_tensor``
-    with the given generator), so the images equal diffusers'. ``"philox"``: generated inside the kernel from
-    Philox (docs/ops.md) — no separate noise tensor, no extra launch — keyed by the generator's seed (else
-    ``torch.initial_seed()``) and a per-scheduler step counter reset by ``set_timesteps``. Reproducible for a
-    given seed and identical on every backend, but different numbers from diffusers' (opt-in).
+
+def philox_key(generator, device):
+    """``(seed, offset, rng)``: a fresh Philox key and counter offset for one step's noise.
+
+    One ``torch.randint`` draw of two 64-bit words from ``generator`` -- or, without one, from the global RNG
+    of ``device``, where ``torch.randn`` would draw -- so the generator advances as it would by a noise draw,
+    and two runs differ unless it is reseeded. Drawn on the generator's own device: on an accelerator the
+    words stay there and reach the kernel as ``fused_step(rng=)`` (no host sync); on the CPU they are host ints.
+    """
+    gdev = generator.device if generator is not None else torch.device(device)
+    words = torch.randint(-(1 << 63), (1 << 63) - 1, (2,), generator=generator, device=gdev, dtype=torch.int64)
+    if words.device.type == "cpu":
+        a, b = words.tolist()
+        return int64_to_seed(a), int64_to_seed(b), None
+    return None, 0, words.to(device)
+
+
+def step_noise(scheduler, shape, generator, device, dtype, io, variance_noise=None, draw=randn_tensor):
+    """``(noise, seed, offset, rng)`` for ``fused_step``: how the step's ``z`` is obtained.
+
+    ``shape``/``dtype``: of the draw diffusers makes (broadcast to the step's shape by ``io`` afterwards, as
+    diffusers broadcasts it). ``scheduler.pydiff_noise = "diffusers"`` (default): drawn exactly as diffusers
+    draws it (``randn_tensor`` with the given generator or list of generators), so the images equal diffusers'.
+    ``"philox"``: generated inside the kernel from Philox (docs/ops.md) -- no noise tensor, no extra pass --
+    with a key drawn from the generator on every noisy step (``philox_key``). Reproducible for a given
+    generator state and identical on every backend, but different numbers from diffusers' (opt-in). The
+    kernel's stream depends on an element's position in the batch, so with a *list* of per-sample generators
+    sample ``b``'s noise is ``philox_normal`` of that sample alone, keyed by generator ``b``: a batch split
+    into single-sample runs (each with its own generator) gives the batch's samples back. Noise follows the
+    memory order of the step's output (a channels_last run draws other numbers than a contiguous one).
+    ``draw``: the ``randn_tensor`` to use (the caller's module global, so a patched one is honoured).
     """
     if variance_noise is not None:
-        return variance_noise, None, 0
-    source = getattr(scheduler, "pydiff_noise", "diffusers")
+        return io.kernel(variance_noise), None, 0, None
+    source = check_noise_source(scheduler.pydiff_noise)
     if source == "diffusers":
-        return randn_tensor(shape, generator=generator, device=device, dtype=dtype), None, 0
-    if source != "philox":
-        raise ValueError(f"pydiff_noise must be one of {NOISE_SOURCES}, got {source!r}")
-    seed = generator.initial_seed() if generator is not None else torch.initial_seed()
-    offset = scheduler._pydiff_noise_count
-    scheduler._pydiff_noise_count += 1
-    return None, int(seed) % (1 << 64), offset
+        return io.kernel(draw(shape, generator=generator, device=device, dtype=dtype)), None, 0, None
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != io.shape[0]:
+            raise ValueError(f"generator: a list of {len(generator)} generators for a batch of {io.shape[0]}")
+        kshape = io.kernel_shape[1:]
+        parts = []
+        for g in generator:
+            seed, offset, rng = philox_key(g, io.device)
+            parts.append(philox_normal(kshape, seed=seed, offset=offset, rng=rng, dtype=io.dtype, device=io.device,
+                                       backend=scheduler.pydiff_backend))
+        return torch.stack(parts), None, 0, None
+    seed, offset, rng = philox_key(generator, io.device)
+    return None, seed, offset, rng
 
 
-def check_pair(model_output, sample) -> None:
-    """model_output and sample must agree in shape, dtype and device (diffusers would broadcast or promote)."""
-    if not isinstance(model_output, torch.Tensor):
-        raise TypeError(f"model_output must be a torch.Tensor, got {type(model_output).__name__}")
-    if not isinstance(sample, torch.Tensor):
-        raise TypeError(f"sample must be a torch.Tensor, got {type(sample).__name__}")
-    if model_output.device != sample.device:
-        raise ValueError(f"model_output is on {model_output.device} but sample is on {sample.device}")
-    if model_output.dtype != sample.dtype:
-        raise TypeError(f"model_output has dtype {model_output.dtype} but sample has dtype {sample.dtype}")
-    if model_output.shape != sample.shape:
-        raise ValueError(
-            f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}"
-        )
+class StepIO:
+    """The tensors of one step as the kernel takes them, and the result as diffusers returns it.
+
+    diffusers' arithmetic broadcasts (a batch-1 model output over the batch) and keeps the inputs' memory
+    layout (channels_last stays channels_last). The kernel wants same-shape contiguous tensors, so: ``shape =
+    broadcast_shapes`` and the output layout is the one torch gives ``sample - model_output``. The kernel then
+    runs on the permutation of the tensors that makes that layout contiguous: elementwise arithmetic does not
+    care about the order of the elements, and with the batch outermost the per-sample quantities (thresholds)
+    do not either. Inputs in that layout are views (no copy); others are copied once. The common case -- both
+    contiguous, same dtype and shape -- costs a few attribute reads.
+
+    Different dtypes (a float16 model output with a float32 sample, as under autocast, or the reverse) are
+    ``mixed``: diffusers then rounds some products to the lower precision before promoting (``0-d float32
+    tensor * float16 tensor`` is float16 in torch), which one fused pass in the promoted dtype does not
+    reproduce (measured: 1.9e-3 relative over a 6-step DDIM run against 1e-5 for every same-dtype case).
+    Those steps run diffusers' own code, so the result is diffusers' to the bit, dtype
+    ``torch.promote_types`` included.
+    """
+
+    __slots__ = ("shape", "dtype", "device", "perm", "inv", "strides", "x", "m", "kernel_shape", "x_logical",
+                 "mixed")
+
+    def __init__(self, model_output, sample):
+        if not isinstance(model_output, torch.Tensor):
+            raise TypeError(f"model_output must be a torch.Tensor, got {type(model_output).__name__}")
+        if not isinstance(sample, torch.Tensor):
+            raise TypeError(f"sample must be a torch.Tensor, got {type(sample).__name__}")
+        if model_output.device != sample.device:
+            raise ValueError(f"model_output is on {model_output.device} but sample is on {sample.device}")
+        self.device = sample.device
+        self.mixed = None
+        if (model_output.dtype == sample.dtype and model_output.shape == sample.shape and sample.is_contiguous()
+                and model_output.is_contiguous()):
+            self.shape, self.dtype, self.perm, self.inv, self.strides = sample.shape, sample.dtype, None, None, None
+            self.kernel_shape = sample.shape
+            self.x = self.x_logical = sample
+            self.m = model_output
+            if not sample.is_floating_point():
+                raise TypeError(f"sample must be a floating tensor, got {sample.dtype}")
+            return
+        for name, t in (("model_output", model_output), ("sample", sample)):
+            if not t.is_floating_point():
+                raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
+        if model_output.dtype != sample.dtype:
+            self.mixed = (f"model_output is {model_output.dtype} but sample is {sample.dtype} (diffusers rounds some "
+                          "products to the lower precision there; one fused pass cannot reproduce that)")
+            return
+        self.dtype = sample.dtype
+        try:
+            self.shape = torch.broadcast_shapes(model_output.shape, sample.shape)
+        except RuntimeError:
+            raise ValueError(f"model_output has shape {tuple(model_output.shape)} but sample has shape "
+                             f"{tuple(sample.shape)} (not broadcastable)") from None
+        if len(self.shape) == 0:
+            raise ValueError("sample must have a batch dimension, got a scalar")
+        probe = (torch.empty_strided(sample.shape, sample.stride(), dtype=sample.dtype, device="meta")
+                 - torch.empty_strided(model_output.shape, model_output.stride(), dtype=model_output.dtype,
+                                       device="meta"))
+        strides = probe.stride()
+        perm = sorted(range(len(self.shape)), key=lambda d: -strides[d])
+        if perm[0] != 0 and self.shape[0] > 1:  # batch not outermost: compute contiguous, copy at the end
+            self.perm, self.strides = None, strides
+        elif perm == list(range(len(perm))):
+            self.perm, self.strides = None, None
+        else:
+            self.perm, self.strides = perm, None
+        self.inv = None if self.perm is None else [perm.index(d) for d in range(len(perm))]
+        self.kernel_shape = self.shape if self.perm is None else torch.Size(self.shape[d] for d in self.perm)
+        self.x_logical = sample.to(self.dtype).expand(self.shape)
+        self.x = self.kernel(self.x_logical)
+        self.m = self.kernel(model_output)
+
+    def kernel(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (logical: broadcastable to the step's shape) as the kernel takes it."""
+        if t.dtype != self.dtype:
+            t = t.to(self.dtype)
+        if t.shape != self.shape:
+            t = t.expand(self.shape)
+        if self.perm is not None:
+            t = t.permute(self.perm)
+        return t if t.is_contiguous() else t.contiguous()
+
+    def empty(self):
+        """``(logical, kernel)``: a new tensor in the output layout and the kernel's (contiguous) view of it."""
+        k = torch.empty(self.kernel_shape, dtype=self.dtype, device=self.device)
+        return (k if self.perm is None else k.permute(self.inv)), k
+
+    def matches(self, t) -> bool:
+        """Whether ``t`` is a logical tensor whose kernel view is contiguous (reusable as an output)."""
+        if not (isinstance(t, torch.Tensor) and t.shape == self.shape and t.dtype == self.dtype
+                and t.device == self.device):
+            return False
+        return (t if self.perm is None else t.permute(self.perm)).is_contiguous()
+
+    def result(self, logical: torch.Tensor) -> torch.Tensor:
+        """A result as diffusers returns it (a copy into torch's layout only when the batch is not outermost)."""
+        if self.strides is None:
+            return logical
+        out = torch.empty_strided(self.shape, self.strides, dtype=self.dtype, device=self.device)
+        return out.copy_(logical)
+
+
+def check_single_timestep(timestep) -> None:
+    """The DPM-Solver schedulers step the whole batch at one timestep: a multi-element tensor is an error
+    (diffusers fails on it too), not one step index applied to every sample."""
+    if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
+        raise ValueError(f"timestep must be one timestep (a number or a one-element tensor), got a tensor of shape "
+                         f"{tuple(timestep.shape)}: this scheduler steps the whole batch at one timestep")
 
 
 def timestep_arg(timestep, num_rows: int, device: torch.device):
@@ -156,21 +316,37 @@ def guarded_table(rows: np.ndarray) -> np.ndarray:
 
 
 class TableCache:
-    """Per-key float64 row tables and their guarded device copies."""
+    """Per-key float64 row tables and their guarded device copies, the ``size`` most recently used keys kept.
 
-    def __init__(self):
-        self._rows: dict = {}
-        self._dev: dict = {}
+    Bounded because a key can vary per call (DDIM's ``eta`` may follow a schedule): unbounded, a per-step eta
+    over 1 000 steps kept 1 000 tables (+141 MiB).
+    """
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._rows: OrderedDict = OrderedDict()
+        self._dev: OrderedDict = OrderedDict()
 
     def clear(self):
         self._rows.clear()
         self._dev.clear()
 
-    def rows(self, key, build):
+    def get(self, key):
+        """The rows of ``key`` (marked recently used), or None."""
         r = self._rows.get(key)
+        if r is not None:
+            self._rows.move_to_end(key)
+        return r
+
+    def rows(self, key, build):
+        r = self.get(key)
         if r is None:
             r = build()
             self._rows[key] = r
+            if len(self._rows) > self.size:
+                old, _ = self._rows.popitem(last=False)
+                for dkey in [k for k in self._dev if k[0] == old]:
+                    del self._dev[dkey]
         return r
 
     def device_view(self, key, rows, device, dtype):
@@ -180,7 +356,49 @@ class TableCache:
         if t is None:
             t = torch.from_numpy(guarded_table(rows)).to(device=device, dtype=cdtype)[1:]
             self._dev[dkey] = t
+            if len(self._dev) > 2 * self.size:
+                self._dev.popitem(last=False)
         return t
+
+
+class _Compatibles:
+    """``compatibles`` readable from the class (``DDIMScheduler.compatibles``) and from an instance."""
+
+    def __get__(self, obj, cls):
+        return cls._get_compatibles()
+
+
+class DropinMixin:
+    """What every drop-in adds to its diffusers parent (listed first among the bases).
+
+    * ``pydiff_noise``: ``"diffusers"`` or ``"philox"`` (see ``step_noise``), checked when set.
+    * ``compatibles``: diffusers' list of compatible schedulers, with pydiff's drop-in in place of each
+      diffusers class that has one (so ``DDIMScheduler.compatibles`` offers pydiff's DPM-Solver, not diffusers').
+    """
+
+    compatibles = _Compatibles()
+
+    @property
+    def pydiff_noise(self) -> str:
+        return self.__dict__.get("_pydiff_noise", "diffusers")
+
+    @pydiff_noise.setter
+    def pydiff_noise(self, value) -> None:
+        self.__dict__["_pydiff_noise"] = check_noise_source(value)
+
+    @classmethod
+    def _get_compatibles(cls):
+        import diffusers
+
+        from .. import diffusers as ours
+
+        names = [cls.__name__] + [n for n in cls._compatibles if n != cls.__name__]
+        found = []
+        for name in dict.fromkeys(names):
+            c = getattr(ours, name, None) or getattr(diffusers, name, None)
+            if c is not None:
+                found.append(c)
+        return found
 
 
 def select_rows(kind, t, table):

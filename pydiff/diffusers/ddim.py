@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -10,13 +12,25 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 from ..ops import fused_step
 from ..plans import PREDICTION_TYPES
-from ..plans.ddim_ddpm import ddim_timestep_table
+from ..plans.ddim_ddpm import ddim_rows_from, ddim_scalars, ddim_timestep_table
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import (TableCache, check_num_inference_steps, check_pair, clip_bound, fallback, select_rows,
+from ._common import (DropinMixin, StepIO, TableCache, check_num_inference_steps, clip_bound, fallback, select_rows,
                       step_noise, threshold_scale, timestep_arg, validated_init)
 
 
-class DDIMScheduler(_DiffusersDDIM):
+def _eta_arg(eta) -> float:
+    """``eta`` as a float: Python or NumPy numbers and one-element tensors (diffusers multiplies with any)."""
+    if isinstance(eta, torch.Tensor) and eta.numel() == 1 and (eta.is_floating_point() or eta.dtype != torch.bool):
+        eta = eta.item()
+    if isinstance(eta, (bool, np.bool_)) or not isinstance(eta, numbers.Real):
+        raise TypeError(f"eta must be a number, got {type(eta).__name__} {eta!r}")
+    eta = float(eta)
+    if not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    return eta
+
+
+class DDIMScheduler(DropinMixin, _DiffusersDDIM):
     """Drop-in for ``diffusers.DDIMScheduler`` (Song et al., arXiv:2010.02502) whose ``step`` is one kernel.
 
     Same constructor, config, ``set_timesteps``, ``step`` and outputs as diffusers; every config option
@@ -30,11 +44,25 @@ class DDIMScheduler(_DiffusersDDIM):
         sigma  = eta sqrt((1-a_prev)/(1-a_t)) sqrt(1 - a_t/a_prev)
         x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z
 
-    The coefficients for every timestep value are computed once per (eta, use_clipped_model_output) in
-    float64 from the scheduler's ``alphas_cumprod``; ``step`` only picks a row, by a Python int or, for a
-    timestep tensor on the GPU, inside the kernel (no host sync). Set ``scheduler.pydiff_backend`` to force a
-    backend. Falls back to diffusers (logged at debug level, reason in ``last_fallback_reason``) for
-    timestep tensors with several elements, float timesteps and off-range integer timesteps.
+    Coefficients: a float64 row per timestep value, computed from the scheduler's float32 ``alphas_cumprod`` as
+    diffusers computes its scalars; ``step`` picks a row by a Python int or, for a timestep tensor on the GPU,
+    inside the kernel (no host sync). The tables of the 4 most recent (eta, use_clipped_model_output) pairs
+    are kept; an eta seen for the first time with a host timestep gets just its row (~30 us), so an eta that
+    changes every step costs one row per step and no memory. Set ``scheduler.pydiff_backend`` to force a
+    backend; ``scheduler.pydiff_noise = "philox"`` for in-kernel noise (see ``_common.step_noise``).
+
+    Accepts what diffusers' ``step`` accepts: a model output in another float dtype (the result has
+    ``torch.promote_types`` of the two, as diffusers' arithmetic gives), a model output that broadcasts
+    against the sample (batch 1), channels_last or otherwise strided tensors (the result keeps the layout
+    diffusers returns), ``eta`` as a NumPy number or a one-element tensor. Falls back to diffusers (a warning
+    once per scheduler and reason through the ``pydiff.diffusers`` logger, the reason in
+    ``last_fallback_reason``, all of them in ``pydiff.explain(scheduler)``) for timestep tensors with several
+    elements, float timesteps and off-range integer timesteps.
+
+    In a pipeline, assign it: ``pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)``.
+    ``DDIMPipeline(unet, scheduler=DDIMScheduler())`` does not keep it: diffusers' constructor rebuilds the
+    scheduler as ``diffusers.DDIMScheduler.from_config(...)``. A pipeline saved with it reloads with it
+    (``model_index.json`` names ``pydiff.diffusers``; import ``pydiff.diffusers`` before loading).
     """
 
     __init__ = validated_init(
@@ -45,10 +73,19 @@ class DDIMScheduler(_DiffusersDDIM):
     def set_timesteps(self, num_inference_steps: int, device=None):
         if num_inference_steps is None:
             raise TypeError("num_inference_steps must be an int, got NoneType")
-        check_num_inference_steps(num_inference_steps)
-        super().set_timesteps(num_inference_steps, device=device)
+        # diffusers 0.42 takes 10.0 here but its step then fails indexing with a float: rejected up front
+        super().set_timesteps(check_num_inference_steps(num_inference_steps), device=device)
         self._pydiff_tables = TableCache()
-        self._pydiff_noise_count = 0
+        self._pydiff_seen = OrderedDict()  # (eta, use_clipped) keys used once, most recent last
+
+    def _pydiff_unsupported(self):
+        """Why this configuration is not fused: every DDIM configuration is."""
+        return None
+
+    def _what(self, eta) -> str:
+        cfg = self.config
+        return (f"DDIMScheduler with eta={eta}, prediction_type={cfg.prediction_type!r}, "
+                f"rescale_betas_zero_snr={cfg.rescale_betas_zero_snr}")
 
     def _rows(self, eta: float, use_clipped: bool) -> np.ndarray:
         """Rows for every timestep value; scalars in float32 as diffusers computes them (see ddim_scalars)."""
@@ -57,9 +94,35 @@ class DDIMScheduler(_DiffusersDDIM):
             self.alphas_cumprod, self.final_alpha_cumprod, cfg.num_train_timesteps // self.num_inference_steps,
             eta=eta, prediction_type=cfg.prediction_type, clip=clip_bound(cfg),
             use_clipped_model_output=use_clipped, thresholding=cfg.thresholding,
-            check_timesteps=self.timesteps.cpu().numpy(),
-            what=f"DDIMScheduler with eta={eta}, prediction_type={cfg.prediction_type!r}, "
-                 f"rescale_betas_zero_snr={cfg.rescale_betas_zero_snr}")
+            check_timesteps=self.timesteps.cpu().numpy(), what=self._what(eta))
+
+    def _row(self, t: int, eta: float, use_clipped: bool):
+        """The row of timestep ``t`` alone (float32 NumPy scalars: diffusers' rounding), or None if not finite."""
+        cfg = self.config
+        N = cfg.num_train_timesteps
+        prev = t - N // self.num_inference_steps
+        a_t = np.float32(self.alphas_cumprod[t].item())
+        a_prev = np.float32(self.alphas_cumprod[prev].item() if prev >= 0 else self.final_alpha_cumprod.item())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            row = ddim_rows_from(ddim_scalars(a_t, a_prev, eta), prediction_type=cfg.prediction_type, clip=clip_bound(cfg),
+                                 use_clipped_model_output=use_clipped, thresholding=cfg.thresholding)
+        return row.reshape(-1) if np.isfinite(row[..., :-1]).all() else None
+
+    def _coef(self, kind, t, eta: float, use_clipped: bool, device, dtype):
+        key = (eta, use_clipped)
+        cache = self._pydiff_tables
+        if cache.get(key) is None and kind == "int" and key not in self._pydiff_seen:
+            # first use of this eta: one row, not a table (a per-step eta schedule never repeats one)
+            self._pydiff_seen[key] = None
+            if len(self._pydiff_seen) > 8:
+                self._pydiff_seen.popitem(last=False)
+            row = self._row(t, *key)
+            if row is not None:
+                cdtype = torch.float64 if dtype == torch.float64 else torch.float32
+                return torch.from_numpy(row).to(device=device, dtype=cdtype), None
+            # not finite: the table names the first bad timestep of the run (or holds NaN off the grid)
+        rows = cache.rows(key, lambda: self._rows(*key))
+        return select_rows(kind, t, cache.device_view(key, rows, device, dtype))
 
     def step(self, model_output, timestep, sample, eta: float = 0.0, use_clipped_model_output: bool = False,
              generator=None, variance_noise=None, return_dict: bool = True):
@@ -67,9 +130,12 @@ class DDIMScheduler(_DiffusersDDIM):
             raise ValueError(
                 "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
             )
-        check_pair(model_output, sample)
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-            raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+        io = StepIO(model_output, sample)
+        if io.mixed:
+            fallback(self, io.mixed, key="mixed dtypes")
+            return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
+                                variance_noise, return_dict)
+        eta = _eta_arg(eta)
         if eta > 0 and variance_noise is not None and generator is not None:
             raise ValueError(
                 "Cannot pass both generator and variance_noise. Please make sure that either `generator` or"
@@ -77,23 +143,23 @@ class DDIMScheduler(_DiffusersDDIM):
             )
         kind, t = timestep_arg(timestep, self.config.num_train_timesteps, sample.device)
         if kind is None:
-            fallback(self, t)
+            fallback(self, t, key="an integer timestep off the range" if t.startswith("timestep ") else None)
             return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
                                 variance_noise, return_dict)
         self.last_fallback_reason = None
-        key = (float(eta), bool(use_clipped_model_output))
-        rows = self._pydiff_tables.rows(key, lambda: self._rows(*key))
-        table = self._pydiff_tables.device_view(key, rows, sample.device, sample.dtype)
-        coef, index = select_rows(kind, t, table)
+        coef, index = self._coef(kind, t, eta, bool(use_clipped_model_output), sample.device, io.dtype)
         backend = self.pydiff_backend
-        threshold = threshold_scale(self, sample, model_output, coef, index)
-        noise, seed, offset = None, None, 0
+        threshold = threshold_scale(self, io.x, io.m, coef, index)
+        noise, seed, offset, rng = None, None, 0, None
         if eta > 0:
-            noise, seed, offset = step_noise(self, model_output.shape, generator, model_output.device,
-                                             model_output.dtype, variance_noise)
-        pred_x0 = torch.empty_like(sample)
-        prev_sample = fused_step(sample, model_output, coef, index=index, w_out=pred_x0, noise=noise, seed=seed,
-                                 offset=offset, threshold=threshold, backend=backend)
+            # diffusers draws the noise like the model output (its shape and dtype), then broadcasts
+            noise, seed, offset, rng = step_noise(self, model_output.shape, generator, model_output.device,
+                                                  model_output.dtype, io, variance_noise)
+        pred_x0, pred_k = io.empty()
+        prev_sample, prev_k = io.empty()
+        fused_step(io.x, io.m, coef, index=index, out=prev_k, w_out=pred_k, noise=noise, seed=seed, offset=offset,
+                   rng=rng, threshold=threshold, backend=backend)
+        prev_sample, pred_x0 = io.result(prev_sample), io.result(pred_x0)
         if not return_dict:
             return prev_sample, pred_x0
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)

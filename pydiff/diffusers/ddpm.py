@@ -12,13 +12,13 @@ from ..ops import fused_step
 from ..plans import DDPM_VARIANCE_TYPES, PREDICTION_TYPES
 from ..plans.ddim_ddpm import ddpm_timestep_table
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import (TableCache, check_num_inference_steps, check_pair, clip_bound, fallback, select_rows,
+from ._common import (DropinMixin, StepIO, TableCache, check_num_inference_steps, clip_bound, fallback, select_rows,
                       step_noise, threshold_scale, timestep_arg, validated_init)
 
 _VARIANCE_TYPES = DDPM_VARIANCE_TYPES + ("learned", "learned_range")
 
 
-class DDPMScheduler(_DiffusersDDPM):
+class DDPMScheduler(DropinMixin, _DiffusersDDPM):
     """Drop-in for ``diffusers.DDPMScheduler`` (Ho et al., arXiv:2006.11239) whose ``step`` is one kernel.
 
     Fused: epsilon/sample/v_prediction, clip_sample with clip_sample_range, thresholding, every timestep
@@ -36,6 +36,15 @@ class DDPMScheduler(_DiffusersDDPM):
     too (diffusers then raises); a GPU timestep tensor off the schedule gives NaN (checking would sync).
     With a GPU timestep tensor the noise is drawn on every step, the last one (t = 0) included, where
     diffusers skips it: the samples are the same, the generator ends one draw further on.
+
+    Accepts what diffusers accepts: ``set_timesteps(10.0)``, a model output in another float dtype (result
+    dtype ``torch.promote_types``), a model output that broadcasts against the sample, strided samples (the
+    result keeps diffusers' layout), a list of per-sample generators. ``scheduler.pydiff_noise = "philox"``:
+    in-kernel noise keyed by a draw from the generator (``_common.step_noise``). Fallbacks are said once per
+    scheduler and reason (logger ``pydiff.diffusers``) and listed by ``pydiff.explain(scheduler)``.
+
+    In a pipeline, assign it (``pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)``); a pipeline
+    saved with it reloads with it (``model_index.json`` names ``pydiff.diffusers``; import it before loading).
     """
 
     __init__ = validated_init(
@@ -45,12 +54,11 @@ class DDPMScheduler(_DiffusersDDPM):
     )
 
     def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None):
-        check_num_inference_steps(num_inference_steps)
+        num_inference_steps = check_num_inference_steps(num_inference_steps, floats=True)
         if num_inference_steps is None and timesteps is None:
             raise ValueError("give num_inference_steps or timesteps")
         super().set_timesteps(num_inference_steps, device=device, timesteps=timesteps)
         self._pydiff_tables = TableCache()
-        self._pydiff_noise_count = 0
 
     def _build_rows(self) -> np.ndarray:
         cfg = self.config
@@ -68,32 +76,44 @@ class DDPMScheduler(_DiffusersDDPM):
                  f"rescale_betas_zero_snr={cfg.rescale_betas_zero_snr}")
         return rows
 
+    def _pydiff_unsupported(self):
+        """Why this configuration is not fused (None when it is)."""
+        vt = self.config.variance_type
+        return f"variance_type={vt!r}" if vt in ("learned", "learned_range") else None
+
     def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
         if not isinstance(getattr(self, "_pydiff_tables", None), TableCache):
             self._pydiff_tables = TableCache()  # step() before set_timesteps(): diffusers uses prev = t - 1
-        if self.config.variance_type in ("learned", "learned_range"):
-            fallback(self, f"variance_type={self.config.variance_type!r}")
+        reason = self._pydiff_unsupported()
+        if reason is not None:
+            fallback(self, reason)
             return super().step(model_output, timestep, sample, generator, return_dict)
-        check_pair(model_output, sample)
+        io = StepIO(model_output, sample)
+        if io.mixed:
+            fallback(self, io.mixed, key="mixed dtypes")
+            return super().step(model_output, timestep, sample, generator, return_dict)
         kind, t = timestep_arg(timestep, self.config.num_train_timesteps, sample.device)
         rows = self._pydiff_tables.rows("rows", self._build_rows)
         if kind == "int" and not self._pydiff_on_schedule[t]:
             kind, t = None, f"timestep {t} is not on the schedule"
         if kind is None:
-            fallback(self, t)
+            fallback(self, t, key="an integer timestep off the schedule" if t.startswith("timestep ") else None)
             return super().step(model_output, timestep, sample, generator, return_dict)
         self.last_fallback_reason = None
-        table = self._pydiff_tables.device_view("rows", rows, sample.device, sample.dtype)
+        table = self._pydiff_tables.device_view("rows", rows, sample.device, io.dtype)
         coef, index = select_rows(kind, t, table)
         backend = self.pydiff_backend
-        threshold = threshold_scale(self, sample, model_output, coef, index)
-        noise, seed, offset = None, None, 0
+        threshold = threshold_scale(self, io.x, io.m, coef, index)
+        noise, seed, offset, rng = None, None, 0, None
         if kind == "device" or t > 0:
-            noise, seed, offset = step_noise(self, model_output.shape, generator, model_output.device,
-                                             model_output.dtype)
-        pred_x0 = torch.empty_like(sample)
-        prev_sample = fused_step(sample, model_output, coef, index=index, w_out=pred_x0, noise=noise, seed=seed,
-                                 offset=offset, threshold=threshold, backend=backend)
+            # diffusers draws the noise like the model output (its shape and dtype), then broadcasts
+            noise, seed, offset, rng = step_noise(self, model_output.shape, generator, model_output.device,
+                                                  model_output.dtype, io)
+        pred_x0, pred_k = io.empty()
+        prev_sample, prev_k = io.empty()
+        fused_step(io.x, io.m, coef, index=index, out=prev_k, w_out=pred_k, noise=noise, seed=seed, offset=offset,
+                   rng=rng, threshold=threshold, backend=backend)
+        prev_sample, pred_x0 = io.result(prev_sample), io.result(pred_x0)
         if not return_dict:
             return prev_sample, pred_x0
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)

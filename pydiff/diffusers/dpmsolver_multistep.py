@@ -13,7 +13,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..ops import fused_step
 from ..plans.dpm_solver_diffusers import multistep_order, multistep_table, row_is_finite
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import TableCache, check_num_inference_steps, check_pair, fallback, threshold_scale, validated_init
+from ._common import (DropinMixin, StepIO, TableCache, check_num_inference_steps, check_single_timestep, fallback,
+                      step_noise, threshold_scale, validated_init)
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++", "deis")  # deis -> dpmsolver++
@@ -62,7 +63,7 @@ def host_step_index(scheduler, timestep) -> int:
     return int(cand[1] if len(cand) > 1 else cand[0])
 
 
-def history_buffer(scheduler, sample, keep: int):
+def history_buffer(scheduler, io: StepIO, keep: int):
     """The tensor to write this step's converted output into, and the updated ``model_outputs`` list.
 
     ``model_outputs`` (diffusers' list, oldest first) stays the source of truth, so fused steps and diffusers'
@@ -70,22 +71,27 @@ def history_buffer(scheduler, sample, keep: int):
     the oldest of them is read for the last time by this step: when pydiff allocated it, this step's output
     overwrites it (``w_out`` may alias a history input) and its stale entry becomes None. A run thus holds
     ``solver_order - 1`` buffers, and never writes into a tensor it did not allocate (diffusers' own steps
-    may list the caller's ``model_output`` there).
+    may list the caller's ``model_output`` there). Buffers are in the step's output layout (``StepIO``), so
+    a channels_last run keeps channels_last history without copies.
+
+    Returns ``(target, kernel view of target, new list)``; ``(None, None, new list)`` without history
+    (``keep = 0``: the kernel writes no ``w``).
     """
     outs = scheduler.model_outputs
     owned = scheduler._pydiff_owned
     target = None
     if keep >= 1:
         cand = outs[-keep]
-        if (cand is not None and any(cand is t for t in owned) and cand.shape == sample.shape
-                and cand.dtype == sample.dtype and cand.device == sample.device):
+        if cand is not None and any(cand is t for t in owned) and io.matches(cand):
             target = cand
+            target_k = io.kernel(cand)
         else:
-            target = torch.empty_like(sample, memory_format=torch.contiguous_format)
+            target, target_k = io.empty()
     new = list(outs[1:]) + [target]
     if target is not None:
         new = [None if (t is target and k < len(new) - 1) else t for k, t in enumerate(new)]
-    return target, new
+        return target, target_k, new
+    return None, None, new
 
 
 def commit_history(scheduler, target, new_outputs) -> None:
@@ -163,12 +169,14 @@ def preload_table(scheduler, device) -> None:
     table_view(scheduler, dev, torch.float32)
 
 
-def history_ok(tensors, sample) -> bool:
-    return all(isinstance(t, torch.Tensor) and t.shape == sample.shape and t.dtype == sample.dtype
-               and t.device == sample.device for t in tensors)
+def history_ok(tensors, io: StepIO) -> bool:
+    """The history can enter this step's kernel: same shape, dtype and device as the step (layouts are
+    converted by ``io.kernel``; ours already match)."""
+    return all(isinstance(t, torch.Tensor) and t.shape == io.shape and t.dtype == io.dtype
+               and t.device == io.device for t in tensors)
 
 
-class DPMSolverMultistepScheduler(_DiffusersDPMMS):
+class DPMSolverMultistepScheduler(DropinMixin, _DiffusersDPMMS):
     """Drop-in for ``diffusers.DPMSolverMultistepScheduler`` (DPM-Solver, arXiv:2206.00927; DPM-Solver++,
     arXiv:2211.01095) whose ``step`` is one ``fused_step`` (plus ``dynamic_threshold`` when thresholding).
 
@@ -214,7 +222,7 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
     ))
 
     def set_timesteps(self, num_inference_steps=None, device=None, mu=None, timesteps=None):
-        check_num_inference_steps(num_inference_steps)
+        num_inference_steps = check_num_inference_steps(num_inference_steps, tensors=True)
         # timesteps stay on the CPU for the host copy, then move like diffusers moves them
         super().set_timesteps(num_inference_steps, device=None, mu=mu, timesteps=timesteps)
         cfg = self.config
@@ -247,49 +255,54 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
                                euler_at_final=cfg.euler_at_final, final_sigmas_type=cfg.final_sigmas_type,
                                warm=self.lower_order_nums)
 
-    def _parent_step(self, reason, model_output, timestep, sample, generator, variance_noise, return_dict):
-        fallback(self, reason)
+    def _parent_step(self, reason, model_output, timestep, sample, generator, variance_noise, return_dict, key=None):
+        fallback(self, reason, key)
         return super().step(model_output, timestep, sample, generator, variance_noise, return_dict)
 
     def step(self, model_output, timestep, sample, generator=None, variance_noise=None, return_dict: bool = True):
+        check_single_timestep(timestep)
         args = (model_output, timestep, sample, generator, variance_noise, return_dict)
         reason = fused_reason(self)
         if reason is not None:
             return self._parent_step(reason, *args)
-        check_pair(model_output, sample)
+        io = StepIO(model_output, sample)
+        if io.mixed:
+            return self._parent_step(io.mixed, *args, key="mixed dtypes")
         cfg = self.config
         sde = cfg.algorithm_type in ("sde-dpmsolver", "sde-dpmsolver++")
         if sde and variance_noise is not None and (
-                not isinstance(variance_noise, torch.Tensor) or variance_noise.shape != sample.shape):
+                not isinstance(variance_noise, torch.Tensor) or variance_noise.shape != io.shape):
             return self._parent_step("a variance_noise of another shape than the sample", *args)
         if self._step_index is None:
             self._step_index = host_step_index(self, timestep)
         i, n = self._step_index, len(self._pydiff_ts_host)
         if i >= n:
-            return self._parent_step(f"step index {i} past the last step", *args)
+            return self._parent_step(f"step index {i} past the last step", *args, key="a step past the last one")
         order = self._order(i, n)
         row = self._pydiff_rows[order - 1, i]
         if not row_is_finite(row):
-            return self._parent_step(f"non-finite coefficients at step {i} (order {order})", *args)
+            return self._parent_step(f"non-finite coefficients at step {i} (order {order})", *args,
+                                     key="non-finite coefficients")
         hist = [self.model_outputs[-k] for k in range(1, order)]  # m_{i-1}, m_{i-2}
-        if not history_ok(hist, sample):
+        if not history_ok(hist, io):
             return self._parent_step("the history does not match the sample (shape, dtype or device)", *args)
         self.last_fallback_reason = None
 
-        coef = table_view(self, sample.device, sample.dtype)[(order - 1) * n + i]
+        coef = table_view(self, sample.device, io.dtype)[(order - 1) * n + i]
         backend = self.pydiff_backend
-        threshold = threshold_scale(self, sample, model_output, coef, None)
-        noise = None
+        threshold = threshold_scale(self, io.x, io.m, coef, None)
+        noise, seed, offset, rng = None, None, 0, None
         if sde:
-            if variance_noise is None:
-                noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                                     dtype=torch.float32)
-            else:
-                noise = variance_noise.to(device=model_output.device, dtype=torch.float32)
-            noise = noise.to(sample.dtype)
-        target, new_outputs = history_buffer(self, sample, cfg.solver_order - 1)
-        prev_sample = fused_step(sample, model_output, coef, w_out=target, hist=hist, noise=noise,
-                                 threshold=threshold, backend=backend)
+            if variance_noise is not None:
+                variance_noise = variance_noise.to(device=io.device, dtype=torch.float32)
+            # diffusers draws float32 noise of the (converted, broadcast) output's shape
+            noise, seed, offset, rng = step_noise(self, io.shape, generator, io.device, torch.float32, io,
+                                                  variance_noise, draw=randn_tensor)
+        target, target_k, new_outputs = history_buffer(self, io, cfg.solver_order - 1)
+        prev_sample, prev_k = io.empty()
+        fused_step(io.x, io.m, coef, out=prev_k, w_out=target_k, hist=[io.kernel(h) for h in hist], noise=noise,
+                   seed=seed, offset=offset, rng=rng, threshold=threshold, backend=backend)
+        prev_sample = io.result(prev_sample)
         commit_history(self, target, new_outputs)
         if self.lower_order_nums < cfg.solver_order:
             self.lower_order_nums += 1

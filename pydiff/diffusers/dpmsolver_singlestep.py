@@ -8,7 +8,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..ops import fused_step
 from ..plans.dpm_solver_diffusers import row_is_finite, singlestep_table
 from ..schedules import BETA_SCHEDULES
-from ._common import check_num_inference_steps, check_pair, fallback, threshold_scale, validated_init
+from ._common import (DropinMixin, StepIO, check_num_inference_steps, check_single_timestep, fallback, step_noise,
+                      threshold_scale, validated_init)
 from .dpmsolver_multistep import (check_solver_order, commit_history, fused_reason, history_buffer, history_ok,
                                   host_step_index, reset_fused_state, scheduler_sigmas, table_view, unsupported_common)
 
@@ -17,7 +18,7 @@ _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver++", "deis")  # deis ->
 _SOLVER_TYPES = ("midpoint", "heun", "logrho", "bh1", "bh2")  # the last three -> midpoint (diffusers)
 
 
-class DPMSolverSinglestepScheduler(_DiffusersDPMSS):
+class DPMSolverSinglestepScheduler(DropinMixin, _DiffusersDPMSS):
     """Drop-in for ``diffusers.DPMSolverSinglestepScheduler`` (DPM-Solver, arXiv:2206.00927; DPM-Solver++,
     arXiv:2211.01095) whose ``step`` is one ``fused_step`` (plus ``dynamic_threshold`` when thresholding).
 
@@ -59,7 +60,7 @@ class DPMSolverSinglestepScheduler(_DiffusersDPMSS):
     ), max_order=3)
 
     def set_timesteps(self, num_inference_steps=None, device=None, mu=None, timesteps=None):
-        check_num_inference_steps(num_inference_steps)
+        num_inference_steps = check_num_inference_steps(num_inference_steps, tensors=True)
         super().set_timesteps(num_inference_steps, device=None, mu=mu, timesteps=timesteps)
         cfg = self.config
         reset_fused_state(self, device, lambda: singlestep_table(
@@ -78,48 +79,55 @@ class DPMSolverSinglestepScheduler(_DiffusersDPMSS):
             return f"algorithm_type={cfg.algorithm_type!r}"
         return None
 
-    def _parent_step(self, reason, model_output, timestep, sample, generator, return_dict):
-        fallback(self, reason)
+    def _parent_step(self, reason, model_output, timestep, sample, generator, return_dict, key=None):
+        fallback(self, reason, key)
         return super().step(model_output, timestep, sample, generator, return_dict)
 
     def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
+        check_single_timestep(timestep)
         args = (model_output, timestep, sample, generator, return_dict)
         reason = fused_reason(self)
         if reason is not None:
             return self._parent_step(reason, *args)
-        check_pair(model_output, sample)
+        io = StepIO(model_output, sample)
+        if io.mixed:
+            return self._parent_step(io.mixed, *args, key="mixed dtypes")
         cfg = self.config
         if self._step_index is None:
             self._step_index = host_step_index(self, timestep)
         i = self._step_index
         if i >= len(self.order_list) or i >= self._pydiff_rows.shape[1]:
-            return self._parent_step(f"step index {i} past the last step", *args)
+            return self._parent_step(f"step index {i} past the last step", *args, key="a step past the last one")
         # diffusers: the order of the list, lowered while the history is short (a run that starts mid-block)
         order = self.order_list[i]
         while order > 1 and self.model_outputs[-order + 1] is None:
             order -= 1
         row = self._pydiff_rows[order - 1, i]
         if not row_is_finite(row):
-            return self._parent_step(f"non-finite coefficients at step {i} (order {order})", *args)
+            return self._parent_step(f"non-finite coefficients at step {i} (order {order})", *args,
+                                     key="non-finite coefficients")
         hist = [self.model_outputs[-k] for k in range(1, order)]  # m_{i-1}, m_{i-2}
         if order > 1:
             hist.append(self.sample)  # the block's starting sample
-        if not history_ok(hist, sample):
+        if not history_ok(hist, io):
             return self._parent_step("the history does not match the sample (shape, dtype or device)", *args)
         self.last_fallback_reason = None
 
-        coef = table_view(self, sample.device, sample.dtype)[(order - 1) * self._pydiff_rows.shape[1] + i]
+        coef = table_view(self, sample.device, io.dtype)[(order - 1) * self._pydiff_rows.shape[1] + i]
         backend = self.pydiff_backend
-        threshold = threshold_scale(self, sample, model_output, coef, None)
-        noise = None
+        threshold = threshold_scale(self, io.x, io.m, coef, None)
+        noise, seed, offset, rng = None, None, 0, None
         if cfg.algorithm_type == "sde-dpmsolver++":
-            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                                 dtype=model_output.dtype)
-        target, new_outputs = history_buffer(self, sample, cfg.solver_order - 1)
-        prev_sample = fused_step(sample, model_output, coef, w_out=target, hist=hist, noise=noise,
-                                 threshold=threshold, backend=backend)
+            # diffusers draws noise like the converted (promoted, broadcast) model output
+            noise, seed, offset, rng = step_noise(self, io.shape, generator, io.device, io.dtype, io,
+                                                  draw=randn_tensor)
+        target, target_k, new_outputs = history_buffer(self, io, cfg.solver_order - 1)
+        prev_sample, prev_k = io.empty()
+        fused_step(io.x, io.m, coef, out=prev_k, w_out=target_k, hist=[io.kernel(h) for h in hist], noise=noise,
+                   seed=seed, offset=offset, rng=rng, threshold=threshold, backend=backend)
+        prev_sample = io.result(prev_sample)
         if order == 1:
-            self.sample = sample
+            self.sample = io.x_logical  # the block's start, as the kernel's dtype and shape (same values)
         commit_history(self, target, new_outputs)
         self._step_index += 1
         if not return_dict:
