@@ -1,9 +1,15 @@
-"""Argument checks shared by the public entry points: each error names the argument it is about."""
+"""Argument checks shared by the public entry points: each error names the argument it is about.
+
+One rule for the int and bool arguments: ints are ints (Python or NumPy integers; not bools, not floats, not
+even integral ones), bools are bools (Python or NumPy bools; not 0/1); anything else is a TypeError naming the
+argument, raised before any model evaluation.
+"""
 from __future__ import annotations
 
 import math
 import numbers
 
+import numpy as np
 import torch
 
 
@@ -13,18 +19,26 @@ def check_choice(name, value, choices):
     return value
 
 
-def check_bool(name, value):
-    if not isinstance(value, (bool,)) and not (isinstance(value, numbers.Integral) and value in (0, 1)):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
+def check_bool(name, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
     return bool(value)
 
 
-def check_int(name, value, low=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
+def check_int(name, value, low=None) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     value = int(value)
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
+def check_int_choice(name, value, choices, what=None) -> int:
+    """An int (``check_int``'s rule) that is one of ``choices``; ``what`` words the choices in the error."""
+    value = check_int(name, value)
+    if value not in choices:
+        raise ValueError(f"{name} must be {what or ' or '.join(str(c) for c in choices)}, got {value}")
     return value
 
 

@@ -18,7 +18,8 @@ from ..plans.conversions import convert
 from ..plans import dpm_solver_plan as pl
 from ..runtime import (MODE_CALLABLE, MODE_NONE, MODE_THRESHOLD, Runner, correction_tables, device_tables,
                        dynamic_thresholding, run_adaptive)
-from ._checks import (check_bool, check_callable, check_choice, check_int, check_number, check_sample_tensor)
+from ._checks import (check_bool, check_callable, check_choice, check_int, check_int_choice, check_number,
+                      check_sample_tensor)
 from .schedule import NoiseScheduleVP, expand_dims
 from .updates import UpdateMethods
 from .wrapper import WrappedModel
@@ -137,8 +138,7 @@ class DPM_Solver(UpdateMethods):
         """``(timesteps_outer, orders)`` of singlestep "DPM-Solver-fast" with ``steps`` evaluations."""
         check_choice("skip_type", skip_type, pl.SKIP_TYPES)
         steps = check_int("steps", steps, low=1)
-        if order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        order = check_int_choice("order", order, (1, 2, 3), "1, 2 or 3")
         orders = pl.singlestep_orders(steps, order)
         outer = pl.singlestep_outer_grid(self.noise_schedule, skip_type, float(t_T), float(t_0), steps, orders)
         return torch.as_tensor(outer, dtype=torch.float32, device=device), orders
@@ -151,8 +151,7 @@ class DPM_Solver(UpdateMethods):
         number of model evaluations is left in ``self.adaptive_nfe``.
         """
         check_sample_tensor("x", x)
-        if isinstance(order, bool) or order not in (2, 3):
-            raise ValueError(f"order must be 2 or 3 for the adaptive solver, got {order!r}")
+        order = check_int_choice("order", order, (2, 3), "2 or 3 for the adaptive solver")
         check_choice("solver_type", solver_type, cf.SOLVER_TYPES)
         t_T, t_0 = check_number("t_T", t_T, low=0.0, low_open=True), check_number("t_0", t_0, low=0.0, low_open=True)
         if not t_0 < t_T:
@@ -254,9 +253,11 @@ class DPM_Solver(UpdateMethods):
         lower_order_final = check_bool("lower_order_final", lower_order_final)
         denoise_to_zero = check_bool("denoise_to_zero", denoise_to_zero)
         return_intermediate = check_bool("return_intermediate", return_intermediate)
-        if isinstance(order, bool) or order not in ((2, 3) if method == "adaptive" else (1, 2, 3)):
-            allowed = "2 or 3 for method='adaptive'" if method == "adaptive" else "1, 2 or 3"
-            raise ValueError(f"order must be {allowed}, got {order!r}")
+        if method == "adaptive":
+            order = check_int_choice("order", order, (2, 3), "2 or 3 for method='adaptive'")
+        else:
+            order = check_int_choice("order", order, (1, 2, 3), "1, 2 or 3")
+        steps = check_int("steps", steps, low=1)  # ignored by method='adaptive', but one rule for every call
         for name, tv in (("t_start/t_end", t_from), ("t_start/t_end", t_to)):
             if tv > ns.T * (1 + 1e-9):
                 raise ValueError(f"{name} must lie in (0, T={ns.T}], got {tv}")
@@ -270,7 +271,6 @@ class DPM_Solver(UpdateMethods):
             with torch.no_grad():
                 return run_adaptive(self, x, order, t_from, t_to, 0.05, atol, rtol, 0.9, 1e-5, solver_type,
                                     denoise_to_zero)
-        steps = check_int("steps", steps, low=1)
         if steps < order:
             raise ValueError(f"steps must be >= order for method={method!r}, got steps={steps}, order={order}")
         key = (method, steps, order, skip_type, float(t_from), float(t_to), lower_order_final, denoise_to_zero,
