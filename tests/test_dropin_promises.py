@@ -183,3 +183,71 @@ def test_explain_answers_for_diffusers_schedulers_and_rejects_other_objects():
     assert "pydiff.diffusers.DDIMScheduler" in pydiff.explain(diffusers.DDIMScheduler())
     with pytest.raises(TypeError, match="scheduler"):
         pydiff.explain(object())
+
+
+# ---------------------------------------------------------------------------------------------- set_timesteps cost
+
+def _row_by_row(n, reachable, build):
+    table = np.full((3, n, pydiff.ops.NCOEF), np.nan)
+    with np.errstate(all="ignore"):
+        for o in (1, 2, 3):
+            for i in range(n):
+                if reachable(i, o):
+                    try:
+                        table[o - 1, i] = build(i, o)
+                    except (ZeroDivisionError, OverflowError, ValueError):
+                        pass
+    return table
+
+
+def _same_rows(a, b):
+    assert np.array_equal(np.isfinite(a), np.isfinite(b))
+    fin = np.isfinite(a)
+    np.testing.assert_allclose(a[fin], b[fin], rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("config", [
+    {}, {"solver_order": 3}, {"solver_order": 3, "solver_type": "heun", "lower_order_final": False},
+    {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min", "solver_order": 3},
+    {"algorithm_type": "sde-dpmsolver++", "prediction_type": "v_prediction"},
+    {"algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min"},
+    {"algorithm_type": "dpmsolver", "thresholding": True, "final_sigmas_type": "sigma_min", "solver_order": 1},
+    {"use_karras_sigmas": True, "solver_order": 3, "prediction_type": "sample"},
+])
+@pytest.mark.parametrize("steps", [5, 20])
+def test_multistep_table_is_the_rule_row_by_row(config, steps):
+    """set_timesteps builds every row at once; each must be the row of the scalar rule (multistep_row)."""
+    from pydiff.plans import dpm_solver_diffusers as dd
+
+    s = pd.DPMSolverMultistepScheduler(**config)
+    s.set_timesteps(steps)
+    cfg = s.config
+    sig = s.sigmas.float().numpy()
+    n = len(sig) - 1
+    opts = dict(solver_order=cfg.solver_order, lower_order_final=cfg.lower_order_final,
+                euler_at_final=cfg.euler_at_final, final_sigmas_type=cfg.final_sigmas_type)
+    cap = [dd.multistep_order(i, n, **opts) for i in range(n)]
+    kw = dict(algorithm=cfg.algorithm_type, solver_type=cfg.solver_type, prediction_type=cfg.prediction_type,
+              thresholding=cfg.thresholding)
+    expect = _row_by_row(n, lambda i, o: o <= cap[i] and o <= i + 1, lambda i, o: dd.multistep_row(sig, i, o, **kw))
+    _same_rows(s._pydiff_rows, expect)
+
+
+@pytest.mark.parametrize("config", [
+    {}, {"solver_order": 3}, {"solver_order": 3, "solver_type": "heun"}, {"solver_order": 1},
+    {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min", "solver_order": 3},
+    {"algorithm_type": "sde-dpmsolver++", "prediction_type": "v_prediction", "solver_order": 3},
+])
+@pytest.mark.parametrize("steps", [5, 20, 21])
+def test_singlestep_table_is_the_rule_row_by_row(config, steps):
+    from pydiff.plans import dpm_solver_diffusers as dd
+
+    s = pd.DPMSolverSinglestepScheduler(**config)
+    s.set_timesteps(steps)
+    cfg = s.config
+    sig = s.sigmas.float().numpy()
+    n, ol = len(sig) - 1, s.order_list
+    kw = dict(algorithm=cfg.algorithm_type, solver_type=cfg.solver_type, prediction_type=cfg.prediction_type)
+    expect = _row_by_row(n, lambda i, o: i < len(ol) and o <= ol[i] and o <= i + 1,
+                         lambda i, o: dd.singlestep_row(sig, i, o, **kw))
+    _same_rows(s._pydiff_rows, expect)

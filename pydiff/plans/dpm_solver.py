@@ -40,6 +40,21 @@ from ..schedules import vp_from_ve_sigma
 from . import conversions
 
 ALGORITHMS = ("dpmsolver++", "dpmsolver")  # the authors'
+
+
+# The rules take floats (the authors' plans: one point at a time, Python's math and its exceptions) or float64
+# arrays (diffusers' tables: every step at once, NumPy's functions, non-finite results where math raises).
+def _exp(v):
+    return np.exp(v) if isinstance(v, np.ndarray) else math.exp(v)
+
+
+def _expm1(v):
+    return np.expm1(v) if isinstance(v, np.ndarray) else math.expm1(v)
+
+
+def _sqrt(v):
+    return np.sqrt(v) if isinstance(v, np.ndarray) else math.sqrt(v)
+
 SDE_ALGORITHMS = ("sde-dpmsolver++", "sde-dpmsolver")  # diffusers' SDE variants
 DATA_ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++")  # w = x0
 SOLVER_TYPES = ("dpmsolver", "taylor")
@@ -65,7 +80,7 @@ class Point:
         """``alpha_self / alpha_s``."""
         if self.log_alpha is None or s.log_alpha is None:
             return self.alpha / s.alpha
-        return math.exp(self.log_alpha - s.log_alpha)
+        return _exp(self.log_alpha - s.log_alpha)
 
 
 def _vp(schedule):
@@ -125,7 +140,7 @@ def _base(alg, s: Point, t: Point):
     if alg == "dpmsolver++":
         return t.sigma / s.sigma, t.alpha, 1.0
     if alg == "sde-dpmsolver++":
-        return t.sigma / s.sigma * math.exp(-(t.lam - s.lam)), t.alpha, 1.0
+        return t.sigma / s.sigma * _exp(-(t.lam - s.lam)), t.alpha, 1.0
     if alg in ("dpmsolver", "sde-dpmsolver"):
         return t.alpha_over(s), t.sigma, -1.0
     raise ValueError(f"algorithm must be one of {ALGORITHMS + SDE_ALGORITHMS}, got {alg!r}")
@@ -134,12 +149,12 @@ def _base(alg, s: Point, t: Point):
 def _phi1(alg, h):
     """``phi_1`` of the table in the module docstring (defined at ``h = 0`` too: a zero step)."""
     if alg == "dpmsolver++":
-        return math.expm1(-h)
+        return _expm1(-h)
     if alg == "dpmsolver":
-        return math.expm1(h)
+        return _expm1(h)
     if alg == "sde-dpmsolver++":
-        return math.expm1(-2.0 * h)
-    return 2.0 * math.expm1(h)  # sde-dpmsolver
+        return _expm1(-2.0 * h)
+    return 2.0 * _expm1(h)  # sde-dpmsolver
 
 
 def _phis(alg, h):
@@ -154,16 +169,16 @@ def _phis(alg, h):
     if alg == "sde-dpmsolver++":
         p2 = p1 / (2.0 * h) + 1.0
         return p1, p2, p2 / (2.0 * h) + 0.5
-    return p1, p1 / h - 2.0, math.nan  # sde-dpmsolver
+    return p1, p1 / h - 2.0, math.nan * h  # sde-dpmsolver (nan, shaped like h)
 
 
 def noise_weight(alg, s: Point, t: Point) -> float:
     """``C``, the weight of the step's standard normal noise (0 for the ODE solvers)."""
     h = t.lam - s.lam
     if alg == "sde-dpmsolver++":
-        return t.sigma * math.sqrt(-math.expm1(-2.0 * h))
+        return t.sigma * _sqrt(-_expm1(-2.0 * h))
     if alg == "sde-dpmsolver":
-        return t.sigma * math.sqrt(math.expm1(2.0 * h))
+        return t.sigma * _sqrt(_expm1(2.0 * h))
     return 0.0
 
 
