@@ -13,6 +13,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from ..ops import fused_step
 from ..plans import PREDICTION_TYPES
 from ..plans.ddim_ddpm import ddim_rows_from, ddim_scalars, ddim_timestep_table
+from ..plans.rows import finite_rows
 from ..schedules import BETA_SCHEDULES, SPACINGS
 from ._common import (DropinMixin, StepIO, TableCache, check_num_inference_steps, clip_bound, fallback, select_rows,
                       step_noise, threshold_scale, timestep_arg, validated_init)
@@ -75,8 +76,11 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
             raise TypeError("num_inference_steps must be an int, got NoneType")
         # diffusers 0.42 takes 10.0 here but its step then fails indexing with a float: rejected up front
         super().set_timesteps(check_num_inference_steps(num_inference_steps), device=device)
-        self._pydiff_tables = TableCache()
-        self._pydiff_seen = OrderedDict()  # (eta, use_clipped) keys used once, most recent last
+        # tables outlive set_timesteps: a pipeline calling set_timesteps(n) per image rebuilds nothing
+        self._pydiff_grid = (self.num_inference_steps, self.timesteps.cpu().numpy().tobytes())
+        if not isinstance(self.__dict__.get("_pydiff_tables"), TableCache):
+            self._pydiff_tables = TableCache()
+            self._pydiff_seen = OrderedDict()  # keys used once, most recent last
 
     def _pydiff_unsupported(self):
         """Why this configuration is not fused: every DDIM configuration is."""
@@ -104,24 +108,25 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
         a_t = np.float32(self.alphas_cumprod[t].item())
         a_prev = np.float32(self.alphas_cumprod[prev].item() if prev >= 0 else self.final_alpha_cumprod.item())
         with np.errstate(divide="ignore", invalid="ignore"):
-            row = ddim_rows_from(ddim_scalars(a_t, a_prev, eta), prediction_type=cfg.prediction_type, clip=clip_bound(cfg),
-                                 use_clipped_model_output=use_clipped, thresholding=cfg.thresholding)
-        return row.reshape(-1) if np.isfinite(row[..., :-1]).all() else None
+            row = ddim_rows_from(ddim_scalars(a_t, a_prev, eta), prediction_type=cfg.prediction_type,
+                                 clip=clip_bound(cfg), use_clipped_model_output=use_clipped,
+                                 thresholding=cfg.thresholding)
+        return row.reshape(-1) if finite_rows(row).all() else None
 
     def _coef(self, kind, t, eta: float, use_clipped: bool, device, dtype):
-        key = (eta, use_clipped)
+        key = (eta, use_clipped) + self._pydiff_grid
         cache = self._pydiff_tables
         if cache.get(key) is None and kind == "int" and key not in self._pydiff_seen:
             # first use of this eta: one row, not a table (a per-step eta schedule never repeats one)
             self._pydiff_seen[key] = None
             if len(self._pydiff_seen) > 8:
                 self._pydiff_seen.popitem(last=False)
-            row = self._row(t, *key)
+            row = self._row(t, eta, use_clipped)
             if row is not None:
                 cdtype = torch.float64 if dtype == torch.float64 else torch.float32
                 return torch.from_numpy(row).to(device=device, dtype=cdtype), None
             # not finite: the table names the first bad timestep of the run (or holds NaN off the grid)
-        rows = cache.rows(key, lambda: self._rows(*key))
+        rows = cache.rows(key, lambda: self._rows(eta, use_clipped))
         return select_rows(kind, t, cache.device_view(key, rows, device, dtype))
 
     def step(self, model_output, timestep, sample, eta: float = 0.0, use_clipped_model_output: bool = False,

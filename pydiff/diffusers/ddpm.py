@@ -8,7 +8,7 @@ import torch
 from diffusers import DDPMScheduler as _DiffusersDDPM
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 
-from ..ops import fused_step
+from ..ops import COL, fused_step
 from ..plans import DDPM_VARIANCE_TYPES, PREDICTION_TYPES
 from ..plans.ddim_ddpm import ddpm_timestep_table
 from ..schedules import BETA_SCHEDULES, SPACINGS
@@ -58,7 +58,10 @@ class DDPMScheduler(DropinMixin, _DiffusersDDPM):
         if num_inference_steps is None and timesteps is None:
             raise ValueError("give num_inference_steps or timesteps")
         super().set_timesteps(num_inference_steps, device=device, timesteps=timesteps)
-        self._pydiff_tables = TableCache()
+        # tables outlive set_timesteps (bounded): a pipeline calling set_timesteps(n) per image rebuilds nothing
+        if not isinstance(self.__dict__.get("_pydiff_tables"), TableCache):
+            self._pydiff_tables = TableCache()
+        self._pydiff_key = self.timesteps.cpu().numpy().tobytes()  # one read per set_timesteps, none per step
 
     def _build_rows(self) -> np.ndarray:
         cfg = self.config
@@ -93,14 +96,19 @@ class DDPMScheduler(DropinMixin, _DiffusersDDPM):
             fallback(self, io.mixed, key="mixed dtypes")
             return super().step(model_output, timestep, sample, generator, return_dict)
         kind, t = timestep_arg(timestep, self.config.num_train_timesteps, sample.device)
-        rows = self._pydiff_tables.rows("rows", self._build_rows)
+        on_schedule = self.custom_timesteps or self.num_inference_steps
+        key = self.__dict__.get("_pydiff_key") if on_schedule else "every t"
+        rows = self._pydiff_tables.rows(key, self._build_rows)
+        if rows is not self.__dict__.get("_pydiff_rows_of"):  # the timesteps that have rows (NaN off them)
+            self._pydiff_rows_of = rows
+            self._pydiff_on_schedule = np.isfinite(rows[:, COL["S"]])
         if kind == "int" and not self._pydiff_on_schedule[t]:
             kind, t = None, f"timestep {t} is not on the schedule"
         if kind is None:
             fallback(self, t, key="an integer timestep off the schedule" if t.startswith("timestep ") else None)
             return super().step(model_output, timestep, sample, generator, return_dict)
         self.last_fallback_reason = None
-        table = self._pydiff_tables.device_view("rows", rows, sample.device, io.dtype)
+        table = self._pydiff_tables.device_view(key, rows, sample.device, io.dtype)
         coef, index = select_rows(kind, t, table)
         backend = self.pydiff_backend
         threshold = threshold_scale(self, io.x, io.m, coef, index)

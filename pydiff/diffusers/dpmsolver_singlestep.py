@@ -42,12 +42,27 @@ class DPMSolverSinglestepScheduler(DropinMixin, _DiffusersDPMSS):
     float32 (float64 for float64 data); diffusers computes in the data's dtype, so in float16 this is the more
     accurate of the two.
 
-    Falls back to diffusers (logged at debug level, reason in ``last_fallback_reason``) for: variance_type
+    Falls back to diffusers (a warning once per scheduler and reason, logger ``pydiff.diffusers``;
+    the reason in ``last_fallback_reason``; all in ``pydiff.explain(scheduler)``) for: variance_type
     learned/learned_range, use_exponential_sigmas, use_beta_sigmas, use_flow_sigmas, prediction_type
     flow_prediction, thresholding with algorithm_type dpmsolver (diffusers 0.42 indexes ``alpha_t`` with the
     deprecated ``timestep`` argument there and fails), a step past the end, and steps whose coefficients are
     not finite. ``solver_order`` outside 1-3 is a ValueError, as in diffusers (which raises it from
     ``get_order_list``).
+
+    Accepts what diffusers' ``step`` accepts: ``set_timesteps`` with a NumPy integer or a one-element integer
+    tensor, a model output that broadcasts against the sample, channels_last or otherwise strided tensors (the
+    result and the history keep the layout diffusers gives); a model output in another dtype than the sample
+    runs diffusers' own step (see ``_common.StepIO``). A timestep tensor with several elements (per-sample
+    timesteps) is a ValueError, as it is an error in diffusers. ``scheduler.pydiff_noise = "philox"`` gives the
+    sde variants in-kernel noise keyed by a draw from the generator (``_common.step_noise``).
+
+    In a pipeline, assign it (a pipeline constructor may rebuild its scheduler argument as a diffusers class)::
+
+        pipe.scheduler = DPMSolverSinglestepScheduler.from_config(pipe.scheduler.config)
+
+    A pipeline saved with it reloads with it (``model_index.json`` names ``pydiff.diffusers``; import
+    ``pydiff.diffusers`` before loading).
     """
 
     pydiff_float64_scalars = False  # see dpmsolver_multistep.scheduler_sigmas
