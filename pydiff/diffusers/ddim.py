@@ -10,7 +10,7 @@ import torch
 from diffusers import DDIMScheduler as _DiffusersDDIM
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
-from ..ops import fused_step
+from ..ops import COL, fused_step
 from ..plans import PREDICTION_TYPES
 from ..plans.ddim_ddpm import ddim_rows_from, ddim_scalars, ddim_timestep_table
 from ..plans.rows import finite_rows
@@ -81,6 +81,7 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
         if not isinstance(self.__dict__.get("_pydiff_tables"), TableCache):
             self._pydiff_tables = TableCache()
             self._pydiff_seen = OrderedDict()  # keys used once, most recent last
+            self._pydiff_parts = OrderedDict()
 
     def _pydiff_unsupported(self):
         """Why this configuration is not fused: every DDIM configuration is."""
@@ -100,18 +101,48 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
             use_clipped_model_output=use_clipped, thresholding=cfg.thresholding,
             check_timesteps=self.timesteps.cpu().numpy(), what=self._what(eta))
 
-    def _row(self, t: int, eta: float, use_clipped: bool):
-        """The row of timestep ``t`` alone (float32 NumPy scalars: diffusers' rounding), or None if not finite."""
+    def _eta_parts(self, use_clipped: bool):
+        """What the row of any eta is made of, for every timestep value (eta-independent, cached per grid).
+
+        A DDIM row depends on eta through two float32 scalars only: ``std = eta sqrt(var)`` (column C) and
+        ``direction = sqrt(1 - a_prev - std^2)``, which scales the eps terms; ``ddim_rows_from`` is affine in
+        ``direction``. So the rows with direction 0 and 1 (std 0), ``sqrt(var)`` and ``a_prev`` give any eta's
+        row in a few scalar operations (a row through ``ddim_rows_from`` itself took 0.2 ms). The scalars are
+        NumPy float32 scalars, rounded as diffusers' 0-d tensors round them (torch's vectorised ``** 0.5``
+        over a whole table differs from the correctly rounded square root by an ulp in ~20% of elements).
+        """
+        key = (use_clipped,) + self._pydiff_grid
+        parts = self._pydiff_parts.get(key)
+        if parts is not None:
+            return parts
         cfg = self.config
         N = cfg.num_train_timesteps
-        prev = t - N // self.num_inference_steps
-        a_t = np.float32(self.alphas_cumprod[t].item())
-        a_prev = np.float32(self.alphas_cumprod[prev].item() if prev >= 0 else self.final_alpha_cumprod.item())
+        ac = self.alphas_cumprod.detach().cpu()
+        prev = torch.from_numpy(np.arange(N) - N // self.num_inference_steps)
+        a_prev = torch.where(prev >= 0, ac[prev.clamp(min=0)], self.final_alpha_cumprod.to(ac.dtype).reshape(()))
+        sc = ddim_scalars(ac, a_prev, 1.0)  # std at eta = 1 is sqrt(var), in diffusers' float32 rounding
+        zero = torch.zeros_like(sc["std"])
+        kw = dict(prediction_type=cfg.prediction_type, clip=clip_bound(cfg), use_clipped_model_output=use_clipped,
+                  thresholding=cfg.thresholding)
         with np.errstate(divide="ignore", invalid="ignore"):
-            row = ddim_rows_from(ddim_scalars(a_t, a_prev, eta), prediction_type=cfg.prediction_type,
-                                 clip=clip_bound(cfg), use_clipped_model_output=use_clipped,
-                                 thresholding=cfg.thresholding)
-        return row.reshape(-1) if finite_rows(row).all() else None
+            r0 = ddim_rows_from({**sc, "direction": zero, "std": zero}, **kw)
+            r1 = ddim_rows_from({**sc, "direction": zero + 1, "std": zero}, **kw)
+            parts = (r0, r1 - r0, a_prev.numpy(), sc["std"].numpy())
+        self._pydiff_parts[key] = parts
+        if len(self._pydiff_parts) > 2:
+            self._pydiff_parts.popitem(last=False)
+        return parts
+
+    def _row(self, t: int, eta: float, use_clipped: bool):
+        """The row of timestep ``t`` alone for this eta (``_eta_parts``), or None if not finite."""
+        r0, dr, a_prev, sqrt_var = self._eta_parts(use_clipped)
+        with np.errstate(invalid="ignore"):
+            std = np.float32(eta) * sqrt_var[t]  # float32, in diffusers' order of operations
+            direction = np.sqrt(np.float32(1) - a_prev[t] - std * std)
+        row = r0[t] + np.float64(direction) * dr[t]
+        row[COL["C"]] = np.float64(std)
+        row[COL["CLIP"]] = r0[t, COL["CLIP"]]  # inf - inf in dr when not clipping
+        return row if finite_rows(row).all() else None
 
     def _coef(self, kind, t, eta: float, use_clipped: bool, device, dtype):
         key = (eta, use_clipped) + self._pydiff_grid
