@@ -13,7 +13,6 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from ..ops import COL, fused_step
 from ..plans import PREDICTION_TYPES
 from ..plans.ddim_ddpm import ddim_rows_from, ddim_scalars, ddim_timestep_table
-from ..plans.rows import finite_rows
 from ..schedules import BETA_SCHEDULES, SPACINGS
 from ._common import (DropinMixin, StepIO, TableCache, check_num_inference_steps, clip_bound, fallback, select_rows,
                       step_noise, threshold_scale, timestep_arg, validated_init)
@@ -142,7 +141,9 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
         row = r0[t] + np.float64(direction) * dr[t]
         row[COL["C"]] = np.float64(std)
         row[COL["CLIP"]] = r0[t, COL["CLIP"]]  # inf - inf in dr when not clipping
-        return row if finite_rows(row).all() else None
+        fin = np.isfinite(row)
+        fin[COL["CLIP"]] = True  # +inf: no clipping
+        return row if fin.all() else None
 
     def _coef(self, kind, t, eta: float, use_clipped: bool, device, dtype):
         key = (eta, use_clipped) + self._pydiff_grid
