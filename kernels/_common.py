@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from pydiff.ops.columns import COL, K_MAX, NCOEF
 
@@ -77,6 +78,38 @@ def clamp_nan(w, lo, hi):
     """``maximum(minimum(w, hi), lo)`` propagating NaN from every operand (torch.clamp with tensor bounds)."""
     w = tl.minimum(w, hi, propagate_nan=tl.PropagateNan.ALL)
     return tl.maximum(w, lo, propagate_nan=tl.PropagateNan.ALL)
+
+
+# Transcendentals. On GPUs tl.exp/tl.log/tl.cos lower to the approximate PTX instructions (ex2/lg2/cos.approx:
+# cos.approx has an absolute error up to 2^-20.5, hundreds of ulp where cos is near 0), so the kernels call
+# libdevice's correctly-rounded-to-1-2-ulp expf/logf/cosf instead, which docs/ops.md's "a few ulp" assumes.
+# The interpreter does not implement libdevice; there tl.* is numpy's float32 libm.
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+if INTERPRETED:
+    @triton.jit
+    def exp_f32(x):
+        return tl.exp(x)
+
+    @triton.jit
+    def log_f32(x):
+        return tl.log(x)
+
+    @triton.jit
+    def cos_f32(x):
+        return tl.cos(x)
+else:
+    @triton.jit
+    def exp_f32(x):
+        return libdevice.exp(x)
+
+    @triton.jit
+    def log_f32(x):
+        return libdevice.log(x)
+
+    @triton.jit
+    def cos_f32(x):
+        return libdevice.cos(x)
 
 
 def split_u64(v: int) -> tuple[int, int]:

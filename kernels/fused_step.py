@@ -47,7 +47,7 @@ import triton.language as tl
 
 from ._common import (
     COL_A, COL_B0, COL_B1, COL_B2, COL_B3, COL_B4, COL_B5, COL_B6, COL_C, COL_CLIP, COL_D, COL_G, COL_M1,
-    COL_M2, COL_O, COL_P, COL_Q, COL_S, COL_VA, COL_VB, clamp_nan, coef_at, row_of,
+    COL_M2, COL_O, COL_P, COL_Q, COL_S, COL_VA, COL_VB, clamp_nan, coef_at, exp_f32, row_of,
 )
 from .philox import key_and_counter, philox_normal_words
 
@@ -132,7 +132,7 @@ def fused_step_kernel(
         if NHIST >= 6:
             acc = acc + coef_at(rp, ok, COL_B6, HAS_INDEX) * h6
         if HAS_VAR:
-            e = tl.exp(coef_at(rp, ok, COL_VA, HAS_INDEX) + coef_at(rp, ok, COL_VB, HAS_INDEX) * v)
+            e = exp_f32(coef_at(rp, ok, COL_VA, HAS_INDEX) + coef_at(rp, ok, COL_VB, HAS_INDEX) * v)
             if HAS_M2:
                 acc = acc + coef_at(rp, ok, COL_G, HAS_INDEX) * (e * e) * m2
             if HAS_NOISE:

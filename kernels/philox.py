@@ -23,9 +23,9 @@ Implementation notes:
   change (i32/i64/u64 by magnitude) can trigger a recompile when a sampler bumps ``offset`` every step.
 * The device ``rng`` tensor is loaded by the kernel (``key_and_counter``): its values are data, not
   kernel arguments, so changing them never recompiles and a captured graph sees the new values.
-* ``sqrt`` is ``tl.sqrt_rn`` (IEEE); ``ln``/``cos`` are ``tl.log``/``tl.cos`` (libdevice on GPUs, numpy
-  under the interpreter), which may differ from the other backends' polynomials by a few float32 ulp, as
-  docs/ops.md allows.
+* ``sqrt`` is ``tl.sqrt_rn`` (IEEE); ``ln``/``cos`` are libdevice's ``logf``/``cosf`` on GPUs (not the
+  approximate ``tl.log``/``tl.cos``, see ``_common``) and numpy's under the interpreter, which may differ from
+  the other backends' polynomials by a few float32 ulp, as docs/ops.md allows.
 
 Block size: ``BLOCK_SIZE = 1024`` elements per program with ``NUM_WARPS = 4``; a sensible default,
 GPU tuning comes later.
@@ -35,7 +35,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import split_u64  # noqa: F401  (re-exported: the launchers and tests pack words with it)
+from ._common import cos_f32, log_f32, split_u64  # noqa: F401  (split_u64 re-exported for the launchers)
 
 BLOCK_SIZE = 1024
 NUM_WARPS = 4
@@ -95,7 +95,7 @@ def philox_normal_words(g, k0, k1, o0, o1):
     # (r >> 8) < 2^24: exact in int32 and float32; + 0.5 and * 2^-24 are float32 ops, as in ops.md
     u1 = ((r0 >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08
     u2 = ((r1 >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08
-    return tl.sqrt_rn(-2.0 * tl.log(u1)) * tl.cos(6.2831855 * u2)
+    return tl.sqrt_rn(-2.0 * log_f32(u1)) * cos_f32(6.2831855 * u2)
 
 
 @triton.jit

@@ -35,6 +35,10 @@ __all__ = ["available", "unavailable_reason", "fused_step", "sumsq", "dynamic_th
 _PACKAGE = "pydiff.kernels"
 _SUBMODULES = ("_common", "philox", "fused_step", "sumsq", "dynamic_threshold")
 DATA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# No FMA contraction: every product and sum rounds separately, like the reference and the cpu/cuda builds
+# (-ffp-contract=off, --fmad=false), so only the transcendentals may differ from them. The kernels are
+# memory-bound; an FMA saves no time there. (Triton 3.9 also warns when the option is left implicit.)
+_OPTIONS = {"enable_fp_fusion": False}
 
 
 class _State:
@@ -112,7 +116,7 @@ def _load() -> None:
     except Exception as exc:
         _State.error = f"the Triton kernels failed to import ({type(exc).__name__}: {exc})"
         return
-    _State.interpreted = type(_State.mods["fused_step"].fused_step_kernel).__name__ == "InterpretedFunction"
+    _State.interpreted = bool(_State.mods["_common"].INTERPRETED)
 
 
 def kernels_module():
@@ -219,7 +223,7 @@ def fused_step(x, m, coef, index, index_stride, row_stride, out, w_out, hist, no
         HAS_INDEX=index is not None, INDEX_STRIDE=int(index_stride), ROW_STRIDE=int(row_stride),
         HAS_W_OUT=w_out is not None, NHIST=len(hist), HAS_NOISE=noise is not None, HAS_PHILOX=has_philox,
         HAS_RNG=rng is not None, HAS_THRESHOLD=threshold is not None, HAS_M2=m2 is not None,
-        HAS_VAR=var is not None, BLOCK=block, num_warps=km.NUM_WARPS,
+        HAS_VAR=var is not None, BLOCK=block, num_warps=km.NUM_WARPS, **_OPTIONS,
     )
 
 
@@ -245,7 +249,7 @@ def sumsq(a, b, seed, offset, rng) -> torch.Tensor:
         a, a if b is None else b, part if rng is None else rng, part, N, B, nblk, B * nblk,
         seed_lo, seed_hi, off_lo, off_hi,
         HAS_B=b is not None, HAS_PHILOX=has_philox, HAS_RNG=rng is not None, BLOCK=block,
-        num_warps=km.NUM_WARPS,
+        num_warps=km.NUM_WARPS, **_OPTIONS,
     )
     return part.sum(dim=-1)
 
@@ -286,6 +290,7 @@ def dynamic_threshold(x, m, coef, index, index_stride, row_stride, m2, lo, hi, w
         N, B, 1 if coef is None else coef.shape[0], nblk,
         HAS_M=has_m, HAS_M2=m2 is not None, HAS_INDEX=has_m and index is not None,
         INDEX_STRIDE=int(index_stride), ROW_STRIDE=int(row_stride), BLOCK=block, num_warps=km.NUM_WARPS,
+        **_OPTIONS,
     )
     v_lo = torch.kthvalue(absx0, lo + 1, dim=1).values
     v_hi = v_lo if hi == lo else torch.kthvalue(absx0, hi + 1, dim=1).values
@@ -294,7 +299,7 @@ def dynamic_threshold(x, m, coef, index, index_stride, row_stride, m2, lo, hi, w
     km.finish_kernel[((B + bb - 1) // bb,)](
         v_lo, v_hi, nan_flag, s, B, nblk, float(wt32), float(one_minus),
         float("inf") if max_val is None else float(max_val),
-        BLOCK_B=bb, BLOCK_FLAGS=km.BLOCK_FLAGS,
+        BLOCK_B=bb, BLOCK_FLAGS=km.BLOCK_FLAGS, **_OPTIONS,
     )
     return s
 
@@ -316,7 +321,7 @@ def philox_normal(out, seed, offset, rng) -> None:
     block = km.BLOCK_SIZE
     km.philox_normal_kernel[((numel + block - 1) // block,)](
         out, out if rng is None else rng, numel, seed_lo, seed_hi, off_lo, off_hi,
-        HAS_RNG=rng is not None, BLOCK=block, num_warps=km.NUM_WARPS,
+        HAS_RNG=rng is not None, BLOCK=block, num_warps=km.NUM_WARPS, **_OPTIONS,
     )
 
 
@@ -331,5 +336,5 @@ def philox4x32_10_raw(ctr: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     n = ctr.shape[0]
     out = torch.empty((n, 4), dtype=torch.int64, device=ctr.device)
     if n:
-        km.philox_raw_kernel[((n + 127) // 128,)](ctr, key, out, n, BLOCK=128)
+        km.philox_raw_kernel[((n + 127) // 128,)](ctr, key, out, n, BLOCK=128, **_OPTIONS)
     return out
