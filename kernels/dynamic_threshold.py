@@ -42,7 +42,7 @@ BLOCK_B = 64     # samples per program of finish_kernel
 BLOCK_FLAGS = 32  # NaN flags per sample read per loop trip of finish_kernel
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["R"])  # as fused_step_kernel: one compiled kernel for every table length
 def abs_x0_kernel(
     x_ptr, m_ptr, m2_ptr, coef_ptr, index_ptr, a_ptr, nan_ptr, N, B, R, nblk,
     HAS_M: tl.constexpr, HAS_M2: tl.constexpr, HAS_INDEX: tl.constexpr, INDEX_STRIDE: tl.constexpr,

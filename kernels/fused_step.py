@@ -36,7 +36,8 @@ Kernel design:
 * Aliasing (``out is x``; ``w_out is m``, ``m2`` or a history tensor): every load of a program comes
   before its stores, and an element is only touched by the program that owns it.
 * Host ``seed``/``offset`` are passed as four int32 bit patterns in ``do_not_specialize`` parameters, so a
-  new offset every step reuses the compiled kernel; ``rng`` is read from device memory.
+  new offset every step reuses the compiled kernel; ``rng`` is read from device memory. The table's row
+  count ``R`` is not specialised either.
 
 Block size: ``BLOCK_SIZE = 1024``, ``NUM_WARPS = 4`` -- a sensible default; GPU tuning comes later.
 """
@@ -61,7 +62,9 @@ def _load(ptr, g, mask):
     return tl.load(ptr + g, mask=mask, other=0.0).to(tl.float32)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
+# R (the table's row count) only bounds the index check: not specialising it keeps plans of different lengths
+# (a 25- and a 50-step table) on one compiled kernel.
+@triton.jit(do_not_specialize=["R", "seed_lo", "seed_hi", "off_lo", "off_hi"])
 def fused_step_kernel(
     x_ptr, m_ptr, m2_ptr, var_ptr, coef_ptr, index_ptr, out_ptr, w_out_ptr,
     h1_ptr, h2_ptr, h3_ptr, h4_ptr, h5_ptr, h6_ptr, noise_ptr, rng_ptr, thr_ptr,

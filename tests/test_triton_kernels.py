@@ -608,6 +608,32 @@ def test_seed_offset_do_not_recompile(op, source):
     assert len({tuple(o.flatten().tolist()) for o in outs}) == len(outs)  # and they do change the noise
 
 
+@pytest.mark.parametrize("op", ["fused_step", "dynamic_threshold"])
+def test_table_length_does_not_recompile(op):
+    """Plans of different lengths (R = 1, 16, 25, 50 rows) indexed on the device share one compiled kernel."""
+    kernel = step_mod.fused_step_kernel if op == "fused_step" else thr_mod.abs_x0_kernel
+    binder = _binder(kernel)
+    keys = []
+
+    def hook(*args, **kwargs):
+        keys.append(str(binder(*args, **kwargs)[1]))
+
+    x = torch.randn(2, 5, device=DEV)
+    index = torch.zeros(2, dtype=torch.int64, device=DEV)
+    kernel.add_pre_run_hook(hook)
+    try:
+        for R in (1, 16, 25, 50):
+            coef = torch.randn(R, NCOEF, device=DEV)
+            if op == "fused_step":
+                TB.fused_step(x, x, coef, index, 1, 0, torch.empty_like(x), None, (), None, None, 0, None, None,
+                              None, None)
+            else:
+                TB.dynamic_threshold(x, x, coef, index, 1, 0, None, 2, 3, 0.5, 1.0)
+    finally:
+        kernel.pre_run_hooks.remove(hook)
+    assert len(keys) == 4 and len(set(keys)) == 1
+
+
 def test_recompile_check_is_sensitive():
     """Control for the test above: raw Python ints without do_not_specialize would specialise."""
     from triton.backends.compiler import BaseBackend
