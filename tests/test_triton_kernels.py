@@ -137,6 +137,32 @@ def test_kernels_of_another_tree_are_not_used(tmp_path):
     assert res.stdout.strip() == "OK"
 
 
+def test_kernels_of_an_install_layout(tmp_path):
+    """An install (setup.py maps kernels/ to pydiff/kernels): the kernels inside the imported pydiff are used,
+    not a folder named kernels beside it."""
+    import shutil
+
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "pydiff", site / "pydiff", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copytree(ROOT / "kernels", site / "pydiff" / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "kernels").mkdir()  # an unrelated top-level package named kernels in site-packages: not ours
+    (site / "kernels" / "__init__.py").write_text("raise ImportError('not pydiff kernels')\n")
+    code = f"""
+        import importlib, sys
+        from pathlib import Path
+        TB = importlib.import_module("pydiff.ops.backends.triton")
+        assert TB.unavailable_reason() is None, TB.unavailable_reason()
+        import pydiff
+        assert Path(pydiff.__file__).resolve().parent == Path({str(site / "pydiff")!r}).resolve(), pydiff.__file__
+        assert Path(TB.kernels_module().__file__).resolve() == Path({str(site / "pydiff" / "kernels" / "__init__.py")!r})
+        assert Path(sys.modules["pydiff.kernels.fused_step"].__file__).resolve().parent.parent == Path(pydiff.__file__).resolve().parent
+        print("OK")
+    """
+    res = _run_python(code, tmp_path, {"PYTHONPATH": str(site)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "OK"
+
+
 def test_unavailable_reason_without_triton(tmp_path):
     """Blocking ``import triton``: importing the backend still works, available() is False,
     unavailable_reason() says triton is not installed and the ops raise RuntimeError saying so."""
