@@ -1,9 +1,9 @@
 """Float32 fidelity of the adaptive DPM-Solver: a float32 run must stay near the float64 run.
 
 Setup: x_T ~ N(0, I) of shape 4x2x4x4, data x0 ~ N(0.5, 0.3^2) per element, and the exact noise
-prediction of that data (tests/gaussian_oracle.py) computed the way a float32 network would: in the
+prediction of that data (pydiff/testing/gaussian.py) computed the way a float32 network would: in the
 sample's dtype, from the time label ``model_wrapper`` hands it (alpha and sigma from the independent
-reference schedules of ``pydiff.reference``). Defaults otherwise (``atol=0.0078``, ``rtol=0.05``).
+reference schedules of ``pydiff.testing``). Defaults otherwise (``atol=0.0078``, ``rtol=0.05``).
 Metric: relative L2 distance of the float32 result from our float64 result.
 
 Bound: ``max(1e-3, 2 * AUTHORS_FP32_DRIFT)``, where ``AUTHORS_FP32_DRIFT`` is the same distance for the
@@ -17,10 +17,10 @@ float64's; the adaptive solver's module docstring has the mechanism).
 import pytest
 import torch
 
-import gaussian_oracle as go
+import pydiff.testing.gaussian as go
 from helpers import backend_device, backend_params, rel_l2
 from pydiff.dpm_solver import DPM_Solver, model_wrapper
-from pydiff.reference import dpm_solver as R
+from pydiff.testing import dpm_solver as R
 from test_dpm_solver_parity import schedules
 
 SHAPE = (4, 2, 4, 4)
@@ -116,7 +116,7 @@ def test_float64_result_is_the_reference_transcription():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_error_norm_ignores_differences_below_one_unit(dtype):
-    from pydiff.dpm_solver.adaptive import scaled_error_norm
+    from pydiff.runtime.adaptive import scaled_error_norm
     eps = torch.finfo(dtype).eps
     x_low = torch.full((2, 3, 4), 0.5, dtype=dtype)
     x_prev = torch.full((2, 3, 4), -2.0, dtype=dtype)      # the larger magnitude sets unit and tolerance

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ._validate import check_data, check_like, compute_dtype, normalize_rows
@@ -48,9 +49,10 @@ def dynamic_threshold_reference(x, m, coef, index, index_stride, row_stride, m2,
         x0 = c("S") * (c("P") * x0 + c("Q") * me)
     v = x0.abs().sort(dim=1).values
     v_lo, v_hi = v[:, lo], v[:, hi]
-    w = torch.tensor(wt, dtype=T, device=x.device)
+    np_t = np.float64 if T == torch.float64 else np.float32
+    w = np_t(wt)  # the weight rounded once to T; 1 - w is then computed in T, as the kernels do
     d = v_hi - v_lo
-    q = torch.where(w < 0.5, v_lo + w * d, v_hi - d * (1 - w))
+    q = v_lo + float(w) * d if w < 0.5 else v_hi - d * float(np_t(1) - w)
     q = torch.where(v_hi == math.inf, v_hi, q)
     q = torch.where(v_lo == v_hi, v_lo, q)
     q = torch.where(x0.isnan().any(dim=1), torch.full_like(q, math.nan), q)

@@ -46,10 +46,10 @@ import numpy as np
 import torch
 
 from pydiff.ops import coef_row, fused_step, sumsq
-from pydiff.ops._dispatch import compute_dtype
+from pydiff.ops import compute_dtype
 
-from . import coefficients as cf
-from .runtime import Runner, correction_tables, device_tables
+from pydiff.plans import dpm_solver as cf
+from .runner import Runner, correction_tables, device_tables
 
 
 def scaled_error_norm(diff, x_low, x_prev, atol, rtol, backend=None):
