@@ -4,9 +4,12 @@ What a pipeline pays for the scheduler alone (the model is replaced by a fixed t
 measured): one ``set_timesteps(steps)`` and ``steps`` calls of ``step``, for DDIM (eta=0), DDPM (with a
 generator), DPM-Solver++ 2M (multistep) and DPM-Solver++ 2S (singlestep), default configs, on the CPU::
 
-    python benchmarks/bench_whole_run.py                 # table
-    python benchmarks/bench_whole_run.py --json          # machine-readable
-    python benchmarks/bench_whole_run.py --shape 1x4x64x64 --steps 20 --repeats 30
+    python -m benchmarks.bench_whole_run                 # table (from the repository root)
+    python -m benchmarks.bench_whole_run --json          # machine-readable
+    python -m benchmarks.bench_whole_run --shape 1x4x64x64 --steps 20 --repeats 30 --backend reference
+
+``python -m`` from the root measures that checkout's ``pydiff``; ``python benchmarks/bench_whole_run.py``
+measures whichever ``pydiff`` is installed. The header names the one measured.
 
 Each figure is the median over ``--repeats`` whole runs, the two libraries interleaved run by run so that a
 noisy neighbour slows both alike. Goal: pydiff's whole run >= 1.5x faster than diffusers' for every scheduler.
@@ -31,7 +34,7 @@ KINDS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSo
 def _commit() -> str:
     try:
         here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        return subprocess.run(["git", "-C", here, "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True, text=True,
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -62,7 +65,7 @@ def whole_run(sched, steps: int, model_output: torch.Tensor, x0: torch.Tensor, s
     return time.perf_counter() - start
 
 
-def measure(shape=(1, 4, 64, 64), steps: int = 20, repeats: int = 30, warmup: int = 3):
+def measure(shape=(1, 4, 64, 64), steps: int = 20, repeats: int = 30, warmup: int = 3, backend=None):
     import diffusers
 
     import pydiff.diffusers as pd
@@ -72,6 +75,7 @@ def measure(shape=(1, 4, 64, 64), steps: int = 20, repeats: int = 30, warmup: in
     rows = []
     for kind in KINDS:
         scheds = {"diffusers": getattr(diffusers, kind)(), "pydiff": getattr(pd, kind)()}
+        scheds["pydiff"].pydiff_backend = backend
         times = {name: [] for name in scheds}
         for rep in range(warmup + repeats):
             for name, s in scheds.items():
@@ -89,24 +93,32 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", default="1x4x64x64")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--backend", default=None, help="force pydiff's op backend (default: automatic)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     shape = tuple(int(s) for s in args.shape.lower().split("x"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = measure(shape, args.steps, args.repeats)
+        rows = measure(shape, args.steps, args.repeats, backend=args.backend)
     import diffusers
 
-    meta = {"machine": _machine(), "python": platform.python_version(), "torch": torch.__version__,
+    from pydiff.ops import resolve_backend
+
+    backend = resolve_backend(args.backend, torch.empty(1))
+
+    import pydiff
+
+    meta = {"machine": _machine(), "pydiff": os.path.dirname(os.path.abspath(pydiff.__file__)), "python": platform.python_version(), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "commit": _commit(), "shape": list(shape), "steps": args.steps,
-            "repeats": args.repeats, "dtype": "float32", "device": "cpu"}
+            "repeats": args.repeats, "dtype": "float32", "device": "cpu", "pydiff_backend": backend}
     if args.json:
         print(json.dumps({"meta": meta, "rows": rows}, indent=2))
         return 0
     print(f"machine: {meta['machine']}")
+    print(f"pydiff: {meta['pydiff']}")
     print(f"torch {meta['torch']}, diffusers {meta['diffusers']}, python {meta['python']}, commit {meta['commit']}")
     print(f"whole run: set_timesteps({args.steps}) + {args.steps} steps, {args.shape} fp32 cpu, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}; pydiff's ops on backend {backend!r}")
     print(f"{'scheduler':<30} {'diffusers ms':>13} {'pydiff ms':>10} {'speedup':>8}")
     for r in rows:
         print(f"{r['scheduler']:<30} {r['diffusers_ms']:>13.2f} {r['pydiff_ms']:>10.2f} {r['speedup']:>7.2f}x")
