@@ -34,8 +34,8 @@ KINDS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSo
 def _commit() -> str:
     try:
         here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "-C", here, "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        cmd = ["git", "-C", here, "describe", "--always", "--dirty", "--abbrev=7"]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
