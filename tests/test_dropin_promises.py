@@ -67,6 +67,16 @@ def test_philox_noise_with_a_generator_per_sample_is_position_independent():
     assert not torch.equal(both[0], both[1])
 
 
+def test_philox_noise_of_one_sample_is_the_same_with_a_generator_or_a_list_of_one():
+    """The in-kernel stream of a batch of one and the per-sample draw of a list are the same numbers."""
+    s = pd.DDPMScheduler()
+    s.pydiff_noise = "philox"
+    x = torch.ones((1,) + SHAPE[1:])
+    one = _ddpm_run(s, torch.Generator().manual_seed(2), x=x)
+    listed = _ddpm_run(s, [torch.Generator().manual_seed(2)], x=x)
+    assert rel_l2(one, listed) < 1e-6
+
+
 @pytest.mark.parametrize("kind", ["DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"])
 def test_dpm_dropins_honour_pydiff_noise(kind):
     def run(value, seed):
