@@ -135,9 +135,9 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
     def _row(self, t: int, eta: float, use_clipped: bool):
         """The row of timestep ``t`` alone for this eta (``_eta_parts``), or None if not finite."""
         r0, dr, a_prev, sqrt_var = self._eta_parts(use_clipped)
-        with np.errstate(invalid="ignore"):
-            std = np.float32(eta) * sqrt_var[t]  # float32, in diffusers' order of operations
-            direction = np.sqrt(np.float32(1) - a_prev[t] - std * std)
+        std = np.float32(eta) * sqrt_var[t]  # float32, in diffusers' order of operations
+        v = np.float32(1) - a_prev[t] - std * std
+        direction = np.sqrt(v) if v >= 0 else np.float32(np.nan)  # NaN (eta too large) without a warning
         row = r0[t] + np.float64(direction) * dr[t]
         row[COL["C"]] = np.float64(std)
         row[COL["CLIP"]] = r0[t, COL["CLIP"]]  # inf - inf in dr when not clipping
