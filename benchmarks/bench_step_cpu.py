@@ -4,8 +4,8 @@ diffusers' step, pydiff's drop-in on the reference ops, and on the fused C++ bac
 
     python -m pytest benchmarks/bench_step_cpu.py --benchmark-columns=median,iqr,rounds
 
-Goals: fused cpu >= 3x faster than diffusers' DDIM step (issue 2) and >= 8x for the multistep-3 step
-(issue 3). Record the ratios in RESULTS.md.
+Goals: fused cpu >= 3x faster than diffusers' DDIM step and >= 8x for the multistep-3 step.
+Record the ratios in RESULTS.md.
 """
 import pytest
 import torch

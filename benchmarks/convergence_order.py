@@ -19,17 +19,14 @@ import argparse
 import csv
 import math
 import os
-import sys
 
 import numpy as np
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-sys.path.insert(0, os.path.join(HERE, ".."))
+from pydiff.dpm_solver import DPM_Solver, NoiseScheduleVP
+from pydiff.testing import gaussian as go
 
-import gaussian_oracle as go  # noqa: E402
-from pydiff.dpm_solver import DPM_Solver, NoiseScheduleVP  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 STEPS_PLOT = [12, 24, 48, 96, 192, 384, 768]
 STEPS_SLOPE = [24, 48, 96]

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Run HERE (not on the device) before a GPU session: the device image has torch, triton, numpy,
-# huggingface-hub, httpx, safetensors, pillow, regex, requests... but not diffusers, and it has no network.
-# This puts the diffusers wheel (pure Python) into .whl/ (ignored by git); gpu_check.sh installs it there.
-# Then:  device run  command="bash benchmarks/gpu_check.sh"  carry=[".whl"]  timeout_s=480  ; then give_back.
+# For a GPU machine without network access: run this on a machine that has one, then copy .whl/ along with
+# the checkout. It puts the diffusers wheel (pure Python, for Python 3.12) into .whl/ (ignored by git);
+# gpu_check.sh installs it from there. The GPU machine needs torch, triton, numpy, cmake, ninja, pybind11, nvcc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl

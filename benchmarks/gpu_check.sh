@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One prepared GPU session: build the extension (CUDA included), run the GPU tests, time the steps, and
-# print a short table last. Run it on the device machine from the repo root, e.g.
-#   bash benchmarks/gpu_check.sh   (diffusers is not in the device image: run benchmarks/fetch_wheels.sh here
-#                                   first and carry .whl; see that script)
+# The GPU check in one script: build the extension (CUDA included), run the GPU tests, time the steps, and
+# print a short table last. Run it on a CUDA machine from the repo root:
+#   bash benchmarks/gpu_check.sh   (without network access there: run benchmarks/fetch_wheels.sh elsewhere
+#                                   first and bring .whl/ along; see that script)
 # Everything it prints also lands in $OUT (or benchmarks/out/) as gpu_check.log and JSON files.
 set -uo pipefail
 OUT=${OUT:-benchmarks/out}

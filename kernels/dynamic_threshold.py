@@ -1,60 +1,52 @@
-"""Imagen dynamic-thresholding scale in Triton + torch selection (docs/ops.md, ``dynamic_threshold``).
+"""Imagen's dynamic-thresholding scale in Triton + torch selection (docs/ops.md, ``dynamic_threshold``).
 
 Saharia et al. 2022, "Photorealistic Text-to-Image Diffusion Models with Deep Language
 Understanding" (Imagen), arXiv:2205.11487, section 2.3. Per sample ``b``::
 
-    x0  = S*(P*x + Q*m)                   (coefficient row selection as fused_step; x0 = x if m is None)
-    q_b = quantile(|x0_b|, ratio)       linear interpolation: pos = ratio*(N-1), lo = floor(pos),
-                                        hi = ceil(pos), q = v[lo] + (pos-lo)*(v[hi]-v[lo]),
-                                        v = |x0_b| sorted ascending
-    s_b = min(max(q_b, 1), max_val)     (torch.clamp(q, min=1, max=max_val))
+    x0  = S*(P*x + Q*m_e)              (row selection and m_e = M1*m + M2*m2 as fused_step; x0 = x if m is None)
+    q_b = quantile(|x0_b|, ratio)      the rule of docs/ops.md: ranks lo, hi and weight wt come from the host
+                                       (float64 ``pos = ratio*(N-1)``), v = |x0_b| sorted ascending,
+                                       q = NaN if any x0_b is NaN; v[lo] if v[lo] == v[hi] (inf == inf);
+                                       inf if v[hi] = inf; v[lo] + wt*(v[hi]-v[lo]) if wt < 0.5;
+                                       else v[hi] - (v[hi]-v[lo])*(1-wt)
+    s_b = min(max(q_b, 1), max_val)    (torch.clamp(q, min=1, max=max_val); NaN stays NaN)
 
-returns ``s`` of shape ``(B,)`` float32; it feeds ``fused_step(threshold=s)``, which computes
-``clamp(w, -s, s) / s``.
+``s`` of shape ``(B,)`` float32 feeds ``fused_step(threshold=s)``, which computes ``clamp(w, -s, s) / s``.
 
-Strategy:
+Strategy (three launches, no host synchronisation):
 
-1. A Triton kernel (grid ``(cdiv(N, BLOCK), min(B, MAX_GRID_Y))``, sample loop beyond 65535 as in
-   ``fused_step``) computes ``|S*(P*x + Q*m)|`` in float32 into a ``(B, N)`` float32 buffer, and per block
-   a NaN flag (``(B, nblk)`` int32).
-2. Selection with torch on the device: ``torch.kthvalue`` along dim 1 for ranks ``lo`` and ``hi``
-   (one call when they coincide). ``pos``, ``lo``, ``hi`` depend only on ``ratio`` and ``N`` and are
-   computed on the host in float64, so nothing is read back from the device: no ``.item()``, no
-   synchronisation. kthvalue is a selection (O(N) per row on CPU, radix select on CUDA) rather than a
-   full sort, and it is not subject to torch.quantile's 2^24-element input limit.
-   Why not a Triton selection: a per-sample radix select in Triton is a multi-pass kernel of its own;
-   the |x0| pass is the memory-bound part that fusion helps, the selection is left to torch's tuned
-   kernel (a GPU-side select can come later).
-3. NaN: torch.quantile returns NaN for a row holding a NaN; kthvalue's NaN ordering is not part of its
-   documented contract, so a row whose NaN flag is set gets ``q = NaN`` explicitly (then ``s = NaN``,
-   as torch.clamp propagates it).
-4. ``q = v_lo + frac*(v_hi - v_lo)`` in float32 with ``frac = pos - lo`` (a float64 host value rounded
-   to float32), then ``torch.clamp(q, min=1, max=max_val)``.
+1. ``abs_x0_kernel`` (grid ``(cdiv(N, BLOCK), min(B, MAX_GRID_Y))``, sample loop beyond 65535 as in
+   ``fused_step``) writes ``|x0|`` in float32 into a ``(B, N)`` buffer, and per block a NaN flag
+   (``(B, nblk)`` int32).
+2. Selection with ``torch.kthvalue`` along dim 1 for ranks ``lo`` and ``hi`` (one call when they
+   coincide): a selection (radix select on CUDA), not a full sort, and not subject to torch.quantile's
+   2^24-element limit. Why not a Triton selection: a per-sample radix select is a multi-pass kernel of
+   its own; the |x0| pass is the memory-bound part that fusion helps.
+3. ``finish_kernel`` reduces the NaN flags (kthvalue's NaN ordering is not part of its documented
+   contract, so a flagged row gets ``q = NaN`` explicitly), interpolates and clamps, one program per
+   ``BLOCK_B`` samples -- instead of five elementwise torch launches.
 
 Block size: ``BLOCK_SIZE = 1024``, ``NUM_WARPS = 4`` -- a sensible default; GPU tuning comes later.
 """
 from __future__ import annotations
 
-import math
-
-import torch
 import triton
 import triton.language as tl
 
-from .fused_step import load_row
-from ._common import check_dtype, check_f32, check_index
+from ._common import COL_M1, COL_M2, COL_P, COL_Q, COL_S, coef_at, row_of
 
 BLOCK_SIZE = 1024
 NUM_WARPS = 4
 MAX_GRID_Y = 65535
-NCOEF = 12
+BLOCK_B = 64     # samples per program of finish_kernel
+BLOCK_FLAGS = 32  # NaN flags per sample read per loop trip of finish_kernel
 
 
-@triton.jit
-def _abs_x0_kernel(
-    x_ptr, m_ptr, coef_ptr, index_ptr, a_ptr, nan_ptr, N, B, nblk,
-    HAS_M: tl.constexpr, HAS_INDEX: tl.constexpr, INDEX_STRIDE: tl.constexpr, ROW_STRIDE: tl.constexpr,
-    NCOEF: tl.constexpr, BLOCK: tl.constexpr,
+@triton.jit(do_not_specialize=["R"])  # as fused_step_kernel: one compiled kernel for every table length
+def abs_x0_kernel(
+    x_ptr, m_ptr, m2_ptr, coef_ptr, index_ptr, a_ptr, nan_ptr, N, B, R, nblk,
+    HAS_M: tl.constexpr, HAS_M2: tl.constexpr, HAS_INDEX: tl.constexpr, INDEX_STRIDE: tl.constexpr,
+    ROW_STRIDE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     i = pid_n.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -64,9 +56,13 @@ def _abs_x0_kernel(
         g = b * N + i
         x = tl.load(x_ptr + g, mask=mask, other=0.0).to(tl.float32)
         if HAS_M:
-            r = load_row(coef_ptr, index_ptr, b, HAS_INDEX, INDEX_STRIDE, ROW_STRIDE, NCOEF)
+            rp, ok = row_of(coef_ptr, index_ptr, b, R, HAS_INDEX, INDEX_STRIDE, ROW_STRIDE)
             m = tl.load(m_ptr + g, mask=mask, other=0.0).to(tl.float32)
-            x0 = tl.load(r + 10) * (tl.load(r + 0) * x + tl.load(r + 1) * m)
+            if HAS_M2:
+                m2 = tl.load(m2_ptr + g, mask=mask, other=0.0).to(tl.float32)
+                m = coef_at(rp, ok, COL_M1, HAS_INDEX) * m + coef_at(rp, ok, COL_M2, HAS_INDEX) * m2
+            x0 = coef_at(rp, ok, COL_S, HAS_INDEX) * (coef_at(rp, ok, COL_P, HAS_INDEX) * x
+                                                      + coef_at(rp, ok, COL_Q, HAS_INDEX) * m)
         else:
             x0 = x
         a = tl.abs(x0)
@@ -75,46 +71,23 @@ def _abs_x0_kernel(
         tl.store(nan_ptr + b * nblk + pid_n, tl.max(isnan.to(tl.int32), axis=0))
 
 
-def dynamic_threshold(x, m, coef, index, index_stride, row_stride, ratio, max_val) -> torch.Tensor:
-    """Normalized backend entry (docs/ops.md): per-sample thresholds ``s`` of shape ``(B,)`` float32."""
-    check_dtype("x", x)
-    B = x.shape[0]
-    numel = x.numel()
-    if B == 0:
-        return torch.empty((0,), dtype=torch.float32, device=x.device)
-    N = numel // B
-    if N == 0:
-        raise ValueError("dynamic_threshold: samples have no elements (the quantile is undefined)")
-    ratio = float(ratio)
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"dynamic_threshold: ratio must be in [0, 1], got {ratio}")
-    if m is not None and coef is None:
-        raise ValueError("dynamic_threshold: coef is required with m")
-    if m is not None:
-        check_f32("coef", coef)
-        check_index(index)
-    block = BLOCK_SIZE
-    nblk = triton.cdiv(N, block)
-    absx0 = torch.empty((B, N), dtype=torch.float32, device=x.device)
-    nan_flag = torch.empty((B, nblk), dtype=torch.int32, device=x.device)
-    has_m = m is not None
-    _abs_x0_kernel[(nblk, min(B, MAX_GRID_Y))](
-        x, m if has_m else x, coef if has_m else x, index if (has_m and index is not None) else x,
-        absx0, nan_flag, N, B, nblk,
-        HAS_M=has_m, HAS_INDEX=has_m and index is not None,
-        INDEX_STRIDE=int(index_stride), ROW_STRIDE=int(row_stride),
-        NCOEF=NCOEF, BLOCK=block, num_warps=NUM_WARPS,
-    )
-    pos = ratio * (N - 1)
-    lo = min(int(math.floor(pos)), N - 1)
-    hi = min(int(math.ceil(pos)), N - 1)
-    v_lo = torch.kthvalue(absx0, lo + 1, dim=1).values
-    if hi == lo:
-        q = v_lo
-    else:
-        v_hi = torch.kthvalue(absx0, hi + 1, dim=1).values
-        q = v_lo + (pos - lo) * (v_hi - v_lo)
-    q = torch.where(nan_flag.amax(dim=1) > 0, torch.full_like(q, math.nan), q)
-    if max_val is None:
-        return torch.clamp(q, min=1.0)
-    return torch.clamp(q, min=1.0, max=float(max_val))
+@triton.jit
+def finish_kernel(v_lo_ptr, v_hi_ptr, nan_ptr, s_ptr, B, nblk, wt, one_minus_wt, max_val,
+                  BLOCK_B: tl.constexpr, BLOCK_FLAGS: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    bm = b < B
+    flag = tl.zeros([BLOCK_B], dtype=tl.int32)
+    for j0 in range(0, nblk, BLOCK_FLAGS):
+        j = j0 + tl.arange(0, BLOCK_FLAGS)
+        f = tl.load(nan_ptr + b[:, None] * nblk + j[None, :], mask=bm[:, None] & (j < nblk)[None, :], other=0)
+        flag = tl.maximum(flag, tl.max(f, axis=1))
+    lo = tl.load(v_lo_ptr + b, mask=bm, other=0.0)
+    hi = tl.load(v_hi_ptr + b, mask=bm, other=0.0)
+    d = hi - lo
+    q = tl.where(wt < 0.5, lo + wt * d, hi - d * one_minus_wt)
+    q = tl.where(hi == float("inf"), hi, q)  # a finite v[lo] below v[hi] = inf: inf, not inf - inf = NaN
+    q = tl.where(lo == hi, lo, q)
+    q = tl.where(flag > 0, float("nan"), q)
+    s = tl.maximum(q, 1.0, propagate_nan=tl.PropagateNan.ALL)
+    s = tl.minimum(s, max_val, propagate_nan=tl.PropagateNan.ALL)
+    tl.store(s_ptr + b, s, mask=bm)

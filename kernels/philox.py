@@ -3,8 +3,9 @@
 Salmon, Moraes, Dror, Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC'11.
 Layout and transform are the ones of docs/ops.md, so every backend draws the same ``z``::
 
-    key = (seed mod 2^32, seed >> 32)
-    ctr = (g mod 2^32, g >> 32, offset mod 2^32, offset >> 32)        g = flat element index (int64)
+    key = (k mod 2^32, k >> 32)                    k = seed, or uint64(rng[0])
+    ctr = (g mod 2^32, g >> 32, o mod 2^32, o >> 32)
+          g = flat element index (int64), o = offset, or (uint64(rng[1]) + offset) mod 2^64
     10 rounds:  hi0:lo0 = 0xD2511F53*ctr0,  hi1:lo1 = 0xCD9E8D57*ctr2   (hi via tl.umulhi)
                 ctr = (hi1 ^ ctr1 ^ key0, lo1, hi0 ^ ctr3 ^ key1, lo0)
                 key = (key0 + 0x9E3779B9, key1 + 0xBB67AE85)             (uint32, wrapping)
@@ -13,27 +14,28 @@ Layout and transform are the ones of docs/ops.md, so every backend draws the sam
 
 Implementation notes:
 
-* All Philox arithmetic is uint32 (``tl.umulhi`` for the high words, wrapping ``*``/``+``).
-* ``seed`` and ``offset`` (Python ints in [0, 2^64)) are split on the host into four 32-bit words and
+* All Philox arithmetic is uint32 (``tl.umulhi`` for the high words, wrapping ``*``/``+``), so the integers
+  are those of every other backend.
+* Host ``seed`` and ``offset`` (ints in [0, 2^64)) are split on the host into four 32-bit words and
   passed as *signed int32 bit patterns* (``_common.split_u64``), bit-cast back to uint32 in the kernel.
   Every such value has Triton type ``i32`` whatever its magnitude, and the parameters are listed in
   ``do_not_specialize``, so neither the "== 1" nor the "divisible by 16" specialization nor a type
   change (i32/i64/u64 by magnitude) can trigger a recompile when a sampler bumps ``offset`` every step.
-* ``sqrt`` is ``tl.sqrt_rn`` (IEEE); ``ln``/``cos`` are ``tl.log``/``tl.cos``, whose GPU lowering may
-  differ from libm by a few ulp -- docs/ops.md allows "float32 libm rounding" differences.
-* ``philox_normal(out, seed, offset)`` fills a contiguous tensor (any float dtype but float64; the
-  value is float32 and the store rounds). 1-D grid over ``cdiv(numel, BLOCK)`` with int64 indices.
+* The device ``rng`` tensor is loaded by the kernel (``key_and_counter``): its values are data, not
+  kernel arguments, so changing them never recompiles and a captured graph sees the new values.
+* ``sqrt`` is ``tl.sqrt_rn`` (IEEE); ``ln``/``cos`` are libdevice's ``logf``/``cosf`` on GPUs (not the
+  approximate ``tl.log``/``tl.cos``, see ``_common``) and numpy's under the interpreter, which may differ from
+  the other backends' polynomials by a few float32 ulp, as docs/ops.md allows.
 
 Block size: ``BLOCK_SIZE = 1024`` elements per program with ``NUM_WARPS = 4``; a sensible default,
 GPU tuning comes later.
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
-from ._common import check_dtype, split_u64  # noqa: F401  (re-exported)
+from ._common import cos_f32, log_f32, split_u64  # noqa: F401  (split_u64 re-exported for the launchers)
 
 BLOCK_SIZE = 1024
 NUM_WARPS = 4
@@ -58,35 +60,65 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
 
 
 @triton.jit
-def philox_normal_at(g, seed_lo, seed_hi, off_lo, off_hi):
-    """Standard normal (float32) for int64 flat indices ``g``; the four key/offset words are the
-    int32 bit patterns from :func:`split_u64`."""
-    k0 = seed_lo.to(tl.uint32, bitcast=True)
-    k1 = seed_hi.to(tl.uint32, bitcast=True)
-    c2 = off_lo.to(tl.uint32, bitcast=True)
-    c3 = off_hi.to(tl.uint32, bitcast=True)
+def key_and_counter(seed_lo, seed_hi, off_lo, off_hi, rng_ptr, HAS_RNG: tl.constexpr):
+    """The uint32 words ``(key0, key1, o0, o1)`` of docs/ops.md.
+
+    Host seed: the words are the int32 bit patterns of ``split_u64(seed)`` and ``split_u64(offset)``.
+    ``HAS_RNG``: ``key = uint64(rng[0])``, ``o = uint64(rng[1]) + offset`` (uint64, wrapping mod 2^64);
+    ``seed_lo``/``seed_hi`` are then unused.
+    """
+    o_lo = off_lo.to(tl.uint32, bitcast=True)
+    o_hi = off_hi.to(tl.uint32, bitcast=True)
+    if HAS_RNG:
+        key = tl.load(rng_ptr).to(tl.uint64, bitcast=True)
+        base = tl.load(rng_ptr + 1).to(tl.uint64, bitcast=True)
+        o = base + ((o_hi.to(tl.uint64) << 32) | o_lo.to(tl.uint64))
+        k0 = key.to(tl.uint32)  # truncation: the low word
+        k1 = (key >> 32).to(tl.uint32)
+        o_lo = o.to(tl.uint32)
+        o_hi = (o >> 32).to(tl.uint32)
+    else:
+        k0 = seed_lo.to(tl.uint32, bitcast=True)
+        k1 = seed_hi.to(tl.uint32, bitcast=True)
+    return k0, k1, o_lo, o_hi
+
+
+@triton.jit
+def philox_normal_words(g, k0, k1, o0, o1):
+    """Standard normal (float32) for int64 flat indices ``g`` under the uint32 key/counter words."""
     g = g.to(tl.int64)
     c0 = g.to(tl.uint32)  # truncation: g mod 2^32
     c1 = (g >> 32).to(tl.uint32)
-    c2 = tl.zeros_like(c0) + c2
-    c3 = tl.zeros_like(c0) + c3
+    c2 = tl.zeros_like(c0) + o0
+    c3 = tl.zeros_like(c0) + o1
     r0, r1, _r2, _r3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
     # (r >> 8) < 2^24: exact in int32 and float32; + 0.5 and * 2^-24 are float32 ops, as in ops.md
     u1 = ((r0 >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08
     u2 = ((r1 >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08
-    return tl.sqrt_rn(-2.0 * tl.log(u1)) * tl.cos(6.2831855 * u2)
+    return tl.sqrt_rn(-2.0 * log_f32(u1)) * cos_f32(6.2831855 * u2)
+
+
+@triton.jit
+def philox_normal_at(g, seed_lo, seed_hi, off_lo, off_hi):
+    """Standard normal (float32) for int64 flat indices ``g``; the four key/offset words are the
+    int32 bit patterns from :func:`split_u64`."""
+    return philox_normal_words(g, seed_lo.to(tl.uint32, bitcast=True), seed_hi.to(tl.uint32, bitcast=True),
+                               off_lo.to(tl.uint32, bitcast=True), off_hi.to(tl.uint32, bitcast=True))
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
-def _philox_normal_kernel(out_ptr, numel, seed_lo, seed_hi, off_lo, off_hi, BLOCK: tl.constexpr):
+def philox_normal_kernel(out_ptr, rng_ptr, numel, seed_lo, seed_hi, off_lo, off_hi,
+                         HAS_RNG: tl.constexpr, BLOCK: tl.constexpr):
     g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = g < numel
-    z = philox_normal_at(g, seed_lo, seed_hi, off_lo, off_hi)
+    k0, k1, o0, o1 = key_and_counter(seed_lo, seed_hi, off_lo, off_hi, rng_ptr, HAS_RNG)
+    z = philox_normal_words(g, k0, k1, o0, o1)
     tl.store(out_ptr + g, z.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _philox_raw_kernel(ctr_ptr, key_ptr, out_ptr, n, BLOCK: tl.constexpr):
+def philox_raw_kernel(ctr_ptr, key_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    """Raw Philox4x32-10 blocks (known-answer tests): int64 words in, int64 words out."""
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < n
     c0 = tl.load(ctr_ptr + 4 * i + 0, mask=mask, other=0).to(tl.uint32)
@@ -100,35 +132,3 @@ def _philox_raw_kernel(ctr_ptr, key_ptr, out_ptr, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + 4 * i + 1, r1.to(tl.int64), mask=mask)
     tl.store(out_ptr + 4 * i + 2, r2.to(tl.int64), mask=mask)
     tl.store(out_ptr + 4 * i + 3, r3.to(tl.int64), mask=mask)
-
-
-def philox4x32_10_raw(ctr: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """Raw Philox4x32-10 blocks (for known-answer tests): ``ctr`` (n, 4) and ``key`` (n, 2) int64
-    tensors holding uint32 words -> (n, 4) int64 output words."""
-    ctr = ctr.to(torch.int64).reshape(-1, 4).contiguous()
-    key = key.to(torch.int64).reshape(-1, 2).contiguous()
-    if ctr.shape[0] != key.shape[0]:
-        raise ValueError("ctr and key must hold the same number of blocks")
-    n = ctr.shape[0]
-    out = torch.empty((n, 4), dtype=torch.int64, device=ctr.device)
-    if n:
-        block = 128
-        _philox_raw_kernel[(triton.cdiv(n, block),)](ctr, key, out, n, BLOCK=block)
-    return out
-
-
-def philox_normal(out: torch.Tensor, seed: int, offset: int) -> None:
-    """Normalized backend entry (docs/ops.md): fill contiguous ``out`` with Philox normals,
-    element ``g`` (flat, row-major) from counter ``(g, offset)`` under key ``seed``."""
-    check_dtype("out", out)
-    if not out.is_contiguous():
-        raise ValueError("philox_normal: out must be contiguous")
-    numel = out.numel()
-    if numel == 0:
-        return
-    seed_lo, seed_hi = split_u64(seed)
-    off_lo, off_hi = split_u64(offset)
-    block = BLOCK_SIZE
-    _philox_normal_kernel[(triton.cdiv(numel, block),)](
-        out, numel, seed_lo, seed_hi, off_lo, off_hi, BLOCK=block, num_warps=NUM_WARPS
-    )

@@ -3,8 +3,9 @@
 For a batch tensor ``a`` of shape ``(B, ...)`` with ``N`` elements per sample::
 
     out[0, b] = sum_i a[b, i]^2
-    out[1, b] = sum_i y[b, i]^2        y = the tensor ``b``, or the Philox normals z(seed, offset, g)
-                                       (Salmon et al., SC'11) that fused_step would add, regenerated
+    out[1, b] = sum_i y[b, i]^2        y = the tensor ``b``, or the Philox normals z (Salmon et al., SC'11)
+                                       of (seed, offset) or of the device ``rng``, that fused_step would
+                                       add with the same key and offset, regenerated instead of stored
 
 The result is ``(S, B)`` float32, ``S`` = 1 or 2. These norms feed step-size rules such as the
 Langevin corrector's ``eps = 2 (snr ||z|| / ||score||)^2`` (Song et al., arXiv:2011.13456) and
@@ -25,12 +26,10 @@ Block size: ``BLOCK_SIZE = 1024``, ``NUM_WARPS = 4`` -- a sensible default; GPU 
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
-from ._common import check_dtype, split_u64
-from .philox import philox_normal_at
+from .philox import key_and_counter, philox_normal_words
 
 BLOCK_SIZE = 1024
 NUM_WARPS = 4
@@ -38,14 +37,16 @@ MAX_GRID_Y = 65535
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
-def _sumsq_kernel(
-    a_ptr, b_ptr, part_ptr, N, B, nblk, plane,
+def sumsq_kernel(
+    a_ptr, b_ptr, rng_ptr, part_ptr, N, B, nblk, plane,
     seed_lo, seed_hi, off_lo, off_hi,
-    HAS_B: tl.constexpr, HAS_SEED: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_B: tl.constexpr, HAS_PHILOX: tl.constexpr, HAS_RNG: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     i = pid_n.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < N
+    if HAS_PHILOX:
+        k0, k1, o0, o1 = key_and_counter(seed_lo, seed_hi, off_lo, off_hi, rng_ptr, HAS_RNG)
     for s_ in range(tl.program_id(1), B, tl.num_programs(1)):
         s = tl.full([], 0, tl.int64) + s_  # int64 sample index (the loop variable is int32)
         g = s * N + i
@@ -55,33 +56,6 @@ def _sumsq_kernel(
         if HAS_B:
             y = tl.load(b_ptr + g, mask=mask, other=0.0).to(tl.float32)
             tl.store(part_ptr + plane + p, tl.sum(y * y, axis=0))
-        if HAS_SEED:
-            z = philox_normal_at(g, seed_lo, seed_hi, off_lo, off_hi)
-            z = tl.where(mask, z, 0.0)
+        if HAS_PHILOX:
+            z = tl.where(mask, philox_normal_words(g, k0, k1, o0, o1), 0.0)
             tl.store(part_ptr + plane + p, tl.sum(z * z, axis=0))
-
-
-def sumsq(a, b, seed, offset) -> torch.Tensor:
-    """Normalized backend entry (docs/ops.md): ``(S, B)`` float32 sums of squares per sample."""
-    check_dtype("a", a)
-    if b is not None and seed is not None:
-        raise ValueError("sumsq: give either b or seed, not both")
-    B = a.shape[0]
-    S = 1 if (b is None and seed is None) else 2
-    numel = a.numel()
-    if numel == 0 or B == 0:
-        return torch.zeros((S, B), dtype=torch.float32, device=a.device)
-    N = numel // B
-    block = BLOCK_SIZE
-    nblk = triton.cdiv(N, block)
-    part = torch.empty((S, B, nblk), dtype=torch.float32, device=a.device)
-    seed_lo = seed_hi = 0
-    if seed is not None:
-        seed_lo, seed_hi = split_u64(seed)
-    off_lo, off_hi = split_u64(offset)
-    _sumsq_kernel[(nblk, min(B, MAX_GRID_Y))](
-        a, b if b is not None else a, part, N, B, nblk, B * nblk,
-        seed_lo, seed_hi, off_lo, off_hi,
-        HAS_B=b is not None, HAS_SEED=seed is not None, BLOCK=block, num_warps=NUM_WARPS,
-    )
-    return part.sum(dim=-1)

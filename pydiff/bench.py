@@ -1,10 +1,16 @@
-"""Per-step latency: diffusers' scheduler step against pydiff's fused step, side by side in one run.
+"""Scheduler latency: diffusers' against pydiff's, side by side in one run.
 
-Each candidate is a zero-argument callable doing one full ``scheduler.step`` (host overhead included: that
-is what a sampling loop pays). On CUDA every timing is bracketed by synchronisations, and the median of
-many repetitions is reported; on CPU ``time.perf_counter`` around each call. The same inputs, timestep and
-options are used for every candidate, and the pydiff drop-in's output is checked against diffusers' before
-it is timed, so a fast wrong kernel cannot post a number.
+Three tables:
+
+* one ``scheduler.step`` mid-schedule (host overhead included: that is what a sampling loop pays), for
+  diffusers, pydiff's drop-in on every backend, and — for DDIM and DDPM — the strongest simple peer: the same
+  update written in plain torch and compiled with ``torch.compile`` (``torch-compile``);
+* a whole run the way a pipeline drives a scheduler: ``set_timesteps`` and every ``step`` (``whole_run``);
+* with ``bandwidth``: the fused step against a device copy.
+
+On CUDA calls run back to back in batches with one synchronisation each; on CPU ``time.perf_counter`` around
+each call; medians are reported. Every candidate gets the same inputs and options and is checked against
+diffusers before it is timed, so a fast wrong kernel cannot post a number.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .ops import available_backends, backend_available
+from .ops import available_backends, backend_available, runs_on
 
 SAMPLERS = ("ddim", "ddpm", "dpm2m", "dpm3m")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
@@ -49,8 +55,10 @@ def _schedulers(sampler: str):
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
 
 
-def step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=None, steps: int = 50):
-    """``{name: callable}`` for diffusers' step and pydiff's drop-in step on each backend.
+def step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=None, steps: int = 50,
+                   peer: bool = True):
+    """``{name: callable}`` for diffusers' step, pydiff's drop-in step on each backend and (``peer``, DDIM and
+    DDPM) the ``torch.compile``d plain-torch update.
 
     The noise comes from a fixed ``variance_noise`` (DDIM) or a freshly seeded generator (DDPM), so every
     candidate does the same arithmetic.
@@ -103,17 +111,95 @@ def step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=Non
         if not err < tol:
             raise RuntimeError(f"pydiff {sampler} on backend {b} disagrees with diffusers (rel L2 {err:.2e})")
         out[f"pydiff-{b}"] = fn
+    fn = compiled_peer(sampler, ref, t, shape, dtype, device, kw) if peer else None
+    if fn is not None:
+        z = kw["variance_noise"] if sampler == "ddim" else torch.randn(
+            shape, generator=torch.Generator(device="cpu").manual_seed(1)).to(device=device, dtype=dtype)
+        got = fn(x, m, z)[0].double()
+        err = ((got - expect).norm() / expect.norm()).item()
+        if not err < (1e-4 if dtype in (torch.float32, torch.float64) else 2e-2):
+            raise RuntimeError(f"the compiled {sampler} peer disagrees with diffusers (rel L2 {err:.2e})")
+        out["torch-compile"] = lambda: fn(x, m, z)[0]
+    return out
+
+
+def whole_run_callables(sampler: str, shape, dtype: torch.dtype, device, backends=None, steps: int = 20):
+    """``{name: callable}``: ``set_timesteps(steps)`` and every ``step`` of one run, with a fixed model output
+    (the model's cost is not the scheduler's), for diffusers and pydiff's drop-in on each backend."""
+    device = torch.device(device)
+    ref, ours, kw = _schedulers(sampler)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x0 = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    m = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    if sampler == "ddim":
+        kw = dict(kw, variance_noise=torch.randn(shape, generator=gen).to(device=device, dtype=dtype))
+
+    def make(s):
+        def call():
+            s.set_timesteps(steps, device=device)
+            x = x0
+            extra = {} if sampler != "ddpm" else {"generator": torch.Generator(device="cpu").manual_seed(1)}
+            for t in s.timesteps:
+                x = s.step(m, t, x, **kw, **extra).prev_sample
+            return x
+        return call
+
+    out = {"diffusers": make(ref)}
+    expect = out["diffusers"]().double()
+    if backends is None:
+        backends = [b for b in available_backends() if _runs_on(b, device, dtype)]
+    for b in backends:
+        s = type(ours).from_config(ours.config)
+        s.pydiff_backend = b
+        fn = make(s)
+        got = fn().double()
+        err = ((got - expect).norm() / expect.norm()).item()
+        if not err < (1e-4 if dtype in (torch.float32, torch.float64) else 2e-2):
+            raise RuntimeError(f"pydiff {sampler} whole run on backend {b} disagrees with diffusers "
+                               f"(rel L2 {err:.2e})")
+        out[f"pydiff-{b}"] = fn
     return out
 
 
 def _runs_on(backend, device, dtype):
-    if backend == "reference":
-        return True
-    if backend == "cpu":
-        return device.type == "cpu"
-    if dtype == torch.float64:
-        return False
-    return device.type == "cuda" or (backend == "triton" and device.type == "cpu")
+    return runs_on(backend, torch.device(device).type, dtype)
+
+
+def compiled_peer(sampler: str, sched, timestep, shape, dtype, device, kw):
+    """The step as a plain-torch function compiled with ``torch.compile`` (DDIM and DDPM), or None.
+
+    The same scalars as diffusers' step at ``timestep`` (eta, clipping, noise given as a tensor), written as
+    the textbook update: ``x0 = clamp((x - sqrt(1-a_t) eps)/sqrt(a_t))``, then DDIM's
+    ``sqrt(a_prev) x0 + sqrt(1-a_prev-std^2) eps + std z`` or DDPM's posterior mean plus ``std z``. It returns
+    ``(prev_sample, x0)``, the two tensors pydiff's fused step writes.
+    """
+    if sampler not in ("ddim", "ddpm"):
+        return None
+    t = int(timestep)
+    ac = sched.alphas_cumprod.double()
+    if sampler == "ddim":
+        prev = t - sched.config.num_train_timesteps // sched.num_inference_steps
+        a_prev = float(ac[prev]) if prev >= 0 else float(sched.final_alpha_cumprod)
+    else:
+        prev = int(sched.previous_timestep(t))
+        a_prev = float(ac[prev]) if prev >= 0 else 1.0
+    a_t = float(ac[t])
+    sa, sb = a_t ** 0.5, (1 - a_t) ** 0.5
+    clip = float(sched.config.clip_sample_range) if sched.config.clip_sample else float("inf")
+    if sampler == "ddim":
+        eta = float(kw.get("eta", 0.0))
+        std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
+        c_x0, c_eps, c_x = a_prev ** 0.5, (1 - a_prev - std ** 2) ** 0.5, 0.0
+    else:
+        beta = 1 - a_t / a_prev
+        std = ((1 - a_prev) / (1 - a_t) * beta) ** 0.5
+        c_x0, c_eps, c_x = a_prev ** 0.5 * beta / (1 - a_t), 0.0, (a_t / a_prev) ** 0.5 * (1 - a_prev) / (1 - a_t)
+
+    def update(x, eps, z):
+        x0 = ((x - sb * eps) / sa).clamp(-clip, clip)
+        return c_x0 * x0 + c_eps * eps + c_x * x + std * z, x0
+
+    return torch.compile(update, fullgraph=True, dynamic=False)
 
 
 def time_callable(fn, device, min_time: float = 0.3, min_reps: int = 20, warmup: int = 5) -> float:
@@ -170,8 +256,10 @@ def _check_device(device):
     return str(dev)
 
 
-def run(samplers=SAMPLERS, shape=(1, 4, 64, 64), dtype="fp32", device=None, backends=None, min_time=0.3):
-    """Benchmark every sampler; returns a list of ``Row``."""
+def run(samplers=SAMPLERS, shape=(1, 4, 64, 64), dtype="fp32", device=None, backends=None, min_time=0.3,
+        peer=True, whole_run_steps=None):
+    """Benchmark every sampler; returns a list of ``Row``: one step each (``sampler``), and with
+    ``whole_run_steps`` also a whole run of that many steps (``sampler`` suffixed ``/run``)."""
     device = _check_device(device)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
@@ -181,21 +269,24 @@ def run(samplers=SAMPLERS, shape=(1, 4, 64, 64), dtype="fp32", device=None, back
                 raise ValueError(f"backend {b!r} is not available here; available: {available_backends()}")
     tdtype = DTYPES[dtype]
     rows = []
-    for sampler in samplers:
-        calls = step_callables(sampler, shape, tdtype, device, backends)
+    jobs = [(s, step_callables(s, shape, tdtype, device, backends, peer=peer)) for s in samplers]
+    if whole_run_steps:
+        jobs += [(f"{s}/run{whole_run_steps}", whole_run_callables(s, shape, tdtype, device, backends,
+                                                                     whole_run_steps)) for s in samplers]
+    for label, calls in jobs:
         base = None
         for name, fn in calls.items():
             us = time_callable(fn, device, min_time=min_time)
             base = us if name == "diffusers" else base
-            rows.append(Row(sampler, name, str(device), dtype, "x".join(map(str, shape)), us, base / us))
+            rows.append(Row(label, name, str(device), dtype, "x".join(map(str, shape)), us, base / us))
     return rows
 
 
 def format_table(rows) -> str:
-    head = f"{'sampler':8} {'implementation':18} {'device':7} {'dtype':5} {'shape':14} {'median us':>10} {'vs diffusers':>12}"
+    head = f"{'sampler':12} {'implementation':18} {'device':7} {'dtype':5} {'shape':14} {'median us':>10} {'vs diffusers':>12}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.sampler:8} {r.impl:18} {r.device:7} {r.dtype:5} {r.shape:14} {r.median_us:10.1f} "
+        lines.append(f"{r.sampler:12} {r.impl:18} {r.device:7} {r.dtype:5} {r.shape:14} {r.median_us:10.1f} "
                      f"{r.speedup_vs_diffusers:11.2f}x")
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""The ``pydiff`` command: ``pydiff bench`` times diffusers' scheduler step against pydiff's fused step."""
+"""The ``pydiff`` command: ``pydiff bench`` times diffusers' scheduler against pydiff's drop-in: one step
+(with a ``torch.compile``d plain-torch peer for DDIM/DDPM) and a whole run of ``set_timesteps`` + every step."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,10 @@ def _parser():
     b.add_argument("--backend", action="append", choices=["reference", "cpu", "cuda", "triton"],
                    help="pydiff backend(s) to time (repeatable; default: every one available here)")
     b.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per candidate (default 0.3)")
+    b.add_argument("--no-peer", action="store_true",
+                   help="skip the torch.compile'd plain-torch peer of the DDIM/DDPM step (compiling takes a while)")
+    b.add_argument("--whole-run", type=int, default=20, metavar="STEPS",
+                   help="also time set_timesteps + STEPS steps, as a pipeline calls them (default 20; 0: skip)")
     b.add_argument("--bandwidth", action="store_true",
                    help="instead: fused step vs a device copy at --shape (memory-bandwidth fraction)")
     b.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
@@ -58,7 +63,8 @@ def _run(args) -> int:
                     json.dump(bench.rows_as_dicts(rows), f, indent=2)
             return 0
         rows = bench.run(samplers=tuple(args.sampler or bench.SAMPLERS), shape=args.shape, dtype=args.dtype,
-                         device=args.device, backends=args.backend, min_time=args.min_time)
+                         device=args.device, backends=args.backend, min_time=args.min_time,
+                         peer=not args.no_peer, whole_run_steps=args.whole_run)
         print(bench.format_table(rows))
         if args.json:
             with open(args.json, "w") as f:

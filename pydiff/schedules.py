@@ -1,13 +1,22 @@
-"""Noise schedules and timestep grids, in float64 on the host.
+"""Noise schedules and timestep grids: the one place their formulas are written.
 
 A diffusion process is ``x_t = alpha_t x_0 + sigma_t eps``. Everything a sampler's coefficients need is a
 function of ``alpha_t``, ``sigma_t`` and the half log-SNR ``lambda_t = log alpha_t - log sigma_t``
-(Kingma et al. 2021; Lu et al., DPM-Solver, arXiv:2206.00927, section 2). The schedules here give those
-in float64, so that coefficient plans are exact before they are rounded once to the kernel's dtype.
+(Kingma et al. 2021; Lu et al., DPM-Solver, arXiv:2206.00927, section 2). For a variance-preserving (VP)
+process ``alpha^2 + sigma^2 = 1``, so all of them follow from ``log alpha_t``::
+
+    sigma_t  = sqrt(1 - e^{2 log alpha_t}),    lambda_t = log alpha_t - 1/2 log(1 - e^{2 log alpha_t}),
+    log alpha_t = -1/2 log(1 + e^{-2 lambda_t})                       (the inverse, given lambda)
 
 Discrete (DDPM-style, Ho et al. 2020): ``alpha_bar_n = prod_{i<=n} (1 - beta_i)``, ``alpha_n = sqrt(alpha_bar_n)``.
 Continuous VP (Song et al. 2021): linear ``log alpha_t = -(b1-b0) t^2/4 - b0 t/2``, cosine (Nichol &
-Dhariwal 2021) ``alpha_t = cos((t+s)/(1+s) pi/2) / cos(s/(1+s) pi/2)``. VE: ``sigma_t = smin (smax/smin)^t``.
+Dhariwal 2021) ``alpha_t = cos((t+s)/(1+s) pi/2) / cos(s/(1+s) pi/2)``; a discrete table placed in
+continuous time with ``log alpha_t`` piecewise linear between its knots (the DPM-Solver authors' convention).
+VE: ``sigma_t = smin (smax/smin)^t``.
+
+The functions are written once for NumPy arrays and torch tensors alike (``_ops`` picks the namespace): the
+plans evaluate them in float64 on the host, the authors'-API face (``pydiff.dpm_solver.NoiseScheduleVP``) on
+tensors of any device and dtype.
 """
 from __future__ import annotations
 
@@ -15,9 +24,126 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("leading", "trailing", "linspace")
+SKIP_TYPES = ("time_uniform", "logSNR", "time_quadratic")
+CLIPPED_LAMBDA = -5.1  # the DPM-Solver authors' clip of a discrete table's trailing low-SNR entries
+
+
+# ----------------------------------------------------------------------------- array namespace
+class _NumpyOps:
+    exp, log, sqrt, expm1, cos, arccos = np.exp, np.log, np.sqrt, np.expm1, np.cos, np.arccos
+
+    @staticmethod
+    def asarray(v):
+        return np.asarray(v, dtype=np.float64)
+
+    @staticmethod
+    def softplus(v):
+        return np.logaddexp(0.0, v)
+
+    @staticmethod
+    def segment(xp, x):
+        """Index ``k`` of the knot interval ``[xp[k], xp[k+1])`` holding ``x``, clamped to ``[0, K-2]``."""
+        return np.clip(np.searchsorted(xp, x, side="right") - 1, 0, len(xp) - 2)
+
+
+class _TorchOps:
+    exp, log, sqrt, expm1, cos, arccos = torch.exp, torch.log, torch.sqrt, torch.expm1, torch.cos, torch.arccos
+    softplus = staticmethod(torch.nn.functional.softplus)
+
+    @staticmethod
+    def asarray(v):
+        return v
+
+    @staticmethod
+    def segment(xp, x):
+        return (torch.searchsorted(xp.contiguous(), x.contiguous(), right=True) - 1).clamp(0, xp.shape[-1] - 2)
+
+
+def _ops(v):
+    return _TorchOps if isinstance(v, torch.Tensor) else _NumpyOps
+
+
+# ----------------------------------------------------------------------------- the VP relations
+def sigma_from_log_alpha(log_alpha):
+    """``sigma = sqrt(1 - alpha^2)``, as ``sqrt(-expm1(2 log alpha))`` (no cancellation at alpha ~ 1)."""
+    xp = _ops(log_alpha)
+    return xp.sqrt(-xp.expm1(2.0 * log_alpha))
+
+
+def lambda_from_log_alpha(log_alpha):
+    """``lambda = log alpha - log sigma = log alpha - 1/2 log(1 - alpha^2)``."""
+    xp = _ops(log_alpha)
+    return log_alpha - 0.5 * xp.log(-xp.expm1(2.0 * log_alpha))
+
+
+def log_alpha_from_lambda(lam):
+    """``log alpha = -1/2 log(1 + e^{-2 lambda})`` (a softplus: finite for every finite lambda)."""
+    return -0.5 * _ops(lam).softplus(-2.0 * lam)
+
+
+def piecewise_linear(x, xp, fp):
+    """``f(x)`` through the knots ``(xp, fp)`` (``xp`` increasing, 1-D), extended linearly past both ends."""
+    ops = _ops(x)
+    k = ops.segment(xp, x)
+    x0, x1, y0, y1 = xp[k], xp[k + 1], fp[k], fp[k + 1]
+    return y0 + (x - x0) * (y1 - y0) / (x1 - x0)
+
+
+def low_snr_count(log_alphas, min_lambda: float = CLIPPED_LAMBDA) -> int:
+    """How many entries of a (decreasing) ``log alpha`` table have ``lambda < min_lambda``: the trailing ones
+    the DPM-Solver authors drop, so that cosine-type tables whose ``alpha`` reaches ~0 stay well conditioned."""
+    return int((lambda_from_log_alpha(log_alphas) < min_lambda).sum())
+
+
+def vp_from_ve_sigma(sig):
+    """``(alpha, sigma, lambda)`` of the VP process whose noise-to-signal ratio is ``sig`` (diffusers' sigmas):
+    ``alpha = 1/sqrt(sig^2 + 1)``, ``sigma = sig alpha``, ``lambda = log alpha - log sigma``.
+
+    Evaluated in the precision of ``sig``, in diffusers' order of operations (``_sigma_to_alpha_sigma_t``):
+    a float32 tensor gives diffusers' float32 rounding, a float64 array exact values.
+    """
+    xp = _ops(sig)
+    alpha = 1 / ((sig ** 2 + 1) ** 0.5)
+    sigma = sig * alpha
+    with np.errstate(divide="ignore"):
+        return alpha, sigma, xp.log(alpha) - xp.log(sigma)
+
+
+# ----------------------------------------------------------------------------- schedules
+class VPSchedule:
+    """A VP schedule given by ``log_alpha(t)`` (and its inverse through ``lambda``); ``t`` in ``(0, T]``."""
+
+    T = 1.0
+
+    def log_alpha(self, t):
+        raise NotImplementedError
+
+    def alpha(self, t):
+        la = self.log_alpha(t)
+        return _ops(la).exp(la)
+
+    def sigma(self, t):
+        return sigma_from_log_alpha(self.log_alpha(t))
+
+    def lambda_(self, t):
+        return lambda_from_log_alpha(self.log_alpha(t))
+
+    def inverse_lambda(self, lam):
+        """The time ``t`` with ``lambda_t = lam``."""
+        raise NotImplementedError
+
+
+def _check_int(name, value, lo=None, hi=None):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if lo is not None and value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {value}")
 
 
 def make_betas(beta_schedule: str = "linear", num_train_timesteps: int = 1000, beta_start: float = 1e-4,
@@ -40,20 +166,15 @@ def make_betas(beta_schedule: str = "linear", num_train_timesteps: int = 1000, b
     raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
 
 
-def _check_int(name, value, lo=None, hi=None):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if lo is not None and value < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise ValueError(f"{name} must be <= {hi}, got {value}")
+class DiscreteSchedule(VPSchedule):
+    """A discrete-time VP schedule, indexed by the training step ``n = 0..N-1``: ``alpha_bar_n`` and
+    ``log alpha_n = 1/2 log alpha_bar_n`` (both kept: each is exact for the way the schedule was given)."""
 
-
-@dataclass(frozen=True)
-class DiscreteSchedule:
-    """A discrete-time VP schedule given by ``alphas_cumprod`` (``alpha_bar_n``, n = 0..N-1)."""
-
-    alphas_cumprod: np.ndarray
+    def __init__(self, alphas_cumprod, log_alphas=None):
+        self.alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            self.log_alphas = (0.5 * np.log(self.alphas_cumprod) if log_alphas is None
+                               else np.asarray(log_alphas, dtype=np.float64))
 
     @classmethod
     def from_betas(cls, betas) -> "DiscreteSchedule":
@@ -62,7 +183,9 @@ class DiscreteSchedule:
             raise ValueError(f"betas must be a non-empty 1-D sequence, got shape {betas.shape}")
         if not np.all((betas > 0) & (betas <= 1)):
             raise ValueError("betas must lie in (0, 1]")
-        return cls(np.cumprod(1.0 - betas))
+        with np.errstate(divide="ignore"):
+            # the log form sums logs instead of taking the log of a product that underflows
+            return cls(np.cumprod(1.0 - betas), 0.5 * np.cumsum(np.log1p(-betas)))
 
     @classmethod
     def from_alphas_cumprod(cls, alphas_cumprod) -> "DiscreteSchedule":
@@ -77,19 +200,48 @@ class DiscreteSchedule:
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.size)
 
-    def alpha(self, n):
-        return np.sqrt(self.alphas_cumprod[np.asarray(n)])
+    def log_alpha(self, n):
+        return self.log_alphas[np.asarray(n)]
 
-    def sigma(self, n):
-        return np.sqrt(1.0 - self.alphas_cumprod[np.asarray(n)])
+    def inverse_lambda(self, lam):
+        raise TypeError("a discrete schedule has no inverse in lambda; use .continuous()")
 
-    def lambda_(self, n):
-        ac = self.alphas_cumprod[np.asarray(n)]
-        return 0.5 * (np.log(ac) - np.log1p(-ac))
+    def clip_lambda(self, min_lambda: float = CLIPPED_LAMBDA) -> "DiscreteSchedule":
+        """The table without its trailing entries whose ``lambda < min_lambda`` (see ``low_snr_count``)."""
+        n_low = low_snr_count(self.log_alphas, min_lambda)
+        if n_low >= self.log_alphas.shape[0] - 1:
+            raise ValueError(f"the schedule's logSNR is below the clip at lambda={min_lambda} almost everywhere")
+        keep = self.log_alphas.shape[0] - n_low
+        return DiscreteSchedule(self.alphas_cumprod[:keep], self.log_alphas[:keep])
+
+    def continuous(self) -> "PiecewiseVP":
+        """The table in continuous time: entry ``n`` at ``t_n = (n + 1)/N`` (the DPM-Solver authors')."""
+        N = self.num_train_timesteps
+        return PiecewiseVP(np.linspace(0.0, 1.0, N + 1)[1:], self.log_alphas)
+
+
+class PiecewiseVP(VPSchedule):
+    """``log alpha_t`` piecewise linear in ``t`` through knots ``(t_knots, log_alpha_knots)``, extended linearly."""
+
+    def __init__(self, t_knots, log_alpha_knots):
+        self.t_knots = np.asarray(t_knots, dtype=np.float64)
+        self.log_alpha_knots = np.asarray(log_alpha_knots, dtype=np.float64)
+        self.T = float(self.t_knots[-1])
+
+    @property
+    def N(self) -> int:
+        return int(self.t_knots.shape[0])
+
+    def log_alpha(self, t):
+        return piecewise_linear(np.asarray(t, dtype=np.float64), self.t_knots, self.log_alpha_knots)
+
+    def inverse_lambda(self, lam):
+        la = log_alpha_from_lambda(np.asarray(lam, dtype=np.float64))
+        return piecewise_linear(la, self.log_alpha_knots[::-1].copy(), self.t_knots[::-1].copy())
 
 
 @dataclass(frozen=True)
-class VPLinear:
+class VPLinear(VPSchedule):
     """Continuous VP-SDE with linear beta(t) = b0 + (b1 - b0) t, t in [0, 1] (Song et al. 2021)."""
 
     beta_0: float = 0.1
@@ -97,55 +249,37 @@ class VPLinear:
     T: float = 1.0
 
     def log_alpha(self, t):
-        t = np.asarray(t, dtype=np.float64)
+        t = _ops(t).asarray(t)
         return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
 
-    def alpha(self, t):
-        return np.exp(self.log_alpha(t))
-
-    def sigma(self, t):
-        return np.sqrt(-np.expm1(2.0 * self.log_alpha(t)))
-
-    def lambda_(self, t):
-        la = self.log_alpha(t)
-        return la - 0.5 * np.log(-np.expm1(2.0 * la))
-
     def inverse_lambda(self, lam):
-        """t with lambda_t = lam: solve the quadratic in t for log alpha = -0.5 log(1 + e^{-2 lam})."""
-        lam = np.asarray(lam, dtype=np.float64)
-        tmp = 2.0 * (self.beta_1 - self.beta_0) * np.logaddexp(-2.0 * lam, 0.0)
+        """Solve the quadratic in t for ``log alpha = -1/2 softplus(-2 lam)``."""
+        lam = _ops(lam).asarray(lam)
+        tmp = 2.0 * (self.beta_1 - self.beta_0) * _ops(lam).softplus(-2.0 * lam)
         delta = self.beta_0 ** 2 + tmp
-        return tmp / (np.sqrt(delta) + self.beta_0) / (self.beta_1 - self.beta_0)
+        return tmp / (_ops(delta).sqrt(delta) + self.beta_0) / (self.beta_1 - self.beta_0)
 
 
 @dataclass(frozen=True)
-class VPCosine:
+class VPCosine(VPSchedule):
     """Continuous cosine VP schedule (Nichol & Dhariwal 2021), t in [0, T], T = 0.9946 (alpha stays > 0)."""
 
     s: float = 0.008
     T: float = 0.9946
 
-    def _log_alpha_0(self):
+    @property
+    def log_alpha_0(self) -> float:
         return math.log(math.cos(self.s / (1.0 + self.s) * math.pi / 2.0))
 
     def log_alpha(self, t):
-        t = np.asarray(t, dtype=np.float64)
-        return np.log(np.cos((t + self.s) / (1.0 + self.s) * math.pi / 2.0)) - self._log_alpha_0()
-
-    def alpha(self, t):
-        return np.exp(self.log_alpha(t))
-
-    def sigma(self, t):
-        return np.sqrt(-np.expm1(2.0 * self.log_alpha(t)))
-
-    def lambda_(self, t):
-        la = self.log_alpha(t)
-        return la - 0.5 * np.log(-np.expm1(2.0 * la))
+        xp = _ops(t)
+        t = xp.asarray(t)
+        return xp.log(xp.cos((t + self.s) / (1.0 + self.s) * (math.pi / 2.0))) - self.log_alpha_0
 
     def inverse_lambda(self, lam):
-        lam = np.asarray(lam, dtype=np.float64)
-        log_alpha = -0.5 * np.logaddexp(0.0, -2.0 * lam)
-        return 2.0 * (1.0 + self.s) / math.pi * np.arccos(np.exp(log_alpha + self._log_alpha_0())) - self.s
+        xp = _ops(lam)
+        la = log_alpha_from_lambda(xp.asarray(lam))
+        return xp.arccos(xp.exp(la + self.log_alpha_0)) * 2.0 * (1.0 + self.s) / math.pi - self.s
 
 
 @dataclass(frozen=True)
@@ -172,6 +306,7 @@ class VEGeometric:
         return (-lam - math.log(self.sigma_min)) / (math.log(self.sigma_max) - math.log(self.sigma_min))
 
 
+# ----------------------------------------------------------------------------- grids
 def diffusers_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing: str = "leading",
                         steps_offset: int = 0) -> np.ndarray:
     """The descending int64 timesteps diffusers' DDIM/DDPM ``set_timesteps`` produce.
@@ -193,20 +328,25 @@ def diffusers_timesteps(num_train_timesteps: int, num_inference_steps: int, spac
     return ts
 
 
-def continuous_timesteps(schedule, steps: int, t_start: float, t_end: float, skip_type: str = "time_uniform"):
-    """``steps + 1`` descending times from ``t_start`` to ``t_end`` (DPM-Solver's grids).
+def time_grid(schedule, skip_type: str, t_from: float, t_to: float, n: int) -> np.ndarray:
+    """``n + 1`` float64 times from ``t_from`` to ``t_to`` (either direction), spaced as ``skip_type`` says.
 
     ``time_uniform``: uniform in t; ``logSNR``: uniform in lambda_t (needs ``schedule.inverse_lambda``);
-    ``time_quadratic``: uniform in sqrt(t), i.e. denser near t_end.
+    ``time_quadratic``: uniform in sqrt(t), i.e. denser near t = 0 (the DPM-Solver authors' grids).
     """
+    if skip_type == "logSNR":
+        lam = np.linspace(float(schedule.lambda_(t_from)), float(schedule.lambda_(t_to)), n + 1)
+        return schedule.inverse_lambda(lam)
+    if skip_type == "time_uniform":
+        return np.linspace(t_from, t_to, n + 1)
+    if skip_type == "time_quadratic":
+        return np.linspace(math.sqrt(t_from), math.sqrt(t_to), n + 1) ** 2
+    raise ValueError(f"skip_type must be one of {SKIP_TYPES}, got {skip_type!r}")
+
+
+def continuous_timesteps(schedule, steps: int, t_start: float, t_end: float, skip_type: str = "time_uniform"):
+    """``steps + 1`` descending times from ``t_start`` to ``t_end`` for sampling (``time_grid``, checked)."""
     _check_int("steps", steps, 1)
     if not t_start > t_end:
         raise ValueError(f"t_start ({t_start}) must be greater than t_end ({t_end})")
-    if skip_type == "time_uniform":
-        return np.linspace(t_start, t_end, steps + 1)
-    if skip_type == "logSNR":
-        lam = np.linspace(float(schedule.lambda_(t_start)), float(schedule.lambda_(t_end)), steps + 1)
-        return schedule.inverse_lambda(lam)
-    if skip_type == "time_quadratic":
-        return np.linspace(math.sqrt(t_start), math.sqrt(t_end), steps + 1) ** 2
-    raise ValueError(f"skip_type must be one of ('time_uniform', 'logSNR', 'time_quadratic'), got {skip_type!r}")
+    return time_grid(schedule, skip_type, t_start, t_end, steps)

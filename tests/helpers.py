@@ -1,10 +1,8 @@
 """Test helpers: the dtype -> tolerance table, device/backend parametrization, relative errors."""
-import os
-
 import pytest
 import torch
 
-from pydiff.ops import backend_available
+from pydiff.ops import backends as registry
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -20,18 +18,8 @@ DTYPES = list(TOL)
 
 
 def backend_device(name):
-    """The device a backend is tested on here, or None when it cannot run."""
-    if not backend_available(name):
-        return None
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        return torch.device("cuda") if HAS_CUDA else None
-    if name == "triton":
-        if HAS_CUDA:
-            return torch.device("cuda")
-        return torch.device("cpu") if os.environ.get("TRITON_INTERPRET") == "1" else None
-    return torch.device("cpu")
+    """The device a backend is tested on here, or None when it cannot run (the registry's answer)."""
+    return registry.test_device(name)
 
 
 def backend_params(names=("cpu", "triton", "cuda")):
@@ -39,13 +27,13 @@ def backend_params(names=("cpu", "triton", "cuda")):
     for n in names:
         marks = [pytest.mark.gpu] if n == "cuda" else []
         if backend_device(n) is None:
-            marks.append(pytest.mark.skip(reason=f"backend {n} is not available here"))
+            marks.append(pytest.mark.skip(reason=f"backend {n}: {registry.unavailable_reason(n) or 'no device'}"))
         out.append(pytest.param(n, marks=marks, id=n))
     return out
 
 
 def supports_dtype(backend, dtype):
-    return dtype != torch.float64 or backend in ("reference", "cpu")
+    return dtype in registry.INFO[backend].dtypes
 
 
 def rel_l2(a, b):

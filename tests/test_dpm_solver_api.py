@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-import gaussian_oracle as go
+from pydiff.testing import gaussian as go
 from helpers import rel_l2
 from pydiff.dpm_solver import DPM_Solver, NoiseScheduleVP, expand_dims, interpolate_fn, model_wrapper
-from pydiff.reference import dpm_solver as R
+from pydiff.testing import dpm_solver as R
 
 SHAPE = (2, 3, 4, 4)
 MU, S = go.make_data(SHAPE, seed=11)

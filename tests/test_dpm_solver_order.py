@@ -1,6 +1,6 @@
 """Measured convergence order of pydiff.dpm_solver on the Gaussian oracle (float64, uniform-logSNR steps).
 
-The error is the relative L2 distance to the exact probability-flow ODE solution (tests/gaussian_oracle.py)
+The error is the relative L2 distance to the exact probability-flow ODE solution (pydiff.testing.gaussian)
 at t_end = 1e-3 on the continuous linear VP schedule; the slope is the least-squares slope of
 -log(error) against log(steps) over 24, 48, 96 steps. benchmarks/convergence_order.py plots the same
 measurement for every solver (docs/dpm_solver.md explains the third-order results).
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import gaussian_oracle as go
+from pydiff.testing import gaussian as go
 from pydiff.dpm_solver import DPM_Solver, NoiseScheduleVP
 
 STEPS = [24, 48, 96]

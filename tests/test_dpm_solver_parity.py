@@ -1,6 +1,6 @@
-"""pydiff.dpm_solver against an independent float64 transcription of the papers (pydiff.reference.dpm_solver).
+"""pydiff.dpm_solver against an independent float64 transcription of the papers (pydiff.testing.dpm_solver).
 
-Data: closed-form Gaussian (tests/gaussian_oracle.py), so the model is the exact noise prediction; both
+Data: closed-form Gaussian (pydiff.testing.gaussian), so the model is the exact noise prediction; both
 sides get the same x_T. The reference evaluates the schedule in Python floats and the updates in their
 published, difference form; pydiff runs its float64 plans through fused steps.
 
@@ -19,10 +19,10 @@ import math
 import pytest
 import torch
 
-import gaussian_oracle as go
+from pydiff.testing import gaussian as go
 from helpers import backend_params, rel_l2
 from pydiff.dpm_solver import DPM_Solver, NoiseScheduleVP, model_wrapper
-from pydiff.reference import dpm_solver as R
+from pydiff.testing import dpm_solver as R
 
 SHAPE = (2, 3, 4, 4)
 MU, S = go.make_data(SHAPE, seed=1)
@@ -143,7 +143,7 @@ OPTION_CASES = {
 @pytest.mark.parametrize("case", list(OPTION_CASES))
 def test_parity_options(case, alg, dtype):
     """Adaptive included in float32: its error estimate x_high - x_low is computed from coefficient
-    differences (adaptive.py), so float32 takes the same steps as float64 (before: 2e-2 to 2e-1 off)."""
+    differences (pydiff/runtime/adaptive.py), so float32 takes the same steps as float64 (before: 2e-2 to 2e-1 off)."""
     kwargs, sched = OPTION_CASES[case]
     ns, rs = schedules(sched)
     x = x_T(dtype, seed=2)

@@ -150,7 +150,7 @@ def assert_fp32_parity(kind, config, steps, **kw):
     """1e-5 relative L2 against diffusers in float32 (worst case 2.1e-6 on 2026-11-26).
 
     It holds because the rows round alpha, sigma and lambda in float32 as diffusers does
-    (plans_dpmsolver.alpha_sigma); with float64 scalars a singlestep-3 case differed by 1.15e-5."""
+    (pydiff.plans.dpm_solver.points_from_sigmas); with float64 scalars a singlestep-3 case differed by 1.15e-5."""
     ours_cls, ref_cls, module = PAIRS[kind]
     ours = run_loop(ours_cls, config, steps, torch.float32, **kw)
     ref = run_loop(ref_cls, config, steps, torch.float32, **kw)
@@ -558,11 +558,12 @@ def test_duplicate_first_timestep_follows_diffusers_lookup():
 
 def test_final_step_to_sigma_zero_returns_x0():
     """dpmsolver++ order 1 into sigma = 0: x' = x0 exactly (A = 0, B0 = 1), from the named columns."""
-    import pydiff.plans_dpmsolver as plans
+    import pydiff.plans.dpm_solver_diffusers as plans
     from pydiff.ops import COL
+    from pydiff.schedules import vp_from_ve_sigma
     row = plans.multistep_row(np.array([14.0, 2.0, 0.0]), 1, 1, algorithm="dpmsolver++", solver_type="midpoint",
                               prediction_type="epsilon")
     assert row[COL["B0"]] == pytest.approx(1.0) and row[COL["A"]] == 0.0 and row[COL["C"]] == 0.0
-    a, s = plans.alpha_sigma(2.0)
+    a, s, _ = vp_from_ve_sigma(np.float64(2.0))  # diffusers' alpha_t, sigma_t of sigma = 2
     # x0 = (x - sigma eps) / alpha, the division last (column S), as diffusers computes it
     assert (row[COL["P"]], row[COL["Q"]], row[COL["S"]]) == pytest.approx((1.0, -s, 1 / a))

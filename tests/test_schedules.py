@@ -1,12 +1,14 @@
-"""Schedules and timestep grids against independent sources: diffusers' own arrays and closed forms."""
+"""Schedules and timestep grids against independent sources: diffusers' own arrays, closed forms and the
+DPM-Solver transcription (pydiff.testing.dpm_solver)."""
 import math
 
 import numpy as np
 import pytest
 import diffusers
 
-from pydiff.schedules import (DiscreteSchedule, VEGeometric, VPCosine, VPLinear, continuous_timesteps,
-                              diffusers_timesteps, make_betas)
+from pydiff.schedules import (DiscreteSchedule, PiecewiseVP, VEGeometric, VPCosine, VPLinear, continuous_timesteps,
+                              diffusers_timesteps, make_betas, vp_from_ve_sigma)
+from pydiff.testing import dpm_solver as R
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -76,3 +78,43 @@ def test_continuous_grids(skip):
         np.testing.assert_allclose(np.diff(s.lambda_(ts)), np.diff(s.lambda_(ts))[0], rtol=1e-9)
     if skip == "time_quadratic":
         np.testing.assert_allclose(np.diff(np.sqrt(ts)), np.diff(np.sqrt(ts))[0], rtol=1e-9)
+
+
+# ------------------------------------------------------------------------------- the authors' conventions
+
+
+@pytest.mark.parametrize("table", ["linear", "cosine"])
+def test_clipped_continuous_discrete_schedule_matches_the_transcription(table):
+    """Clipping at lambda < -5.1 and the piecewise-linear log alpha in t against pydiff.testing's literal form."""
+    if table == "linear":
+        betas = make_betas("linear")
+        ours, ref = DiscreteSchedule.from_betas(betas), R.DiscreteSchedule(betas=betas)
+    else:
+        ac = np.cumprod(1.0 - make_betas("squaredcos_cap_v2"))  # alpha ~ 0 at the end: clipping engages
+        ours, ref = DiscreteSchedule.from_alphas_cumprod(ac), R.DiscreteSchedule(alphas_cumprod=ac)
+    vp = ours.clip_lambda().continuous()
+    assert isinstance(vp, PiecewiseVP) and vp.N == ref.N
+    assert table == "linear" or vp.N < 1000
+    t = np.linspace(0.5 / ref.N, 1.0, 37)
+    np.testing.assert_allclose(vp.log_alpha(t), [ref.log_alpha(v) for v in t], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(vp.lambda_(t), [ref.lam(v) for v in t], rtol=1e-12, atol=1e-12)
+    lam = vp.lambda_(t)
+    np.testing.assert_allclose(vp.inverse_lambda(lam), [ref.inverse_lam(v) for v in lam], rtol=1e-10, atol=1e-12)
+
+
+def test_clip_lambda_rejects_a_schedule_that_is_all_noise():
+    with pytest.raises(ValueError, match="lambda=-5.1"):
+        DiscreteSchedule.from_alphas_cumprod(np.full(10, 1e-6)).clip_lambda()
+
+
+def test_vp_from_ve_sigma_rounds_like_diffusers_in_float32():
+    """diffusers' float32 alpha_t, sigma_t from its sigmas, bit for bit; float64 arrays give the exact values."""
+    ref = diffusers.DPMSolverMultistepScheduler()
+    ref.set_timesteps(20)
+    sig = ref.sigmas[:-1]
+    alpha, sigma, lam = vp_from_ve_sigma(sig)
+    a_ref, s_ref = ref._sigma_to_alpha_sigma_t(sig)
+    assert alpha.dtype == sig.dtype and bool((alpha == a_ref).all()) and bool((sigma == s_ref).all())
+    assert bool((lam == (a_ref.log() - s_ref.log())).all())
+    a64, s64, _ = vp_from_ve_sigma(sig.double().numpy())
+    np.testing.assert_allclose(a64 ** 2 + s64 ** 2, 1.0, rtol=1e-15)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import os
 
 import numpy as np
@@ -60,6 +61,12 @@ def check_num_inference_steps(num_inference_steps) -> None:
         raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
     if num_inference_steps <= 0:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+
+
+def clip_bound(cfg) -> float:
+    """The static clip bound of x0 in a DDIM/DDPM config: ``clip_sample_range`` when clipping (and not
+    thresholding, which replaces it), else +inf."""
+    return cfg.clip_sample_range if (cfg.clip_sample and not cfg.thresholding) else math.inf
 
 
 def threshold_scale(scheduler, sample, model_output, coef, index):

@@ -9,10 +9,11 @@ from diffusers import DDIMScheduler as _DiffusersDDIM
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 from ..ops import fused_step
-from ..plans import PREDICTION_TYPES, check_finite, ddim_rows_from, ddim_scalars
+from ..plans import PREDICTION_TYPES
+from ..plans.ddim_ddpm import ddim_timestep_table
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import (TableCache, check_num_inference_steps, check_pair, fallback, select_rows, step_noise,
-                      threshold_scale, timestep_arg, validated_init)
+from ._common import (TableCache, check_num_inference_steps, check_pair, clip_bound, fallback, select_rows,
+                      step_noise, threshold_scale, timestep_arg, validated_init)
 
 
 class DDIMScheduler(_DiffusersDDIM):
@@ -52,21 +53,13 @@ class DDIMScheduler(_DiffusersDDIM):
     def _rows(self, eta: float, use_clipped: bool) -> np.ndarray:
         """Rows for every timestep value; scalars in float32 as diffusers computes them (see ddim_scalars)."""
         cfg = self.config
-        N = cfg.num_train_timesteps
-        ac = self.alphas_cumprod.detach().cpu()
-        t = np.arange(N)
-        prev = torch.from_numpy(t - N // self.num_inference_steps)
-        final = self.final_alpha_cumprod.to(ac.dtype).reshape(())
-        a_prev = torch.where(prev >= 0, ac[prev.clamp(min=0)], final)
-        clip = cfg.clip_sample_range if (cfg.clip_sample and not cfg.thresholding) else math.inf
-        rows = ddim_rows_from(ddim_scalars(ac, a_prev, eta), prediction_type=cfg.prediction_type, clip=clip,
-                              use_clipped_model_output=use_clipped, thresholding=cfg.thresholding)
-        timesteps = set(self.timesteps.cpu().tolist())
-        on_grid = np.array([ti in timesteps for ti in t])
-        labels = [f"timestep {ti}" for ti in t[on_grid]]
-        check_finite(rows[on_grid], f"DDIMScheduler with eta={eta}, prediction_type={cfg.prediction_type!r}, "
-                                    f"rescale_betas_zero_snr={cfg.rescale_betas_zero_snr}", labels)
-        return rows
+        return ddim_timestep_table(
+            self.alphas_cumprod, self.final_alpha_cumprod, cfg.num_train_timesteps // self.num_inference_steps,
+            eta=eta, prediction_type=cfg.prediction_type, clip=clip_bound(cfg),
+            use_clipped_model_output=use_clipped, thresholding=cfg.thresholding,
+            check_timesteps=self.timesteps.cpu().numpy(),
+            what=f"DDIMScheduler with eta={eta}, prediction_type={cfg.prediction_type!r}, "
+                 f"rescale_betas_zero_snr={cfg.rescale_betas_zero_snr}")
 
     def step(self, model_output, timestep, sample, eta: float = 0.0, use_clipped_model_output: bool = False,
              generator=None, variance_noise=None, return_dict: bool = True):

@@ -1,7 +1,6 @@
 """``pydiff.diffusers.DDPMScheduler``: diffusers' DDPM with the step fused into one kernel."""
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -10,11 +9,11 @@ from diffusers import DDPMScheduler as _DiffusersDDPM
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 
 from ..ops import fused_step
-from ..ops import COL
-from ..plans import DDPM_VARIANCE_TYPES, PREDICTION_TYPES, check_finite, ddpm_rows_from, ddpm_scalars
+from ..plans import DDPM_VARIANCE_TYPES, PREDICTION_TYPES
+from ..plans.ddim_ddpm import ddpm_timestep_table
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import (TableCache, check_num_inference_steps, check_pair, fallback, select_rows, step_noise,
-                      threshold_scale, timestep_arg, validated_init)
+from ._common import (TableCache, check_num_inference_steps, check_pair, clip_bound, fallback, select_rows,
+                      step_noise, threshold_scale, timestep_arg, validated_init)
 
 _VARIANCE_TYPES = DDPM_VARIANCE_TYPES + ("learned", "learned_range")
 
@@ -55,30 +54,18 @@ class DDPMScheduler(_DiffusersDDPM):
 
     def _build_rows(self) -> np.ndarray:
         cfg = self.config
-        N = cfg.num_train_timesteps
-        ac = self.alphas_cumprod.detach().cpu()  # float32: scalars as diffusers computes them (ddpm_scalars)
-        if self.custom_timesteps or self.num_inference_steps:
-            ts = self.timesteps.cpu().numpy().astype(np.int64)
-            rows_t = ts
-            prev = np.append(ts[1:], -1)
-        else:
-            rows_t = np.arange(N)
-            prev = rows_t - 1
-        a_prev = torch.where(torch.from_numpy(prev >= 0), ac[np.maximum(prev, 0)], self.one.to(ac.dtype))
-        clip = cfg.clip_sample_range if (cfg.clip_sample and not cfg.thresholding) else math.inf
         vt = cfg.variance_type
         if vt == "fixed_large_log" and not getattr(type(self), "_warned_large_log", False):
             warnings.warn("DDPMScheduler: variance_type='fixed_large_log' gives NaN in diffusers 0.42; pydiff uses "
                           "std = sqrt(beta_t) (the same as 'fixed_large')", stacklevel=3)
             type(self)._warned_large_log = True
-        sub = ddpm_rows_from(ddpm_scalars(ac[rows_t], a_prev, vt), prediction_type=cfg.prediction_type, clip=clip)
-        sub[rows_t == 0, COL["C"]] = 0.0  # no noise at t = 0
-        check_finite(sub, f"DDPMScheduler with prediction_type={cfg.prediction_type!r}, variance_type={vt!r}, "
-                          f"rescale_betas_zero_snr={cfg.rescale_betas_zero_snr}", [f"timestep {t}" for t in rows_t])
-        rows = np.full((N, sub.shape[1]), np.nan)  # timesteps off the schedule: NaN rows
-        rows[rows_t] = sub
-        self._pydiff_on_schedule = np.zeros(N, dtype=bool)
-        self._pydiff_on_schedule[rows_t] = True
+        # float32 alphas_cumprod: scalars as diffusers computes them (ddpm_scalars)
+        on_schedule = self.custom_timesteps or self.num_inference_steps
+        rows, self._pydiff_on_schedule = ddpm_timestep_table(
+            self.alphas_cumprod, self.timesteps.cpu().numpy() if on_schedule else None, variance_type=vt,
+            prediction_type=cfg.prediction_type, clip=clip_bound(cfg),
+            what=f"DDPMScheduler with prediction_type={cfg.prediction_type!r}, variance_type={vt!r}, "
+                 f"rescale_betas_zero_snr={cfg.rescale_betas_zero_snr}")
         return rows
 
     def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):

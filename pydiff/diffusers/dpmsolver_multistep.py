@@ -10,10 +10,10 @@ from diffusers import DPMSolverMultistepScheduler as _DiffusersDPMMS
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..ops import dynamic_threshold, fused_step
-from ..plans_dpmsolver import multistep_table, row_is_finite
+from ..ops import fused_step
+from ..plans.dpm_solver_diffusers import multistep_order, multistep_table, row_is_finite
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import TableCache, check_num_inference_steps, check_pair, fallback, validated_init
+from ._common import TableCache, check_num_inference_steps, check_pair, fallback, threshold_scale, validated_init
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++", "deis")  # deis -> dpmsolver++
@@ -88,6 +88,27 @@ def history_buffer(scheduler, sample, keep: int):
     return target, new
 
 
+def commit_history(scheduler, target, new_outputs) -> None:
+    """Store ``history_buffer``'s updated list; pydiff owns ``target`` and whatever it owned that is still listed."""
+    scheduler.model_outputs = new_outputs
+    scheduler._pydiff_owned = [t for t in new_outputs if t is not None and (
+        t is target or any(t is o for o in scheduler._pydiff_owned))]
+
+
+def fused_reason(scheduler):
+    """Why ``step`` cannot run fused (None when it can): the configuration, or no plan from ``set_timesteps``.
+
+    Raises diffusers' error when ``set_timesteps`` was never called."""
+    if scheduler.num_inference_steps is None:
+        raise ValueError(
+            "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
+        )
+    reason = scheduler._pydiff_unsupported()
+    if reason is None and getattr(scheduler, "_pydiff_rows", None) is None:
+        reason = "no fused plan (the timesteps were not set by this class's set_timesteps)"
+    return reason
+
+
 def table_view(scheduler, device, dtype):
     """The (3 n, NCOEF) row table on ``device`` in the compute dtype of ``dtype`` (uploaded once)."""
     rows = scheduler._pydiff_rows
@@ -96,8 +117,9 @@ def table_view(scheduler, device, dtype):
 
 def scheduler_sigmas(scheduler) -> np.ndarray:
     """The sigmas the rows are built from: diffusers' float32 ones, so the rows' scalars (alpha, sigma, lambda)
-    round like diffusers' (plans_dpmsolver.alpha_sigma); float64 with ``pydiff_float64_scalars = True`` (exact
-    coefficients, the tests' way of pinning every formula against diffusers run in float64)."""
+    round like diffusers' (``pydiff.plans.dpm_solver.points_from_sigmas``); float64 with
+    ``pydiff_float64_scalars = True`` (exact coefficients, the tests' way of pinning every formula against
+    diffusers run in float64)."""
     sig = scheduler.sigmas.detach().cpu()
     return sig.double().numpy() if scheduler.pydiff_float64_scalars else sig.float().numpy()
 
@@ -160,7 +182,7 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
 
     Per step ``i`` the order diffusers would use (warm-up, lower_order_final, euler_at_final) is decided on
     the host; its coefficients come from a float64 table built by ``set_timesteps`` for every step and order
-    (``pydiff.plans_dpmsolver``)::
+    (``pydiff.plans.dpm_solver_diffusers``)::
 
         w  = clip(S (P x + Q m))                   # x0 (++ variants) or eps (dpmsolver), as diffusers converts
         x' = A x + B0 w + B1 m_{i-1} + B2 m_{i-2} + C z
@@ -221,28 +243,17 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
     def _order(self, i: int, n: int) -> int:
         """The order diffusers' ``step`` uses at step ``i`` (its own rules, on the host)."""
         cfg = self.config
-        lower_order_final = i == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15)
-                                            or cfg.final_sigmas_type == "zero")
-        lower_order_second = i == n - 2 and cfg.lower_order_final and n < 15
-        if cfg.solver_order == 1 or self.lower_order_nums < 1 or lower_order_final:
-            return 1
-        if cfg.solver_order == 2 or self.lower_order_nums < 2 or lower_order_second:
-            return 2
-        return 3
+        return multistep_order(i, n, solver_order=cfg.solver_order, lower_order_final=cfg.lower_order_final,
+                               euler_at_final=cfg.euler_at_final, final_sigmas_type=cfg.final_sigmas_type,
+                               warm=self.lower_order_nums)
 
     def _parent_step(self, reason, model_output, timestep, sample, generator, variance_noise, return_dict):
         fallback(self, reason)
         return super().step(model_output, timestep, sample, generator, variance_noise, return_dict)
 
     def step(self, model_output, timestep, sample, generator=None, variance_noise=None, return_dict: bool = True):
-        if self.num_inference_steps is None:
-            raise ValueError(
-                "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
-            )
         args = (model_output, timestep, sample, generator, variance_noise, return_dict)
-        reason = self._pydiff_unsupported()
-        if reason is None and getattr(self, "_pydiff_rows", None) is None:
-            reason = "no fused plan (the timesteps were not set by this class's set_timesteps)"
+        reason = fused_reason(self)
         if reason is not None:
             return self._parent_step(reason, *args)
         check_pair(model_output, sample)
@@ -267,10 +278,7 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
 
         coef = table_view(self, sample.device, sample.dtype)[(order - 1) * n + i]
         backend = self.pydiff_backend
-        threshold = None
-        if cfg.thresholding:
-            threshold = dynamic_threshold(sample, model_output, coef, ratio=cfg.dynamic_thresholding_ratio,
-                                          max_val=cfg.sample_max_value, backend=backend)
+        threshold = threshold_scale(self, sample, model_output, coef, None)
         noise = None
         if sde:
             if variance_noise is None:
@@ -282,9 +290,7 @@ class DPMSolverMultistepScheduler(_DiffusersDPMMS):
         target, new_outputs = history_buffer(self, sample, cfg.solver_order - 1)
         prev_sample = fused_step(sample, model_output, coef, w_out=target, hist=hist, noise=noise,
                                  threshold=threshold, backend=backend)
-        self.model_outputs = new_outputs
-        self._pydiff_owned = [t for t in new_outputs if t is not None and (
-            t is target or any(t is o for o in self._pydiff_owned))]
+        commit_history(self, target, new_outputs)
         if self.lower_order_nums < cfg.solver_order:
             self.lower_order_nums += 1
         self._step_index += 1

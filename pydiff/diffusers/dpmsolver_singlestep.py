@@ -5,12 +5,12 @@ from diffusers import DPMSolverSinglestepScheduler as _DiffusersDPMSS
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..ops import dynamic_threshold, fused_step
-from ..plans_dpmsolver import row_is_finite, singlestep_table
+from ..ops import fused_step
+from ..plans.dpm_solver_diffusers import row_is_finite, singlestep_table
 from ..schedules import BETA_SCHEDULES
-from ._common import check_num_inference_steps, check_pair, fallback, validated_init
-from .dpmsolver_multistep import (check_solver_order, history_buffer, history_ok, host_step_index, reset_fused_state,
-                                  scheduler_sigmas, table_view, unsupported_common)
+from ._common import check_num_inference_steps, check_pair, fallback, threshold_scale, validated_init
+from .dpmsolver_multistep import (check_solver_order, commit_history, fused_reason, history_buffer, history_ok,
+                                  host_step_index, reset_fused_state, scheduler_sigmas, table_view, unsupported_common)
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver++", "deis")  # deis -> dpmsolver++ (diffusers)
@@ -83,14 +83,8 @@ class DPMSolverSinglestepScheduler(_DiffusersDPMSS):
         return super().step(model_output, timestep, sample, generator, return_dict)
 
     def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
-        if self.num_inference_steps is None:
-            raise ValueError(
-                "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
-            )
         args = (model_output, timestep, sample, generator, return_dict)
-        reason = self._pydiff_unsupported()
-        if reason is None and getattr(self, "_pydiff_rows", None) is None:
-            reason = "no fused plan (the timesteps were not set by this class's set_timesteps)"
+        reason = fused_reason(self)
         if reason is not None:
             return self._parent_step(reason, *args)
         check_pair(model_output, sample)
@@ -116,10 +110,7 @@ class DPMSolverSinglestepScheduler(_DiffusersDPMSS):
 
         coef = table_view(self, sample.device, sample.dtype)[(order - 1) * self._pydiff_rows.shape[1] + i]
         backend = self.pydiff_backend
-        threshold = None
-        if cfg.thresholding:
-            threshold = dynamic_threshold(sample, model_output, coef, ratio=cfg.dynamic_thresholding_ratio,
-                                          max_val=cfg.sample_max_value, backend=backend)
+        threshold = threshold_scale(self, sample, model_output, coef, None)
         noise = None
         if cfg.algorithm_type == "sde-dpmsolver++":
             noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
@@ -129,9 +120,7 @@ class DPMSolverSinglestepScheduler(_DiffusersDPMSS):
                                  threshold=threshold, backend=backend)
         if order == 1:
             self.sample = sample
-        self.model_outputs = new_outputs
-        self._pydiff_owned = [t for t in new_outputs if t is not None and (
-            t is target or any(t is o for o in self._pydiff_owned))]
+        commit_history(self, target, new_outputs)
         self._step_index += 1
         if not return_dict:
             return (prev_sample,)

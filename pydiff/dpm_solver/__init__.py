@@ -10,9 +10,11 @@ Change one import::
     solver = DPM_Solver(model_fn, ns, algorithm_type="dpmsolver++")
     x0 = solver.sample(x_T, steps=20, order=2, skip_type="time_uniform", method="multistep")
 
-Modules: ``schedule`` (NoiseScheduleVP), ``wrapper`` (model_wrapper), ``coefficients`` (the update rules
-as float64 weights), ``plan`` (the plan compiler: time grids, step orders, stages), ``runtime`` (running a
-plan on fused steps), ``adaptive`` (DPM-Solver-12/23), ``solver`` (DPM_Solver). See docs/dpm_solver.md.
+This package only translates the authors' API: ``schedule`` (NoiseScheduleVP, over ``pydiff.schedules``),
+``wrapper`` (model_wrapper), ``solver`` (DPM_Solver) and ``updates`` (its single-update methods). The maths
+lives below it: the update rules and the plan compiler in ``pydiff.plans`` (``dpm_solver``,
+``dpm_solver_plan``), running a plan (and the adaptive DPM-Solver-12/23) in ``pydiff.runtime``. See
+docs/dpm_solver.md.
 """
 from .schedule import NoiseScheduleVP, expand_dims, interpolate_fn
 from .solver import DPM_Solver

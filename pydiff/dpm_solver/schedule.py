@@ -13,8 +13,9 @@ Three schedules, as in the DPM-Solver authors' ``dpm_solver_pytorch.py``:
   ``alpha_t = cos((t + s)/(1 + s) pi/2) / cos(s/(1 + s) pi/2)``, on ``t in (0, 0.9946]``.
 
 ``sigma_t = sqrt(1 - alpha_t^2)`` and ``lambda_t = log alpha_t - log sigma_t``; ``inverse_lambda`` maps
-``lambda`` back to ``t``. The torch methods work on tensors of any device and dtype; the sampler's plan
-compiler uses the float64 host versions (``_log_alpha64`` and friends), which evaluate the same functions.
+``lambda`` back to ``t``. The formulas are ``pydiff.schedules``' (written once for tensors and arrays): the
+torch methods here evaluate them on tensors of any device and dtype, with the ``'discrete'`` tables rounded
+to ``dtype`` as the authors store them; the plans use the float64 schedule in ``.vp``.
 """
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ import math
 import numpy as np
 import torch
 
+from .. import schedules as sch
 from ._checks import check_choice, check_number
 
 SCHEDULES = ("discrete", "linear", "cosine")
-CLIPPED_LAMBDA = -5.1
+CLIPPED_LAMBDA = sch.CLIPPED_LAMBDA
 
 
 def expand_dims(v: torch.Tensor, dims: int) -> torch.Tensor:
@@ -45,21 +47,7 @@ def interpolate_fn(x: torch.Tensor, xp: torch.Tensor, yp: torch.Tensor) -> torch
     Returns:
         ``(N, C)`` values. Differentiable in ``x`` and ``yp`` (the segment choice is not).
     """
-    K = xp.shape[1]
-    xq = x.transpose(0, 1).contiguous()                                   # (C, N)
-    seg = torch.searchsorted(xp.contiguous(), xq, right=True) - 1
-    seg = seg.clamp(0, K - 2)
-    x0, x1 = torch.gather(xp, 1, seg), torch.gather(xp, 1, seg + 1)
-    y0, y1 = torch.gather(yp, 1, seg), torch.gather(yp, 1, seg + 1)
-    return (y0 + (xq - x0) * (y1 - y0) / (x1 - x0)).transpose(0, 1)
-
-
-def _interp64(x, xp, fp):
-    """float64 numpy twin of ``interpolate_fn`` for one channel (``xp`` increasing)."""
-    x = np.asarray(x, dtype=np.float64)
-    seg = np.clip(np.searchsorted(xp, x, side="right") - 1, 0, len(xp) - 2)
-    x0, x1, y0, y1 = xp[seg], xp[seg + 1], fp[seg], fp[seg + 1]
-    return y0 + (x - x0) * (y1 - y0) / (x1 - x0)
+    return torch.stack([sch.piecewise_linear(x[:, c], xp[c], yp[c]) for c in range(xp.shape[0])], dim=1)
 
 
 def _table(name, value):
@@ -91,6 +79,7 @@ class NoiseScheduleVP:
     Attributes:
         T: the largest time (1, or 0.9946 for ``'cosine'``); ``total_N``: the table length after clipping
         (``'discrete'``), else 1000. Sampling runs by default from ``T`` to ``1 / total_N``.
+        vp: the float64 ``pydiff.schedules`` schedule the plans are computed from.
     """
 
     def __init__(self, schedule="discrete", betas=None, alphas_cumprod=None, continuous_beta_0=0.1,
@@ -101,14 +90,11 @@ class NoiseScheduleVP:
         self.schedule = schedule
         self.dtype = dtype
         if schedule == "discrete":
-            log_alphas = self._discrete_log_alphas(betas, alphas_cumprod)
-            log_alphas = self._clip64(log_alphas)
+            self.vp = self._discrete(betas, alphas_cumprod).clip_lambda(CLIPPED_LAMBDA).continuous()
             self.T = 1.
-            self.total_N = int(log_alphas.shape[0])
-            self._t64 = np.linspace(0., 1., self.total_N + 1)[1:]
-            self._log_alpha_tab64 = log_alphas
-            self.log_alpha_array = torch.from_numpy(log_alphas.copy()).reshape(1, -1).to(dtype)
-            self.t_array = torch.from_numpy(self._t64.copy()).reshape(1, -1).to(dtype)
+            self.total_N = self.vp.N
+            self.log_alpha_array = torch.from_numpy(self.vp.log_alpha_knots.copy()).reshape(1, -1).to(dtype)
+            self.t_array = torch.from_numpy(self.vp.t_knots.copy()).reshape(1, -1).to(dtype)
             return
         if betas is not None or alphas_cumprod is not None:
             raise ValueError(f"betas/alphas_cumprod are only used by schedule='discrete', not {schedule!r}")
@@ -118,63 +104,56 @@ class NoiseScheduleVP:
         if schedule == "linear":
             if not self.beta_1 > self.beta_0:
                 raise ValueError(f"continuous_beta_1 must exceed continuous_beta_0, got {self.beta_0}, {self.beta_1}")
-            self.T = 1.
+            self.vp = sch.VPLinear(self.beta_0, self.beta_1)
         else:
-            self.cosine_s = 0.008
+            self.vp = sch.VPCosine()
+            self.cosine_s = self.vp.s
             self.cosine_beta_max = 999.
             self.cosine_t_max = (math.atan(self.cosine_beta_max * (1. + self.cosine_s) / math.pi)
                                  * 2. * (1. + self.cosine_s) / math.pi - self.cosine_s)
-            self.cosine_log_alpha_0 = math.log(math.cos(self.cosine_s / (1. + self.cosine_s) * math.pi / 2.))
-            self.T = 0.9946  # alpha_t -> 0 at t = 1; this end keeps lambda finite
+            self.cosine_log_alpha_0 = self.vp.log_alpha_0
+        self.T = self.vp.T  # 0.9946 for cosine: alpha_t -> 0 at t = 1; this end keeps lambda finite
 
     # ----------------------------------------------------------------- construction helpers
     @staticmethod
-    def _discrete_log_alphas(betas, alphas_cumprod):
+    def _discrete(betas, alphas_cumprod):
+        """The float64 ``pydiff.schedules.DiscreteSchedule`` of the given table, after the authors' checks."""
         if betas is None and alphas_cumprod is None:
             raise ValueError("schedule='discrete' needs betas or alphas_cumprod")
         if betas is not None:
             b = _table("betas", betas)
             if not np.all((b > 0) & (b < 1)):
                 raise ValueError("betas must all lie in (0, 1)")
-            log_alphas = 0.5 * np.cumsum(np.log1p(-b))
+            table = sch.DiscreteSchedule.from_betas(b)
             if alphas_cumprod is not None:
                 ac = _table("alphas_cumprod", alphas_cumprod)
-                if ac.shape != b.shape or not np.allclose(0.5 * np.log(ac), log_alphas, rtol=1e-4, atol=1e-6):
+                if ac.shape != b.shape or not np.allclose(0.5 * np.log(ac), table.log_alphas, rtol=1e-4, atol=1e-6):
                     raise ValueError("betas and alphas_cumprod were both given and disagree; give one of them")
-            return log_alphas
+            return table
         ac = _table("alphas_cumprod", alphas_cumprod)
         if not np.all((ac > 0) & (ac <= 1)):
             raise ValueError("alphas_cumprod must all lie in (0, 1]")
         if not np.all(np.diff(ac) < 0):
             raise ValueError("alphas_cumprod must be strictly decreasing")
-        return 0.5 * np.log(ac)
-
-    @staticmethod
-    def _clip64(log_alphas):
-        """Drop the trailing entries whose lambda is below -5.1 (see the module docstring)."""
-        lambdas = log_alphas - 0.5 * np.log(-np.expm1(2.0 * log_alphas))
-        n_low = int(np.count_nonzero(lambdas < CLIPPED_LAMBDA))
-        if n_low >= log_alphas.shape[0] - 1:
-            raise ValueError("the schedule's logSNR is below the clip at lambda=-5.1 almost everywhere")
-        return log_alphas[: log_alphas.shape[0] - n_low] if n_low else log_alphas
+        return sch.DiscreteSchedule.from_alphas_cumprod(ac)
 
     def numerical_clip_alpha(self, log_alphas, clipped_lambda=-5.1):
         """``log_alphas`` (a 1-D tensor) without its trailing entries whose ``lambda < clipped_lambda``."""
-        lambdas = log_alphas - 0.5 * torch.log(-torch.expm1(2. * log_alphas))
-        n_low = int((lambdas < clipped_lambda).sum())
+        n_low = sch.low_snr_count(log_alphas, clipped_lambda)
         return log_alphas[: log_alphas.shape[0] - n_low] if n_low else log_alphas
+
+    def _tables(self, like):
+        """The discrete knots as tensors on ``like``'s device, in the wider of its dtype and ``self.dtype``."""
+        t_arr = self.t_array.to(like.device, torch.promote_types(like.dtype, self.dtype)).reshape(-1)
+        return t_arr, self.log_alpha_array.to(t_arr).reshape(-1)
 
     # ----------------------------------------------------------------- torch API
     def marginal_log_mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
         """``log alpha_t`` for continuous times ``t`` (tensor)."""
         if self.schedule == "discrete":
-            t_arr = self.t_array.to(t.device, torch.promote_types(t.dtype, self.dtype))
-            la = self.log_alpha_array.to(t_arr)
-            return interpolate_fn(t.reshape(-1, 1).to(t_arr), t_arr, la).reshape(-1)
-        if self.schedule == "linear":
-            return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
-        angle = (t + self.cosine_s) / (1. + self.cosine_s) * (math.pi / 2.)
-        return torch.log(torch.cos(angle)) - self.cosine_log_alpha_0
+            t_arr, la = self._tables(t)
+            return sch.piecewise_linear(t.reshape(-1).to(t_arr), t_arr, la)
+        return self.vp.log_alpha(t)
 
     def marginal_alpha(self, t: torch.Tensor) -> torch.Tensor:
         """``alpha_t``."""
@@ -182,51 +161,23 @@ class NoiseScheduleVP:
 
     def marginal_std(self, t: torch.Tensor) -> torch.Tensor:
         """``sigma_t = sqrt(1 - alpha_t^2)``."""
-        return torch.sqrt(-torch.expm1(2. * self.marginal_log_mean_coeff(t)))
+        return sch.sigma_from_log_alpha(self.marginal_log_mean_coeff(t))
 
     def marginal_lambda(self, t: torch.Tensor) -> torch.Tensor:
         """Half-logSNR ``lambda_t = log alpha_t - log sigma_t``."""
-        log_alpha = self.marginal_log_mean_coeff(t)
-        return log_alpha - 0.5 * torch.log(-torch.expm1(2. * log_alpha))
+        return sch.lambda_from_log_alpha(self.marginal_log_mean_coeff(t))
 
     def inverse_lambda(self, lamb: torch.Tensor) -> torch.Tensor:
         """The time ``t`` whose half-logSNR is ``lamb``."""
-        log_alpha = -0.5 * torch.nn.functional.softplus(-2. * lamb)   # log(1/sqrt(1 + e^{-2 lambda}))
-        if self.schedule == "linear":
-            tmp = 2. * (self.beta_1 - self.beta_0) * torch.nn.functional.softplus(-2. * lamb)
-            delta = self.beta_0 ** 2 + tmp
-            return tmp / (torch.sqrt(delta) + self.beta_0) / (self.beta_1 - self.beta_0)
         if self.schedule == "discrete":
-            la = torch.flip(self.log_alpha_array, [1]).to(lamb.device, torch.promote_types(lamb.dtype, self.dtype))
-            ta = torch.flip(self.t_array, [1]).to(la)
-            return interpolate_fn(log_alpha.reshape(-1, 1).to(la), la, ta).reshape(-1)
-        return (torch.arccos(torch.exp(log_alpha + self.cosine_log_alpha_0)) * 2. * (1. + self.cosine_s) / math.pi
-                - self.cosine_s)
+            t_arr, la = self._tables(lamb)
+            log_alpha = sch.log_alpha_from_lambda(lamb.reshape(-1).to(la))
+            return sch.piecewise_linear(log_alpha, torch.flip(la, [0]), torch.flip(t_arr, [0]))
+        return self.vp.inverse_lambda(lamb)
 
-    # ----------------------------------------------------------------- float64 host versions (plans)
-    def _log_alpha64(self, t):
-        t = np.asarray(t, dtype=np.float64)
-        if self.schedule == "discrete":
-            return _interp64(t, self._t64, self._log_alpha_tab64)
-        if self.schedule == "linear":
-            return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
-        return np.log(np.cos((t + self.cosine_s) / (1. + self.cosine_s) * (math.pi / 2.))) - self.cosine_log_alpha_0
-
+    # ----------------------------------------------------------------- float64 host values (the runtime's)
     def _lambda64(self, t):
-        la = self._log_alpha64(t)
-        return la - 0.5 * np.log(-np.expm1(2. * la))
-
-    def _inverse_lambda64(self, lam):
-        lam = np.asarray(lam, dtype=np.float64)
-        softplus = np.logaddexp(0., -2. * lam)
-        log_alpha = -0.5 * softplus
-        if self.schedule == "linear":
-            tmp = 2. * (self.beta_1 - self.beta_0) * softplus
-            return tmp / (np.sqrt(self.beta_0 ** 2 + tmp) + self.beta_0) / (self.beta_1 - self.beta_0)
-        if self.schedule == "discrete":
-            return _interp64(log_alpha, self._log_alpha_tab64[::-1].copy(), self._t64[::-1].copy())
-        return (np.arccos(np.exp(log_alpha + self.cosine_log_alpha_0)) * 2. * (1. + self.cosine_s) / math.pi
-                - self.cosine_s)
+        return self.vp.lambda_(t)
 
     def __repr__(self):
         return f"NoiseScheduleVP(schedule={self.schedule!r}, T={self.T}, total_N={self.total_N})"

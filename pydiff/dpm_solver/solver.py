@@ -2,7 +2,8 @@
 
 Same constructor, ``sample``/``inverse``/``add_noise`` and helper methods as the authors'
 ``dpm_solver_pytorch.py``; the updates run as ``pydiff.ops.fused_step`` calls whose coefficients come
-from a float64 plan compiled before the loop (``plan.py``), so the non-adaptive loop makes no host syncs.
+from a float64 plan compiled before the loop (``pydiff.plans.dpm_solver_plan``) and run by ``pydiff.runtime``,
+so the non-adaptive loop makes no host syncs.
 """
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from collections import OrderedDict
 
 import torch
 
-from pydiff.ops import BACKENDS, COL, coef_row, dynamic_threshold, fused_step
+from pydiff.ops import BACKENDS, COL, coef_row, fused_step
 
-from . import coefficients as cf
-from . import plan as pl
+from ..plans import dpm_solver as cf
+from ..plans.conversions import convert
+from ..plans import dpm_solver_plan as pl
+from ..runtime import (MODE_CALLABLE, MODE_NONE, MODE_THRESHOLD, Runner, correction_tables, device_tables,
+                       dynamic_thresholding, run_adaptive)
 from ._checks import (check_bool, check_callable, check_choice, check_int, check_number, check_sample_tensor)
-from .adaptive import run_adaptive
-from .runtime import MODE_CALLABLE, MODE_NONE, MODE_THRESHOLD, Runner, correction_tables, device_tables
 from .schedule import NoiseScheduleVP, expand_dims
 from .updates import UpdateMethods
 from .wrapper import WrappedModel
@@ -96,12 +98,7 @@ class DPM_Solver(UpdateMethods):
     # ------------------------------------------------------------------ the authors' helper methods (plain torch)
     def dynamic_thresholding_fn(self, x0, t=None):
         """Imagen's dynamic thresholding of ``x0`` (fused): ``s = max(quantile(|x0|, ratio), thresholding_max_val)``."""
-        inv = 1.0 / self.thresholding_max_val
-        row = torch.as_tensor(coef_row(P=1.0, S=inv, B0=1.0), dtype=torch.float64 if x0.dtype == torch.float64
-                              else torch.float32, device=x0.device)
-        s = dynamic_threshold(x0, x0, row, ratio=self.dynamic_thresholding_ratio, max_val=float("inf"),
-                              backend=self.backend)
-        return fused_step(x0, x0, row, threshold=s, backend=self.backend)
+        return dynamic_thresholding(x0, self.dynamic_thresholding_ratio, self.thresholding_max_val, self.backend)
 
     def noise_prediction_fn(self, x, t):
         """The noise prediction ``eps(x, t)``."""
@@ -114,7 +111,7 @@ class DPM_Solver(UpdateMethods):
         alpha, sigma = ns.marginal_alpha(t), ns.marginal_std(t)
         if alpha.dim() > 0 and alpha.numel() == x.shape[0] and x.dim() > 1:
             alpha, sigma = expand_dims(alpha, x.dim()), expand_dims(sigma, x.dim())
-        x0 = (x - sigma * noise) / alpha
+        x0 = convert("x0", "eps", x, noise, alpha, sigma)
         if self.correcting_x0_fn is not None:
             x0 = self.correcting_x0_fn(x0, t)
         return x0

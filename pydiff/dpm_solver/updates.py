@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from pydiff.ops import coef_row, fused_step
-from pydiff.ops._dispatch import compute_dtype
+from pydiff.ops import fused_step
+from pydiff.ops import compute_dtype
 
-from . import coefficients as cf
+from ..plans import dpm_solver as cf
+from ..plans.rows import update_row
 from ._checks import check_choice, check_number
 
 
@@ -36,10 +37,8 @@ class UpdateMethods:
     def _combine(self, x, A, terms):
         """``A x + sum_j b_j v_j`` for up to four ``(v_j, b_j)`` as one fused step."""
         terms = [(v, b) for v, b in terms if b != 0.0] or [(torch.zeros_like(x), 0.0)]
-        if len(terms) > 4:
-            raise AssertionError("at most four model values per update")
         (v0, b0), rest = terms[0], terms[1:]
-        row = coef_row(Q=1.0, A=A, B0=b0, **{f"B{k}": b for k, (_, b) in enumerate(rest, start=1)})
+        row = update_row((0.0, 1.0, 1.0), A, b0, [b for _, b in rest])  # w = v0 as given
         coef = torch.as_tensor(row, dtype=compute_dtype(x.dtype), device=x.device)
         hist = tuple(v.to(x.dtype).expand_as(x).contiguous() for v, _ in rest)
         return fused_step(x, v0.to(x.dtype).expand_as(x).contiguous(), coef, hist=hist, backend=self.backend)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..plans.conversions import convert
 from ._checks import check_callable, check_choice, check_number
 from .schedule import expand_dims
 
@@ -57,18 +58,13 @@ class WrappedModel:
         return self.model(x, t_input, cond, **self.model_kwargs)
 
     def to_noise(self, output, x, t_continuous):
-        """Convert a raw network output of ``model_type`` to the noise prediction."""
-        ns, d = self.noise_schedule, x.dim()
+        """Convert a raw network output of ``model_type`` to the noise prediction (``pydiff.plans.conversions``)."""
         if self.model_type == "noise":
             return output
-        if self.model_type in ("x_start", "v"):
-            alpha = expand_dims(ns.marginal_alpha(t_continuous), d)
-            sigma = expand_dims(ns.marginal_std(t_continuous), d)
-            if self.model_type == "x_start":
-                return (x - alpha * output) / sigma
-            return alpha * output + sigma * x
+        ns, d = self.noise_schedule, x.dim()
+        alpha = expand_dims(ns.marginal_alpha(t_continuous), d)
         sigma = expand_dims(ns.marginal_std(t_continuous), d)
-        return -sigma * output
+        return convert("eps", self.model_type, x, output, alpha, sigma)
 
     def cond_grad(self, x, t_input):
         """``grad_x log p_t(condition | x)`` through ``classifier_fn``."""

@@ -2,8 +2,8 @@
 
 Per sample ``b``::
 
-    x0  = S*(P*x + Q*m)                          (the predicted clean sample; x itself when m is None)
-    q_b = quantile(|x0_b|, ratio)                (linear interpolation, as torch.quantile)
+    x0  = S*(P*x + Q*m_e)                        (the predicted clean sample; x itself when m is None)
+    q_b = quantile(|x0_b|, ratio)                (linear interpolation, quantile_rank's rule)
     s_b = clamp(q_b, min=1, max=max_val)
 
 ``fused_step(..., threshold=s)`` then uses ``clamp(x0, -s, s) / s``. With ``s = 1`` this is plain clipping
@@ -11,21 +11,51 @@ to [-1, 1]; pixels are pushed inwards only when more than ``1 - ratio`` of them 
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
-from ._dispatch import check_data, check_like, compute_dtype, dispatch, normalize_rows, resolve_backend
-from .fused_step import COL, NCOEF, _rows
+from ._validate import check_data, check_like, compute_dtype, normalize_rows
+from .columns import COL
+from .dispatch import dispatch, resolve_backend
+from .fused_step import select_rows
 
 
-def dynamic_threshold_reference(x, m, coef, index, index_stride, row_stride, ratio, max_val):
+def quantile_rank(ratio: float, n: int):
+    """``(lo, hi, wt)``: the two sorted positions and the interpolation weight of the ``ratio`` quantile of ``n``
+    values, in float64 (docs/ops.md): ``pos = ratio (n-1)``, ``lo = floor(pos)``, ``hi = min(ceil(pos), n-1)``.
+
+    float64 keeps the rank exact where float32 does not: at n = 3*2^20 float32 rounding of ``pos`` moves the
+    weight from 0.5 to 0.365, and at n > 2^24 with ratio near 1 it rounds ``pos`` past the last element.
+    """
+    pos = float(ratio) * float(n - 1)
+    lo = min(int(math.floor(pos)), n - 1)
+    hi = min(int(math.ceil(pos)), n - 1)
+    return lo, hi, pos - lo
+
+
+def dynamic_threshold_reference(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, max_val):
     """Plain-PyTorch twin (normalized signature, docs/ops.md): ``(B,)`` scales."""
     B = x.shape[0]
     T = compute_dtype(x.dtype)
     x0 = x.to(T).reshape(B, -1)
     if m is not None:
-        r = _rows(coef, index, index_stride, row_stride, B).to(T)
-        x0 = r[:, COL["S"], None] * (r[:, COL["P"], None] * x0 + r[:, COL["Q"], None] * m.to(T).reshape(B, -1))
-    q = torch.quantile(x0.abs(), ratio, dim=1)
+        r = select_rows(coef, index, index_stride, row_stride, B).to(T)
+        c = lambda name: r[:, COL[name], None]  # noqa: E731
+        me = m.to(T).reshape(B, -1)
+        if m2 is not None:
+            me = c("M1") * me + c("M2") * m2.to(T).reshape(B, -1)
+        x0 = c("S") * (c("P") * x0 + c("Q") * me)
+    v = x0.abs().sort(dim=1).values
+    v_lo, v_hi = v[:, lo], v[:, hi]
+    np_t = np.float64 if T == torch.float64 else np.float32
+    w = np_t(wt)  # the weight rounded once to T; 1 - w is then computed in T, as the kernels do
+    d = v_hi - v_lo
+    q = v_lo + float(w) * d if w < 0.5 else v_hi - d * float(np_t(1) - w)
+    q = torch.where(v_hi == math.inf, v_hi, q)
+    q = torch.where(v_lo == v_hi, v_lo, q)
+    q = torch.where(x0.isnan().any(dim=1), torch.full_like(q, math.nan), q)
     return torch.clamp(q, min=1.0, max=max_val)
 
 
@@ -35,15 +65,16 @@ def dynamic_threshold(
     coef: torch.Tensor | None = None,
     *,
     index: torch.Tensor | None = None,
+    m2: torch.Tensor | None = None,
     ratio: float = 0.995,
     max_val: float = 1.0,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Per-sample dynamic-thresholding scale ``s`` of ``x0 = S*(P*x + Q*model_output)`` (or of ``x``).
+    """Per-sample dynamic-thresholding scale ``s`` of ``x0 = S*(P*x + Q*m_e)`` (or of ``x``).
 
     Args:
         x: ``(B, ...)`` tensor; the predicted ``x0`` itself when ``model_output`` is None.
-        model_output, coef, index: as for ``fused_step``; only columns P, Q and S are read.
+        model_output, coef, index, m2: as for ``fused_step``; only columns M1, M2, P, Q and S are read.
         ratio: the quantile of ``|x0|``, in (0, 1] (Imagen: 0.995).
         max_val: upper bound of ``s`` (diffusers' ``sample_max_value``), > 0.
 
@@ -58,15 +89,18 @@ def dynamic_threshold(
     x = x.contiguous()
     B = x.shape[0]
     if model_output is None:
-        if coef is not None or index is not None:
-            raise ValueError("coef/index are only used together with model_output")
+        if coef is not None or index is not None or m2 is not None:
+            raise ValueError("coef, index and m2 are only used together with model_output")
         m, index_stride, row_stride = None, 0, 0
     else:
         m = check_like("model_output", model_output, x, "x")
         if coef is None:
             raise ValueError("coef is required when model_output is given")
-        coef, index, index_stride, row_stride = normalize_rows(coef, index, B, x, NCOEF)
+        coef, index, index_stride, row_stride = normalize_rows(coef, index, B, x)
+        if m2 is not None:
+            m2 = check_like("m2", m2, x, "x")
     if x.numel() == 0:
         return torch.ones(B, dtype=compute_dtype(x.dtype), device=x.device).clamp(max=max_val)
+    lo, hi, wt = quantile_rank(ratio, x.numel() // B)
     impl = dispatch("dynamic_threshold", resolve_backend(backend, x))
-    return impl(x, m, coef, index, index_stride, row_stride, float(ratio), float(max_val))
+    return impl(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, float(max_val))

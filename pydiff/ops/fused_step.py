@@ -1,91 +1,82 @@
 """The fused sampler step: one pass that converts the model output and updates the sample.
 
-Per sample ``b`` (coefficient row ``r``) and element ``g``::
+Per sample ``b`` (coefficient row ``r``, columns ``pydiff.ops.COLUMNS``) and element ``g``::
 
-    w     = clip(r.S * (r.P * x + r.Q * m))              # eps / x0 / v  ->  the solver's variable
-    w_out = w                                            # optional: pred_original_sample, or history
-    x'    = r.O*(r.A*x + r.D*m + r.B0*w + sum_k r.Bk*h_k + r.C*z)
+    m_e   = m                       or  r.M1*m + r.M2*m2        (a second model output, e.g. CFG)
+    w     = clip(r.S * (r.P * x + r.Q * m_e))                   # eps / x0 / v  ->  the solver's variable
+    w_out = w                                                    # optional: pred_original_sample, or history
+    e     = exp(r.VA + r.VB * v)    or  1                        # optional per-element variance input v
+    x'    = r.O*(r.A*x + r.D*m_e + r.B0*w + sum_k r.Bk*h_k + r.G*e^2*m2 + r.C*e*z)
 
 ``clip`` is ``clamp(w, -CLIP, CLIP)`` (static clipping, DDPM Ho et al. 2020) or, given a per-sample
 ``threshold`` s, ``clamp(w, -s, s)/s`` (Imagen dynamic thresholding, Saharia et al. 2022).
-DDIM (Song et al., arXiv:2010.02502, eq. 12), DDPM's posterior mean (Ho et al., arXiv:2006.11239,
-eq. 7) and DPM-Solver(++)'s multistep updates (Lu et al., arXiv:2206.00927, arXiv:2211.01095) are all
-this formula with different coefficients; the coefficients come from a plan computed in float64.
-See docs/ops.md for the exact contract.
+DDIM (Song et al., arXiv:2010.02502, eq. 12), DDPM's posterior mean (Ho et al., arXiv:2006.11239, eq. 7),
+DPM-Solver(++) (Lu et al., arXiv:2206.00927, arXiv:2211.01095), classifier-free guidance (Ho & Salimans,
+arXiv:2207.12598), classifier guidance (Dhariwal & Nichol, arXiv:2105.05233, Alg. 1 and 2) and learned
+variances (Nichol & Dhariwal, arXiv:2102.09672) are all this formula with different coefficients; the
+coefficients come from a plan computed in float64. docs/ops.md is the exact contract.
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
-from ._dispatch import (
-    check_data,
-    check_like,
-    check_output,
-    check_seed_offset,
-    compute_dtype,
-    dispatch,
-    normalize_rows,
-    resolve_backend,
-)
+from ._validate import (check_data, check_like, check_noise_args, check_output, check_overlap, compute_dtype,
+                        normalize_rows)
+from .columns import COL, K_MAX
+from .dispatch import dispatch, resolve_backend
 from .philox import philox_normal_flat
 
-COLUMNS = ("P", "Q", "A", "D", "B0", "B1", "B2", "B3", "C", "CLIP", "S", "O")
-NCOEF = len(COLUMNS)
-COL = {name: i for i, name in enumerate(COLUMNS)}
+
+def select_rows(coef, index, index_stride, row_stride, batch):
+    """``(B, NCOEF)``: the row of every sample, with the index rule of docs/ops.md (NaN row out of range)."""
+    if index is None:
+        return coef if row_stride else coef.expand(batch, coef.shape[1])
+    R = coef.shape[0]
+    idx = index if index_stride else index.expand(batch)
+    idx = torch.where(idx < 0, idx + R, idx)
+    valid = (idx >= 0) & (idx < R)
+    rows = coef[idx.clamp(0, R - 1)]
+    return torch.where(valid[:, None], rows, torch.full_like(rows, math.nan))
 
 
-def coef_row(**values: float) -> np.ndarray:
-    """A float64 coefficient row; unnamed columns are 0 except ``CLIP`` (+inf: no clipping), ``S`` and ``O`` (1).
-
-    >>> coef_row(P=1.0, B0=1.0)   # out = w = x
-    """
-    row = np.zeros(NCOEF, dtype=np.float64)
-    row[COL["CLIP"]] = math.inf
-    row[COL["S"]] = 1.0
-    row[COL["O"]] = 1.0
-    for name, value in values.items():
-        if name not in COL:
-            raise ValueError(f"unknown coefficient {name!r}; columns are {COLUMNS}")
-        row[COL[name]] = value
-    return row
+def clamp_sym(w, bound):
+    """``clamp(w, -bound, bound)`` propagating a NaN of ``w`` or of ``bound``."""
+    return torch.maximum(torch.minimum(w, bound), -bound)
 
 
-def _rows(coef, index, index_stride, row_stride, batch):
-    if index is not None:
-        idx = index if index_stride else index.expand(batch)
-        return coef[idx]
-    if row_stride:
-        return coef
-    return coef.expand(batch, coef.shape[1])
-
-
-def fused_step_reference(x, m, coef, index, index_stride, row_stride, out, w_out, hist, noise, seed, offset, threshold):
+def fused_step_reference(x, m, coef, index, index_stride, row_stride, out, w_out, hist, noise, seed, offset, rng,
+                         threshold, m2, var):
     """Plain-PyTorch twin of the fused kernels (normalized signature, docs/ops.md)."""
     B = x.shape[0]
     T = compute_dtype(x.dtype)
     view = (B,) + (1,) * (x.ndim - 1)
-    r = _rows(coef, index, index_stride, row_stride, B).to(T)
+    r = select_rows(coef, index, index_stride, row_stride, B).to(T)
     col = lambda name: r[:, COL[name]].view(view)  # noqa: E731
     xf, mf = x.to(T), m.to(T)
-    w = col("S") * (col("P") * xf + col("Q") * mf)
+    m2f = None if m2 is None else m2.to(T)
+    me = mf if m2f is None else col("M1") * mf + col("M2") * m2f
+    w = col("S") * (col("P") * xf + col("Q") * me)
     if threshold is not None:
         s = threshold.to(T).view(view)
-        w = torch.maximum(torch.minimum(w, s), -s) / s
+        w = clamp_sym(w, s) / s
     else:
-        c = col("CLIP")
-        w = torch.maximum(torch.minimum(w, c), -c)
-    acc = col("A") * xf + col("D") * mf + col("B0") * w
+        w = clamp_sym(w, col("CLIP"))
+    e = None if var is None else torch.exp(col("VA") + col("VB") * var.to(T))
+    acc = col("A") * xf + col("D") * me + col("B0") * w
     for k, h in enumerate(hist, start=1):
         acc = acc + col(f"B{k}") * h.to(T)
+    if m2f is not None:
+        acc = acc + (col("G") if e is None else col("G") * (e * e)) * m2f
+    z = None
     if noise is not None:
-        acc = acc + col("C") * noise.to(T)
-    elif seed is not None:
+        z = noise.to(T)
+    elif seed is not None or rng is not None:
         g = torch.arange(x.numel(), dtype=torch.int64, device=x.device)
-        z = philox_normal_flat(g, seed, offset).to(T).view(x.shape)
-        acc = acc + col("C") * z
+        z = philox_normal_flat(g, seed, offset, rng).to(T).view(x.shape)
+    if z is not None:
+        acc = acc + (col("C") if e is None else col("C") * e) * z
     if w_out is not None:
         w_out.copy_(w)
     out.copy_(col("O") * acc)
@@ -103,23 +94,32 @@ def fused_step(
     noise: torch.Tensor | None = None,
     seed: int | None = None,
     offset: int = 0,
+    rng: torch.Tensor | None = None,
     threshold: torch.Tensor | None = None,
+    m2: torch.Tensor | None = None,
+    var: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """One fused sampler update (see the module docstring for the formula).
+    """One fused sampler update (see the module docstring for the formula, docs/ops.md for the contract).
 
     Args:
         x: current sample, shape ``(B, ...)``, float16/bfloat16/float32 (float64 on reference/cpu).
         model_output: the network output ``m``, same shape, dtype and device as ``x``.
-        coef: coefficient row(s), columns ``pydiff.ops.COLUMNS``: ``(12,)`` for the whole batch,
-            ``(B, 12)`` one row per sample, or a table ``(R, 12)`` indexed by ``index``.
-        index: optional int64 device tensor (shape ``()``, ``(1,)`` or ``(B,)``) of table rows; lets a
-            device-side step counter or timestep select the row without a host sync.
+        coef: coefficient row(s), columns ``pydiff.ops.COLUMNS``: ``(NCOEF,)`` for the whole batch,
+            ``(B, NCOEF)`` one row per sample, or a table ``(R, NCOEF)`` indexed by ``index``.
+        index: optional int64 tensor (shape ``()``, ``(1,)`` or ``(B,)``) of table rows; lets a device-side step
+            counter or timestep select the row without a host sync. Negative rows count from the end; a row
+            outside ``[-R, R)`` raises IndexError for a CPU index and gives NaN outputs on an accelerator.
         out: where to write ``x'`` (may be ``x`` itself); a new tensor by default.
-        w_out: optional output for the converted, clipped model output ``w`` (may be ``model_output``).
-        hist: up to three tensors ``h1..h3`` (previous converted outputs of a multistep solver).
-        noise: optional noise tensor ``z``; or ``seed`` (and ``offset``) to draw it in-kernel from Philox.
+        w_out: optional output for the converted, clipped model output ``w`` (may be an input, e.g. ``model_output``
+            or a history tensor).
+        hist: up to six tensors ``h1..h6`` (earlier converted outputs, solver stages).
+        noise: optional noise tensor ``z``; or ``seed`` (and ``offset``) to draw it in-kernel from Philox; or
+            ``rng``, an int64 device tensor ``[key bits, offset base]`` read by the kernel (graph replays).
         threshold: optional per-sample dynamic-thresholding scale ``s`` (see ``dynamic_threshold``).
+        m2: optional second model output (CFG: the conditional output with ``m`` the unconditional one; classifier
+            guidance: the gradient), weighted by columns ``M1``, ``M2`` and ``G``.
+        var: optional per-element variance input ``v`` (learned variances), through columns ``VA``, ``VB``.
         backend: ``None`` (automatic), ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
 
     Returns:
@@ -135,16 +135,18 @@ def fused_step(
     if isinstance(hist, torch.Tensor):
         raise TypeError("hist must be a tuple or list of tensors, not a tensor")
     hist = tuple(hist)
-    if len(hist) > 3:
-        raise ValueError(f"hist holds at most 3 tensors, got {len(hist)}")
+    if len(hist) > K_MAX:
+        raise ValueError(f"hist holds at most {K_MAX} tensors, got {len(hist)}")
     hist = tuple(check_like(f"hist[{k}]", h, x, "x") for k, h in enumerate(hist))
-    if noise is not None and seed is not None:
-        raise ValueError("give either noise or seed, not both")
     if noise is not None:
         noise = check_like("noise", noise, x, "x")
-    check_seed_offset(seed, offset)
+    seed, offset, rng = check_noise_args(seed, offset, rng, x, noise)
+    if m2 is not None:
+        m2 = check_like("m2", m2, x, "x")
+    if var is not None:
+        var = check_like("var", var, x, "x")
     B = x.shape[0]
-    coef, index, index_stride, row_stride = normalize_rows(coef, index, B, x, NCOEF)
+    coef, index, index_stride, row_stride = normalize_rows(coef, index, B, x)
     if threshold is not None:
         if not isinstance(threshold, torch.Tensor) or not threshold.is_floating_point():
             raise TypeError("threshold must be a floating tensor of shape (B,)")
@@ -157,6 +159,9 @@ def fused_step(
         out = torch.empty_like(x)
     if x.numel() == 0:
         return out
+    check_overlap((("out", out), ("w_out", w_out)),
+                  (("x", x), ("model_output", m), ("noise", noise), ("m2", m2), ("var", var))
+                  + tuple((f"hist[{k}]", h) for k, h in enumerate(hist)))
     impl = dispatch("fused_step", resolve_backend(backend, x))
-    impl(x, m, coef, index, index_stride, row_stride, out, w_out, hist, noise, seed, offset, threshold)
+    impl(x, m, coef, index, index_stride, row_stride, out, w_out, hist, noise, seed, offset, rng, threshold, m2, var)
     return out

@@ -12,6 +12,31 @@ coefficients are computed on the host, in float64, once per attempt, and the loo
 **one host sync per accepted or rejected step**. The updates themselves are fused steps; ``x_high - x_low``
 is one more fused step from the float64 coefficient differences (not a subtraction of two rounded
 results), and the norm is a few elementwise ops and one ``sumsq`` reduction.
+
+**Differences below the solution's precision count as zero.** Before the norm, every element with
+``|x_high - x_low| <= eps * max(|x_low|, |x_prev|)`` (``eps = torch.finfo(x.dtype).eps``: one unit of the
+stored solution; each of the two results is rounded by at most half of one) is set to zero. Measured on
+the Gaussian problem of tests/test_dpm_solver_adaptive_fp32.py (exact model computed in float32; three
+schedules x two algorithms), DPM-Solver-23:
+
+* The first attempt from ``t = T`` (``h = 0.05``) has a tiny true error: float64 ``E = 1.5e-9`` (``++``
+  form) and ``9e-12`` (noise form). The next step ``theta h E^(-1/3)`` is cut to the rest of the interval
+  whenever ``E < (theta h / (lambda_0 - lambda_s))^3 = 0.9e-7 .. 1.05e-7``, so float64 jumps to the end.
+* The fused difference resolves what float32 cannot store: the rounding of the model outputs (amplified
+  by the ``x0`` conversion's ``1/alpha_T ~ 160``), a few hundredths of a unit of ``x`` (median). It read
+  ``E = 1.2e-7 .. 2.1e-7``, just above the cut: float32 took a second step of ``h ~ 9`` instead, then a
+  different step sequence, and ended 1.1e-3 .. 6.5e-2 (relative L2) from the float64 result at the same
+  tolerance.
+* The authors' code subtracts the two rounded float32 results, which below one unit are mostly the same
+  number: ``E = 0 .. 6.0e-8`` (below the cut) on five cases; on the sixth (continuous linear, noise form)
+  6.4e-7, and that run takes other steps too. Their float32 runs end 7.6e-6 .. 7.7e-4 from our float64.
+* With the mask: ``E = 0``, or 5.0e-8 on the cosine table (a factor 1.8 below the cut, as the authors');
+  float32 takes float64's steps and ends 7e-7 .. 3.5e-6 from the float64 result.
+
+Elsewhere the mask is inert: a masked element moves ``E`` by at most ``eps / rtol`` (2.4e-6 in float32)
+against the accept/reject decision at 1, and in float64 (``eps = 2.2e-16``) these runs are bitwise
+unchanged. DPM-Solver-12 is unaffected: its step factor ``E^(-1/2)`` is cut for any first ``E`` below
+~2e-5, and its float32 runs ended 2e-7 .. 1.9e-5 from float64 before and after.
 """
 from __future__ import annotations
 
@@ -21,22 +46,27 @@ import numpy as np
 import torch
 
 from pydiff.ops import coef_row, fused_step, sumsq
-from pydiff.ops._dispatch import compute_dtype
+from pydiff.ops import compute_dtype
 
-from . import coefficients as cf
-from .runtime import Runner, correction_tables, device_tables
+from pydiff.plans import dpm_solver as cf
+from .runner import Runner, correction_tables, device_tables
 
 
 def scaled_error_norm(diff, x_low, x_prev, atol, rtol, backend=None):
     """``max_b sqrt(mean_i((diff/delta)^2))`` with ``diff = x_high - x_low`` and
-    ``delta = max(atol, rtol max(|x_low|, |x_prev|))``.
+    ``delta = max(atol, rtol max(|x_low|, |x_prev|))``, after zeroing the elements of ``diff`` that are at
+    most one unit of the solution's dtype, ``finfo(x_low.dtype).eps * max(|x_low|, |x_prev|)``.
 
     Returns a host float (this is the sync point of the adaptive solver).
     """
     T = compute_dtype(diff.dtype)
-    lo = x_low.to(T)
-    delta = torch.clamp_min(torch.maximum(lo.abs(), x_prev.to(T).abs()) * rtol, atol)
-    ratio = diff.to(T) / delta
+    mag = torch.maximum(x_low.to(T).abs(), x_prev.to(T).abs())
+    delta = torch.clamp_min(mag * rtol, atol)
+    d = diff.to(T)
+    # Below one unit of the solution's dtype, x_high and x_low are the same stored number (each is
+    # rounded by at most half a unit): such differences are rounding noise, not local error (module doc).
+    d = d.masked_fill(d.abs() <= torch.finfo(x_low.dtype).eps * mag, 0.0)
+    ratio = d / delta
     n = ratio[0].numel()
     ss = sumsq(ratio, backend=backend)
     return float(torch.sqrt(ss / n).max())
@@ -129,10 +159,10 @@ def run_adaptive(solver, x, order, t_T, t_0, h_init, atol, rtol, theta, t_err, s
                                 B2=comb.get("s1", 0.0) - cl["s1"])
             diff_hist = (w0, w1)
         # The two solutions agree to ~h^(order+1); subtracting them after rounding each to float32 leaves
-        # rounding noise (~6e-8 relative) instead of the ~1e-8 true difference at the first step of
-        # DPM-Solver-23, which then picks the step sizes. One more fused step computes the difference
-        # from the float64 coefficient differences instead: the float32 run then takes the float64 run's
-        # steps (parity with the float64 transcription, 1e-4, in float32 too).
+        # whole units of rounding (~6e-8 relative) where the true difference at the first step of
+        # DPM-Solver-23 is ~2e-10. One more fused step computes the difference from the float64
+        # coefficient differences instead; what it still carries below one unit of x (the model's own
+        # float32 rounding) is masked in scaled_error_norm (module docstring).
         diff = fused_step(x, w_hi, torch.as_tensor(diff_row, dtype=compute_dtype(x.dtype), device=x.device),
                           hist=diff_hist, backend=backend)
         E = scaled_error_norm(diff, x_low, x_prev, atol, rtol, backend)

@@ -1,13 +1,10 @@
-"""Coefficient plans: a sampler's per-step scalars, computed once before the loop.
+"""DDIM and DDPM coefficient rows, for any grid of ``alpha_bar`` (cumulative products).
 
-A plan is a float64 table with one row per step (or per timestep value), columns ``pydiff.ops.COLUMNS``,
-copied to the device once (the drop-ins keep it in ``pydiff.diffusers._common.TableCache``; DPM-Solver in
-``pydiff.dpm_solver.plan``). The sampling loop only selects rows (by a Python int, or by a device tensor
-through ``fused_step(index=)``), so it performs no ``.item()``, no host sync and no host-to-device copy per
-step.
-
-The DDIM and DDPM row builders below take arrays of ``alpha_bar`` (cumulative products) for the current
-and the previous timestep, so the same formulas serve diffusers' discrete grids and any other grid.
+The row builders take arrays of ``alpha_bar`` for the current and the previous timestep, so the same
+formulas serve diffusers' discrete grids (the drop-ins, one row per timestep value) and any other grid (the
+native plans). The scalars are written once in diffusers' order of operations (``ddim_scalars``,
+``ddpm_scalars``) and evaluated on float32 tensors by the drop-ins (diffusers' rounding, for parity) and on
+float64 arrays by the native plans (exact).
 """
 from __future__ import annotations
 
@@ -16,35 +13,17 @@ import math
 import numpy as np
 import torch
 
-from .ops import COL, coef_row
+from ..ops import COL, NCOEF
+from .conversions import conversion, eps_from_raw
+from .rows import RowBuilder, check_finite
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 DDPM_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 
 
-def _x0_conversion(prediction_type: str, sa, sb):
-    """(P, Q, S) with x0 = S (P x + Q m), for alpha_t = sa, sigma_t = sb (DDIM eq. 9; Salimans & Ho 2022 for v).
-
-    For eps the division by alpha comes last (S = 1/alpha): at alpha ~ 5e-5 this keeps the float32 error of
-    x0 at the cancellation error of x - sigma eps over alpha, as in diffusers (docs/ops.md, column S).
-    """
-    one = np.ones_like(sa)
-    if prediction_type == "epsilon":
-        return one, -sb, 1.0 / sa
-    if prediction_type == "sample":
-        return np.zeros_like(sa), one, one
-    if prediction_type == "v_prediction":
-        return sa, -sb, one
-    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-
-
-def _eps_from_raw(prediction_type: str, sa, sb):
-    """(A, D) with eps = A x + D m, straight from the raw model output (no clipping involved)."""
-    if prediction_type == "epsilon":
-        return np.zeros_like(sa), np.ones_like(sa)
-    if prediction_type == "sample":
-        return 1.0 / sb, -sa / sb
-    return sb, sa  # v_prediction: eps = alpha v + sigma x
+def _check_prediction_type(prediction_type):
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
 def _maximum(v, lo):
@@ -100,24 +79,20 @@ def ddpm_scalars(a_t, a_prev, variance_type: str) -> dict:
 def ddim_rows_from(scalars: dict, *, prediction_type: str = "epsilon", clip: float = math.inf,
                    use_clipped_model_output: bool = False, thresholding: bool = False) -> np.ndarray:
     """Assemble DDIM rows from ``ddim_scalars`` (float64 arithmetic on whatever those were)."""
+    _check_prediction_type(prediction_type)
     sc = _float64(scalars)
-    sa, sb = sc["sa"], sc["sb"]
+    sa, sb, direction = sc["sa"], sc["sb"], sc["direction"]
     with np.errstate(divide="ignore", invalid="ignore"):
-        P, Q, S = _x0_conversion(prediction_type, sa, sb)
-        rows = np.tile(coef_row(), sa.shape + (1,))
-        rows[..., COL["P"]], rows[..., COL["Q"]], rows[..., COL["S"]] = P, Q, S
-        rows[..., COL["B0"]] = sc["sap"]
-        direction = sc["direction"]
+        P, Q, S = conversion("x0", prediction_type, sa, sb)
         if use_clipped_model_output and (thresholding or math.isfinite(clip)):
-            rows[..., COL["A"]] += direction / sb
-            rows[..., COL["B0"]] += -direction * sa / sb
+            A, B0 = eps_from_raw("x0", sa, sb)  # eps re-derived from the clipped x0 (w)
+            A, D, B0 = direction * A, 0.0, sc["sap"] + direction * B0
         else:
-            A, D = _eps_from_raw(prediction_type, sa, sb)
-            rows[..., COL["A"]] += direction * A
-            rows[..., COL["D"]] += direction * D
-        rows[..., COL["C"]] = sc["std"]
-        rows[..., COL["CLIP"]] = clip
-    return rows
+            A, D = eps_from_raw(prediction_type, sa, sb)
+            A, D, B0 = direction * A, direction * D, sc["sap"]
+        b = RowBuilder()
+        b.add(P=P, Q=Q, S=S, A=A, D=D, B0=B0, C=sc["std"], CLIP=np.broadcast_to(clip, np.shape(sa)))
+    return b.table().reshape(np.shape(sa) + (NCOEF,))
 
 
 def ddim_rows(alpha_bar_t, alpha_bar_prev, *, eta: float = 0.0, prediction_type: str = "epsilon",
@@ -137,16 +112,13 @@ def ddim_rows(alpha_bar_t, alpha_bar_prev, *, eta: float = 0.0, prediction_type:
 
 def ddpm_rows_from(scalars: dict, *, prediction_type: str = "epsilon", clip: float = math.inf) -> np.ndarray:
     """Assemble DDPM rows from ``ddpm_scalars``."""
+    _check_prediction_type(prediction_type)
     sc = _float64(scalars)
     with np.errstate(divide="ignore", invalid="ignore"):
-        P, Q, S = _x0_conversion(prediction_type, sc["sa"], sc["sb"])
-        rows = np.tile(coef_row(), sc["sa"].shape + (1,))
-        rows[..., COL["P"]], rows[..., COL["Q"]], rows[..., COL["S"]] = P, Q, S
-        rows[..., COL["B0"]] = sc["poc"]
-        rows[..., COL["A"]] = sc["csc"]
-        rows[..., COL["C"]] = sc["std"]
-        rows[..., COL["CLIP"]] = clip
-    return rows
+        P, Q, S = conversion("x0", prediction_type, sc["sa"], sc["sb"])
+        b = RowBuilder()
+        b.add(P=P, Q=Q, S=S, A=sc["csc"], B0=sc["poc"], C=sc["std"], CLIP=np.broadcast_to(clip, np.shape(sc["sa"])))
+    return b.table().reshape(np.shape(sc["sa"]) + (NCOEF,))
 
 
 def ddpm_rows(alpha_bar_t, alpha_bar_prev, *, prediction_type: str = "epsilon", clip: float = math.inf,
@@ -164,15 +136,57 @@ def ddpm_rows(alpha_bar_t, alpha_bar_prev, *, prediction_type: str = "epsilon", 
     return ddpm_rows_from(sc, prediction_type=prediction_type, clip=clip)
 
 
-def check_finite(rows: np.ndarray, what: str, labels=None) -> None:
-    """Raise a ValueError naming the offending configuration when a plan has a non-finite coefficient.
+def _alpha_bar_prev(alphas_cumprod: torch.Tensor, prev: np.ndarray, final) -> torch.Tensor:
+    """``alpha_bar[prev]``, or ``final`` where ``prev < 0`` (in ``alphas_cumprod``'s dtype, no arithmetic)."""
+    prev = torch.from_numpy(np.asarray(prev, dtype=np.int64))
+    final = torch.as_tensor(final, dtype=alphas_cumprod.dtype).reshape(())
+    return torch.where(prev >= 0, alphas_cumprod[prev.clamp(min=0)], final)
 
-    CLIP may be +inf (no clipping); every other column must be finite, or the sampler would silently
-    produce NaN/inf.
+
+def ddim_timestep_table(alphas_cumprod: torch.Tensor, final_alpha_cumprod, step_ratio: int, *, eta: float,
+                        prediction_type: str, clip: float, use_clipped_model_output: bool, thresholding: bool,
+                        check_timesteps=None, what: str = "DDIM") -> np.ndarray:
+    """diffusers' DDIM rows for every timestep value ``t = 0..N-1``, with ``prev = t - step_ratio``
+    (``final_alpha_cumprod`` below 0), the scalars in the dtype of ``alphas_cumprod`` (see ``ddim_scalars``).
+
+    ``check_timesteps``: the timesteps a run uses; their rows must be finite (``check_finite``, naming
+    ``what`` and the first bad timestep).
     """
-    body = np.delete(rows, COL["CLIP"], axis=-1)
-    bad = ~np.isfinite(body).all(axis=-1)
-    if bad.any():
-        i = int(np.flatnonzero(bad.reshape(-1))[0])
-        where = f" (first at {labels[i]})" if labels is not None else ""
-        raise ValueError(f"{what} gives non-finite coefficients{where}")
+    ac = alphas_cumprod.detach().cpu()
+    t = np.arange(ac.shape[0])
+    rows = ddim_rows_from(ddim_scalars(ac, _alpha_bar_prev(ac, t - step_ratio, final_alpha_cumprod), eta),
+                          prediction_type=prediction_type, clip=clip,
+                          use_clipped_model_output=use_clipped_model_output, thresholding=thresholding)
+    if check_timesteps is not None:
+        on_grid = np.isin(t, np.asarray(check_timesteps))
+        check_finite(rows[on_grid], what, [f"timestep {ti}" for ti in t[on_grid]])
+    return rows
+
+
+def ddpm_timestep_table(alphas_cumprod: torch.Tensor, timesteps, *, variance_type: str, prediction_type: str,
+                        clip: float, what: str = "DDPM"):
+    """diffusers' DDPM rows for the timesteps ``timesteps`` of a run (descending; each one's ``prev`` is the
+    next, ``alpha_bar_prev = 1`` after the last), or for every ``t`` with ``prev = t - 1`` when ``timesteps``
+    is None. No noise at ``t = 0``.
+
+    Returns ``(rows, on_schedule)``: ``(N, NCOEF)`` rows indexed by timestep value (NaN off the schedule) and
+    the boolean mask of the timesteps that have rows. Non-finite rows on the schedule raise ``check_finite``'s
+    ValueError naming ``what``.
+    """
+    ac = alphas_cumprod.detach().cpu()
+    N = ac.shape[0]
+    if timesteps is None:
+        rows_t = np.arange(N)
+        prev = rows_t - 1
+    else:
+        rows_t = np.asarray(timesteps, dtype=np.int64)
+        prev = np.append(rows_t[1:], -1)
+    sc = ddpm_scalars(ac[rows_t], _alpha_bar_prev(ac, prev, 1.0), variance_type)
+    sub = ddpm_rows_from(sc, prediction_type=prediction_type, clip=clip)
+    sub[rows_t == 0, COL["C"]] = 0.0
+    check_finite(sub, what, [f"timestep {t}" for t in rows_t])
+    rows = np.full((N, NCOEF), np.nan)
+    rows[rows_t] = sub
+    on_schedule = np.zeros(N, dtype=bool)
+    on_schedule[rows_t] = True
+    return rows, on_schedule

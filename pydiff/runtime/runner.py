@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pydiff.ops import COL, coef_row, dynamic_threshold, fused_step
-from pydiff.ops._dispatch import compute_dtype
+from pydiff.ops import compute_dtype
 
 MODE_NONE, MODE_THRESHOLD, MODE_CALLABLE = "none", "threshold", "callable"
 
@@ -45,6 +45,20 @@ def correction_tables(rows, to_x0, mode, max_val):
     upd = rows.copy()
     upd[:, COL["P"]], upd[:, COL["Q"]], upd[:, COL["S"]] = 0.0, 1.0, 1.0
     return {"fused": rows, "conv": conv, "upd": upd}
+
+
+def thresholded_step(x, m, row, ratio, backend, **kw):
+    """``fused_step`` with the dynamic threshold of its own ``x0`` (a row whose ``S`` is divided by the floor
+    ``M``, see the module docstring)."""
+    s = dynamic_threshold(x, m, row, ratio=ratio, max_val=math.inf, backend=backend)
+    return fused_step(x, m, row, threshold=s, backend=backend, **kw)
+
+
+def dynamic_thresholding(x0, ratio, max_val, backend=None):
+    """The authors' dynamic thresholding of a given ``x0``: ``s = max(quantile(|x0|, ratio), max_val)``,
+    ``x0 <- clamp(x0, -s, s) / s``, as one fused step."""
+    row = torch.as_tensor(coef_row(P=1.0, S=1.0 / max_val, B0=1.0), dtype=compute_dtype(x0.dtype), device=x0.device)
+    return thresholded_step(x0, x0, row, ratio, backend)
 
 
 def device_tables(tables, times, device, dtype):
@@ -94,9 +108,8 @@ class Runner:
         if not to_x0 or self.mode == MODE_NONE:
             return fused_step(src, m, fused, out=out, w_out=w_out, hist=hist, backend=backend)
         if self.mode == MODE_THRESHOLD:
-            s = dynamic_threshold(src, m, fused, ratio=self.solver.dynamic_thresholding_ratio,
-                                  max_val=math.inf, backend=backend)
-            return fused_step(src, m, fused, out=out, w_out=w_out, hist=hist, threshold=s, backend=backend)
+            return thresholded_step(src, m, fused, self.solver.dynamic_thresholding_ratio, backend, out=out,
+                                    w_out=w_out, hist=hist)
         w = w_out if w_out is not None else (scratch if scratch is not None else torch.empty_like(src))
         self.convert(src, m, row_index, w, to_x0, t_scalar)
         return self.update(src, w, row_index, out, hist)
@@ -106,9 +119,7 @@ class Runner:
         backend = self.solver.backend
         conv = self.tables["conv"][row_index]
         if to_x0 and self.mode == MODE_THRESHOLD:
-            s = dynamic_threshold(src, m, conv, ratio=self.solver.dynamic_thresholding_ratio,
-                                  max_val=math.inf, backend=backend)
-            return fused_step(src, m, conv, out=w, threshold=s, backend=backend)
+            return thresholded_step(src, m, conv, self.solver.dynamic_thresholding_ratio, backend, out=w)
         fused_step(src, m, conv, out=w, backend=backend)
         if to_x0 and self.mode == MODE_CALLABLE:
             res = self.correct_x0(w, t_scalar)

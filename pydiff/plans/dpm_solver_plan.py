@@ -22,14 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pydiff.ops import NCOEF, coef_row
-
-from . import coefficients as cf
+from ..schedules import SKIP_TYPES, time_grid  # noqa: F401  (SKIP_TYPES: the face checks skip_type here)
+from . import dpm_solver as cf
+from .rows import RowBuilder
 
 X, Y, W0, W1, W2 = 0, 1, 2, 3, 4
 W = (W0, W1, W2)
 N_BUFFERS = 5
-SKIP_TYPES = ("time_uniform", "logSNR", "time_quadratic")
 METHODS = ("multistep", "singlestep", "singlestep_fixed", "adaptive")
 WARMUPS = ("lower_order", "singlestep")
 THIRD_ORDER = ("authors", "consistent")
@@ -60,14 +59,9 @@ class Plan:
 
 
 # ----------------------------------------------------------------------------- time grids
-def time_steps(ns, skip_type, t_from, t_to, n):
-    """``n + 1`` times from ``t_from`` to ``t_to`` (float64), spaced as ``skip_type`` says."""
-    if skip_type == "logSNR":
-        lam = np.linspace(float(ns._lambda64(t_from)), float(ns._lambda64(t_to)), n + 1)
-        return ns._inverse_lambda64(lam)
-    if skip_type == "time_uniform":
-        return np.linspace(t_from, t_to, n + 1)
-    return np.linspace(t_from ** 0.5, t_to ** 0.5, n + 1) ** 2
+def time_steps(schedule, skip_type, t_from, t_to, n):
+    """``n + 1`` times from ``t_from`` to ``t_to`` (float64), spaced as ``skip_type`` says (``time_grid``)."""
+    return time_grid(cf._vp(schedule), skip_type, t_from, t_to, n)
 
 
 def singlestep_orders(steps, order):
@@ -94,10 +88,13 @@ def singlestep_outer_grid(ns, skip_type, t_from, t_to, steps, orders):
 
 
 # ----------------------------------------------------------------------------- the builder
-class _Builder:
+class _StageBuilder:
+    """Collects the stages of a plan, their rows (one ``RowBuilder``) and the time table."""
+
     def __init__(self, ns, alg, solver_type, raw_type):
         self.ns, self.alg, self.solver_type, self.raw_type = ns, alg, solver_type, raw_type
-        self.times, self.rows, self.to_x0, self.stages = [], [], [], []
+        self.times, self.to_x0, self.stages = [], [], []
+        self.rows = RowBuilder()
         self._time_index = {}
 
     def time(self, t):
@@ -117,21 +114,17 @@ class _Builder:
         ``(buffer, weight)``; zero weights are dropped.
         """
         if to_x0 is None:
-            to_x0 = self.alg == "dpmsolver++"
+            to_x0 = cf.target(self.alg) == "x0"
         P, Q, S = cf.conversion("x0" if to_x0 else "eps", self.raw_type, p)
         hist = [(b, w) for b, w in hist_terms if w != 0.0]
-        if len(hist) > 3:
-            raise AssertionError("a fused step takes at most three history tensors")
         # A large weight on the source sample means the update cancels (noise form at high noise:
         # alpha_t/alpha_s ~ 3000 on the cosine schedule's first step): factor it out into the output
         # scale O so the cancellation is rounded at size ~1 (docs/ops.md, column O; worst float32 parity
         # case 1.35e-4 -> 9.9e-5). Below 2 it gains nothing measurable.
         O = A_src if abs(A_src) > 2.0 else 1.0
-        row = coef_row(P=P, Q=Q, S=S, A=A_src / O, B0=b_cur / O, O=O,
-                       **{f"B{k}": w / O for k, (_, w) in enumerate(hist, start=1)})
-        self.rows.append(row)
+        row = self.rows.add_update((P, Q, S), A_src / O, b_cur / O, [w / O for _, w in hist], O=O)
         self.to_x0.append(to_x0)
-        st = Stage(t_index=self.time(p.t), src=src, row=len(self.rows) - 1, dst=dst, w_out=w_out,
+        st = Stage(t_index=self.time(p.t), src=src, row=row, dst=dst, w_out=w_out,
                    hist=tuple(b for b, _ in hist), to_x0=to_x0, **extra)
         self.stages.append(st)
         return st
@@ -142,12 +135,11 @@ class _Builder:
         self.stages[-1] = Stage(**{**last.__dict__, "done": step, "done_t": self.time(t)})
 
     def plan(self, record_initial):
-        rows = np.array(self.rows, dtype=np.float64).reshape(-1, NCOEF)
-        return Plan(np.array(self.times, dtype=np.float64), rows, np.array(self.to_x0, dtype=bool),
+        return Plan(np.array(self.times, dtype=np.float64), self.rows.table(), np.array(self.to_x0, dtype=bool),
                     tuple(self.stages), record_initial)
 
 
-def _denoise(b: _Builder, state, t_end, step):
+def _denoise(b: _StageBuilder, state, t_end, step):
     """``denoise_to_zero``: replace the sample by the x0 prediction at ``t_end`` (one more evaluation)."""
     b.stage(b.point(t_end), state, state, 0.0, 1.0, [], to_x0=True)
     b.done(step, t_end)
@@ -155,7 +147,7 @@ def _denoise(b: _Builder, state, t_end, step):
 
 def compile_multistep(ns, alg, solver_type, raw_type, t_from, t_to, steps, order, skip_type,
                       lower_order_final, denoise_to_zero, warmup="lower_order", third_order="authors"):
-    b = _Builder(ns, alg, solver_type, raw_type)
+    b = _StageBuilder(ns, alg, solver_type, raw_type)
     grid = time_steps(ns, skip_type, t_from, t_to, steps)
     pts = [b.point(t) for t in grid]
     slot = lambda i: W[i % 3]  # noqa: E731  (output of the evaluation at grid[i])
@@ -192,7 +184,7 @@ def compile_multistep(ns, alg, solver_type, raw_type, t_from, t_to, steps, order
     return b.plan(record_initial=True)
 
 
-def _singlestep_step(b: _Builder, state, other, s_t, t_t, order, skip_type, step):
+def _singlestep_step(b: _StageBuilder, state, other, s_t, t_t, order, skip_type, step):
     """One singlestep step of ``order`` from ``s_t`` to ``t_t``; returns the buffer holding the result."""
     ns, alg, st = b.ns, b.alg, b.solver_type
     s, t = b.point(s_t), b.point(t_t)
@@ -202,7 +194,7 @@ def _singlestep_step(b: _Builder, state, other, s_t, t_t, order, skip_type, step
         b.done(step, t_t)
         return state
     inner = time_steps(ns, skip_type, s_t, t_t, order)
-    lam_inner = ns._lambda64(inner)
+    lam_inner = cf._vp(ns).lambda_(inner)
     h = t.lam - s.lam
     r1 = (lam_inner[1] - lam_inner[0]) / (lam_inner[-1] - lam_inner[0])
     s1 = cf.point_at_lambda(ns, s.lam + r1 * h)
@@ -225,7 +217,7 @@ def _singlestep_step(b: _Builder, state, other, s_t, t_t, order, skip_type, step
 
 def compile_singlestep(ns, alg, solver_type, raw_type, t_from, t_to, steps, order, skip_type, method,
                        denoise_to_zero):
-    b = _Builder(ns, alg, solver_type, raw_type)
+    b = _StageBuilder(ns, alg, solver_type, raw_type)
     if method == "singlestep":
         orders = singlestep_orders(steps, order)
         outer = singlestep_outer_grid(ns, skip_type, t_from, t_to, steps, orders)

@@ -1,0 +1,176 @@
+"""Argument checks and normalisation shared by the public ops (docs/ops.md, "Shapes, dtypes, layout").
+
+Every public op validates its arguments here, then calls the chosen backend with the normalized signature:
+contiguous tensors on one device, coefficients as an ``(R, NCOEF)`` table in the compute dtype, the index rule
+applied on the host where that is free (CPU index tensors), seeds as unsigned 64-bit ints.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .columns import NCOEF
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_U64 = 1 << 64
+_I64_MIN = -(1 << 63)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 data, float32 otherwise (docs/ops.md, "compute type T")."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def seed_to_int64(seed: int) -> int:
+    """An unsigned 64-bit seed as the int64 with the same bits (for int64-only interfaces, ``rng[0]``)."""
+    seed = check_seed("seed", seed)
+    return seed - _U64 if seed >= 1 << 63 else seed
+
+
+def int64_to_seed(value: int) -> int:
+    """The inverse of ``seed_to_int64``: an int64 bit pattern as the unsigned seed in ``[0, 2**64)``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not _I64_MIN <= value < 1 << 63:
+        raise TypeError(f"value must be an int in [-2**63, 2**63), got {value!r}")
+    return value % _U64
+
+
+def check_seed(name: str, seed) -> int:
+    """A seed: an int (or NumPy integer) in ``[0, 2**64)``. Its int64 bit pattern is ``seed_to_int64(seed)``."""
+    if isinstance(seed, np.integer):
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _U64:
+        raise TypeError(f"{name} must be an int in [0, 2**64), got {seed!r}")
+    return seed
+
+
+def check_noise_args(seed, offset, rng, like: torch.Tensor, tensor=None, tensor_name="noise"):
+    """Validate the Philox arguments: ``(seed or None, offset, rng or None)`` normalized (docs/ops.md).
+
+    ``tensor`` is the op's explicit noise-like input (``noise`` of fused_step, ``b`` of sumsq): at most one of it,
+    ``seed`` and ``rng`` may be given.
+    """
+    given = [n for n, v in ((tensor_name, tensor), ("seed", seed), ("rng", rng)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give either {given[0]} or {given[1]}, not both")
+    if seed is not None:
+        seed = check_seed("seed", seed)
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < _U64:
+        raise TypeError(f"offset must be an int in [0, 2**64), got {offset!r}")
+    if rng is not None:
+        if not isinstance(rng, torch.Tensor) or rng.dtype != torch.int64 or rng.numel() != 2:
+            raise TypeError("rng must be an int64 tensor of shape (2,): [seed bits, offset base]")
+        if rng.device != like.device:
+            raise ValueError(f"rng is on {rng.device} but the data is on {like.device}")
+        rng = rng.reshape(2).contiguous()
+    return seed, offset, rng
+
+
+def check_data(name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if t.ndim < 1:
+        raise ValueError(f"{name} must have a batch dimension (ndim >= 1), got a scalar")
+    return t
+
+
+def check_like(name: str, t, ref: torch.Tensor, ref_name: str) -> torch.Tensor:
+    """``t`` must be a tensor with ``ref``'s shape, dtype and device; returns it contiguous."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+    if t.shape != ref.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)} but {ref_name} has shape {tuple(ref.shape)}")
+    return t.contiguous()
+
+
+def check_output(name: str, t, ref: torch.Tensor, ref_name: str) -> torch.Tensor:
+    """Outputs are written in place, so they must already be contiguous."""
+    check_like(name, t, ref, ref_name)
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (it is written in place)")
+    return t
+
+
+def _span(t: torch.Tensor):
+    start = t.data_ptr()
+    return start, start + t.numel() * t.element_size()
+
+
+def check_overlap(outputs, inputs) -> None:
+    """Reject partial overlaps (docs/ops.md, "Aliasing").
+
+    ``outputs``/``inputs``: ``(name, tensor or None)`` pairs of contiguous tensors. An output may *be* an input
+    (same start and size); any other intersection of an output with an input, or of two outputs, raises.
+    """
+    outs = [(n, t, _span(t)) for n, t in outputs if t is not None and t.numel()]
+    if not outs:
+        return
+    ins = [(n, _span(t)) for n, t in inputs if t is not None and t.numel()]
+    for i, (on, _, (o0, o1)) in enumerate(outs):
+        for n, (a0, a1) in ins:
+            if a0 < o1 and o0 < a1 and (a0, a1) != (o0, o1):
+                raise ValueError(f"{on} partially overlaps {n}: an output must be an input exactly or not "
+                                 "overlap it at all")
+        for pn, _, (p0, p1) in outs[:i]:
+            if p0 < o1 and o0 < p1:
+                raise ValueError(f"{on} overlaps {pn}: the two outputs must not share memory")
+
+
+def normalize_rows(coef, index, batch: int, like: torch.Tensor):
+    """Validate ``coef``/``index`` and return ``(coef2d, index, index_stride, row_stride)``.
+
+    ``coef``: ``(NCOEF,)`` one row for the batch, ``(B, NCOEF)`` one row per sample, or with ``index`` any
+    ``(R, NCOEF)`` table whose row ``index[b]`` (``index`` of shape ``()``, ``(1,)`` or ``(B,)``) serves sample
+    ``b``. Converted to the compute dtype on ``like``'s device (a no-op for plan tables). The index rule of
+    docs/ops.md: a CPU index outside ``[-R, R)`` raises IndexError here; on an accelerator the kernels read an
+    all-NaN row instead (checking would be a host sync).
+    """
+    if not isinstance(coef, torch.Tensor):
+        raise TypeError(f"coef must be a torch.Tensor, got {type(coef).__name__}")
+    if not coef.is_floating_point():
+        raise TypeError(f"coef must be a floating tensor, got {coef.dtype}")
+    if coef.device != like.device:
+        raise ValueError(f"coef is on {coef.device} but the data is on {like.device}")
+    if coef.ndim == 1:
+        coef = coef.unsqueeze(0)
+    if coef.ndim != 2 or coef.shape[1] != NCOEF:
+        raise ValueError(f"coef must have shape ({NCOEF},), (B, {NCOEF}) or (R, {NCOEF}) "
+                         f"(columns pydiff.ops.COLUMNS), got {tuple(coef.shape)}")
+    if coef.shape[0] == 0:
+        raise ValueError("coef has no rows")
+    cdt = compute_dtype(like.dtype)
+    if coef.dtype != cdt:
+        coef = coef.to(cdt)
+    if not coef.is_contiguous():
+        coef = coef.contiguous()
+    if index is not None:
+        if not isinstance(index, torch.Tensor) or index.dtype not in (torch.int64, torch.int32):
+            raise TypeError("index must be an int64 (or int32) tensor of row numbers")
+        if index.device != like.device:
+            raise ValueError(f"index is on {index.device} but the data is on {like.device}")
+        index = index.reshape(-1)
+        if index.numel() not in (1, batch):
+            raise ValueError(f"index must hold 1 or B={batch} row numbers, got {index.numel()}")
+        if index.dtype != torch.int64:
+            index = index.to(torch.int64)
+        index = index.contiguous()
+        if index.device.type == "cpu":
+            R = coef.shape[0]
+            lo, hi = int(index.min()), int(index.max())
+            if lo < -R or hi >= R:
+                bad = lo if lo < -R else hi
+                raise IndexError(f"index {bad} is out of range for a coefficient table of {R} rows")
+        return coef, index, int(index.numel() != 1), 0
+    if coef.shape[0] == 1:
+        return coef, None, 0, 0
+    if coef.shape[0] != batch:
+        raise ValueError(
+            f"coef has {coef.shape[0]} rows but the batch has {batch} samples; "
+            "give one row, one row per sample, or an index into the table"
+        )
+    return coef, None, 0, 1

@@ -1,0 +1,21 @@
+"""The ``reference`` backend: the plain-PyTorch twins of the ops (``pydiff/ops/*.py``), on any device.
+
+It is the oracle every other backend is tested against and the fallback where nothing compiled runs. It makes
+no host sync either (Philox keys from ``rng`` are read with tensor ops), so it can run inside a CUDA graph.
+"""
+from __future__ import annotations
+
+from ..dynamic_threshold import dynamic_threshold_reference as dynamic_threshold
+from ..fused_step import fused_step_reference as fused_step
+from ..philox import philox_normal_reference as philox_normal
+from ..sumsq import sumsq_reference as sumsq
+
+__all__ = ["available", "unavailable_reason", "fused_step", "sumsq", "dynamic_threshold", "philox_normal"]
+
+
+def available() -> bool:
+    return True
+
+
+def unavailable_reason():
+    return None

@@ -1,0 +1,122 @@
+"""What real users do with a scheduler, run against diffusers and against each pydiff drop-in.
+
+Each scenario is a short loop with one "mistake" (or one legitimate but unusual call) in it. The rule: pydiff
+gives diffusers' result (same dtype, layout and values to float32 rounding), or — only where diffusers itself
+raises — an error as well, of type ValueError/TypeError/RuntimeError. Never a silent different answer.
+"""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import diffusers
+
+import pydiff.diffusers as pd
+from helpers import rel_l2
+
+SHAPE = (2, 4, 8, 8)
+KINDS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler")
+
+
+def _model(x, t):
+    """A smooth stand-in for a network: the same function of (x, t) for both libraries."""
+    return (0.7 * torch.sin(x.float() * 1.3 + float(t) / 500.0)).to(x.dtype)
+
+
+def _run(module, kind, scenario):
+    sched = getattr(module, kind)()
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    return scenario(sched, x)
+
+
+def _loop(sched, x, steps=6, model=_model, step_kw=None, set_kw=None, t_map=lambda t: t, m_map=lambda m: m):
+    sched.set_timesteps(**(set_kw or {"num_inference_steps": steps}))
+    gen = torch.Generator().manual_seed(1)
+    for t in sched.timesteps:
+        m = m_map(model(x, t))
+        kw = dict(step_kw or {})
+        if isinstance(sched, (diffusers.DDPMScheduler, diffusers.DDIMScheduler)):
+            kw.setdefault("generator", gen)
+        x = sched.step(m, t_map(t), x, **kw).prev_sample
+    return x
+
+
+SCENARIOS = {
+    # autocast: the UNet returns float16 while the latents stay float32 -> float32 result, as diffusers promotes
+    "fp16_model_output": lambda s, x: _loop(s, x, m_map=lambda m: m.half()),
+    # a float32 model with float16 latents -> diffusers promotes to float32
+    "fp32_model_fp16_sample": lambda s, x: _loop(s, x.half(), model=lambda x, t: _model(x.float(), t)),
+    # a batch-1 model output (e.g. one shared prediction), broadcast over the batch
+    "batch1_model_output": lambda s, x: _loop(s, x, m_map=lambda m: m[:1]),
+    # channels_last and transposed latents
+    "channels_last_sample": lambda s, x: _loop(s, x.contiguous(memory_format=torch.channels_last)),
+    "transposed_sample": lambda s, x: _loop(s, x.transpose(2, 3)),
+    # step counts as NumPy ints and 0-d tensors
+    "numpy_int_steps": lambda s, x: _loop(s, x, set_kw={"num_inference_steps": np.int64(6)}),
+    "tensor_steps": lambda s, x: _loop(s, x, set_kw={"num_inference_steps": torch.tensor(6)}),
+    # timesteps passed as Python ints instead of tensors
+    "int_timesteps": lambda s, x: _loop(s, x, t_map=int),
+    # a NaN in the model output propagates as NaN (no crash, no silent repair)
+    "nan_model_output": lambda s, x: _loop(s, x, steps=3, m_map=lambda m: m.index_put_((torch.tensor(0),), torch.tensor(float("nan")))),
+}
+DDIM_ONLY = {
+    "eta_numpy_float": lambda s, x: _loop(s, x, step_kw={"eta": np.float32(0.5)}),
+    "eta_numpy_int": lambda s, x: _loop(s, x, step_kw={"eta": np.int64(1)}),
+    "eta_0d_tensor": lambda s, x: _loop(s, x, step_kw={"eta": torch.tensor(0.5)}),
+}
+DDIM_DDPM_ONLY = {
+    "float_steps": lambda s, x: _loop(s, x, set_kw={"num_inference_steps": 6.0}),
+}
+DPM_ONLY = {
+    # per-sample timesteps: diffusers fails on them; pydiff must not run one index for the whole batch
+    "per_sample_timesteps": lambda s, x: _loop(s, x, t_map=lambda t: torch.stack([t, t - 1])),
+}
+
+
+def _cases():
+    for kind in KINDS:
+        for name in SCENARIOS:
+            yield kind, name
+        if kind == "DDIMScheduler":
+            yield from ((kind, n) for n in DDIM_ONLY)
+        if kind in ("DDIMScheduler", "DDPMScheduler"):
+            yield from ((kind, n) for n in DDIM_DDPM_ONLY)
+        if kind.startswith("DPM"):
+            yield from ((kind, n) for n in DPM_ONLY)
+
+
+ALL = {**SCENARIOS, **DDIM_ONLY, **DDIM_DDPM_ONLY, **DPM_ONLY}
+
+
+@pytest.mark.parametrize("kind,name", list(_cases()))
+def test_same_result_as_diffusers_or_an_error_where_diffusers_errs(kind, name):
+    scenario = ALL[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            expect, ref_error = _run(diffusers, kind, scenario), None
+        except Exception as exc:  # diffusers' own failure: pydiff must fail too, clearly
+            expect, ref_error = None, exc
+        if ref_error is not None:
+            with pytest.raises((ValueError, TypeError, RuntimeError)):
+                _run(pd, kind, scenario)
+            return
+        got = _run(pd, kind, scenario)
+    assert got.shape == expect.shape and got.dtype == expect.dtype
+    assert got.is_contiguous() == expect.is_contiguous()
+    assert got.is_contiguous(memory_format=torch.channels_last) == expect.is_contiguous(
+        memory_format=torch.channels_last)
+    if expect.isnan().any():
+        assert torch.equal(got.isnan(), expect.isnan())
+        got, expect = got.nan_to_num(), expect.nan_to_num()
+    tol = 1e-5 if expect.dtype == torch.float32 else 2e-3
+    assert rel_l2(got, expect) < tol
+
+
+@pytest.mark.parametrize("kind", ["DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"])
+def test_dpm_per_sample_timesteps_raise_naming_the_timestep(kind):
+    sched = getattr(pd, kind)()
+    sched.set_timesteps(6)
+    x = torch.randn(SHAPE)
+    with pytest.raises(ValueError, match="timestep"):
+        sched.step(x, torch.tensor([999, 500]), x)
