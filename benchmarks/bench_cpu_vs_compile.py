@@ -12,7 +12,8 @@ timed. Plain script:
 
     python benchmarks/bench_cpu_vs_compile.py [--threads 2] [--shape 8 4 128 128] [--json out.json]
 
-Each entry is the median over rounds of the mean time of ``--inner`` back-to-back calls.
+Each entry is the median (``--stat min``: the minimum) over ``--rounds`` of the mean time of ``--inner``
+back-to-back calls, in microseconds.
 """
 from __future__ import annotations
 
@@ -53,7 +54,10 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def _time(fn, rounds: int, inner: int) -> float:
+STAT = {"median": statistics.median, "min": min}
+
+
+def _time(fn, rounds: int, inner: int, stat: str) -> float:
     for _ in range(3):
         fn()
     samples = []
@@ -62,7 +66,7 @@ def _time(fn, rounds: int, inner: int) -> float:
         for _ in range(inner):
             fn()
         samples.append((time.perf_counter() - t0) / inner)
-    return statistics.median(samples) * 1e6
+    return STAT[stat](samples) * 1e6
 
 
 def ddim_torch(x, eps, sa, sb, sap, d):
@@ -82,6 +86,9 @@ def main(argv=None):
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"])
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--inner", type=int, default=20)
+    ap.add_argument("--stat", choices=sorted(STAT), default="median",
+                    help="statistic over rounds; 'min' is the robust one on a machine shared with other jobs "
+                         "(an OpenMP barrier waiting for a descheduled thread costs a whole time slice)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if not cpu_backend.available():
@@ -112,7 +119,7 @@ def main(argv=None):
                 ref = lambda: compiled(x, eps, sa, sb, sap, d)  # noqa: E731
             else:
                 ref = lambda: compiled_noise(x, eps, z, sa, sb, sap, d, std)  # noqa: E731
-            t_ref = _time(ref, args.rounds, args.inner)
+            t_ref = _time(ref, args.rounds, args.inner, args.stat)
             entry = {"dtype": dt_name, "noise": noise, "compiled_us": round(t_ref, 1)}
             for isa in isas:
                 C.set_isa(isa)
@@ -120,17 +127,18 @@ def main(argv=None):
                 seed = 1234 if noise == "philox" else None
                 fused = lambda: cpu_backend.fused_step(  # noqa: E731
                     x, eps, coef, None, 0, 0, out, w, (), nz, seed, 7, None, None, None, None)
-                t = _time(fused, args.rounds, args.inner)
+                t = _time(fused, args.rounds, args.inner, args.stat)
                 entry[f"fused_{isa}_us"] = round(t, 1)
                 entry[f"speedup_{isa}"] = round(t_ref / t, 2)
             C.set_isa("")
             results.append(entry)
     meta = {
         "machine": _cpu_name(), "threads": args.threads, "torch": torch.__version__, "commit": _commit(),
-        "shape": list(shape), "build": C.build_info(),
+        "shape": list(shape), "build": C.build_info(), "stat": args.stat, "rounds": args.rounds,
+        "inner": args.inner,
     }
     print(f"machine: {meta['machine']}  threads: {args.threads}  torch {meta['torch']}  commit {meta['commit']}  "
-          f"shape {shape}")
+          f"shape {shape}  {args.stat} of {args.rounds} rounds x {args.inner} calls")
     cols = ["dtype", "noise", "compiled_us"] + [f"fused_{i}_us" for i in isas] + [f"speedup_{i}" for i in isas]
     print(" ".join(f"{c:>16}" for c in cols))
     for e in results:

@@ -378,6 +378,8 @@ template <typename T>
 PYDIFF_HD T quantile_interp(T vlo, T vhi, T wt, bool any_nan) {
   if (any_nan) return quiet_nan<T>();
   if (vlo == vhi) return vlo;  // covers inf == inf
+  const T inf = static_cast<T>(bits_to_float(0x7F800000u));
+  if (vhi == inf) return inf;  // the interpolation would give inf - inf = NaN
   if (wt < T(0.5)) return vlo + wt * (vhi - vlo);
   return vhi - (vhi - vlo) * (T(1) - wt);
 }
