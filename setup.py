@@ -6,8 +6,10 @@
 Environment switches:
   PYDIFF_BUILD_CUDA   auto (default): build _C_cuda when nvcc is found; 1: required (fail without nvcc);
                       0: skip.
-  PYDIFF_CUDA_ARCHS   CMake CUDA_ARCHITECTURES list, default "90" (Hopper: H100/H200), e.g. "80;90".
-  PYDIFF_NATIVE_ARCH  1: compile the CPU kernels with -march=native (local builds only, not wheels).
+  PYDIFF_CUDA_ARCHS   CMake CUDA_ARCHITECTURES list, default "80;90" (Ampere A100, Hopper H100/H200).
+  PYDIFF_NATIVE_ARCH  1: compile the CPU kernels with -march=native only, no run-time ISA dispatch (local
+                      builds only, not wheels). The default build compiles the element loops for baseline
+                      x86-64, AVX2 and AVX-512 and picks one at import (PYDIFF_CPU_ISA forces a level).
   PYDIFF_BUILD_TYPE   CMake build type, default Release.
   CMAKE_BUILD_PARALLEL_LEVEL  parallel compile jobs (default: number of CPUs).
   CUDACXX / CUDA_HOME  where to look for nvcc (else PATH, then /usr/local/cuda/bin).
@@ -126,7 +128,7 @@ class CMakeBuild(build_ext):
             f"-DPYDIFF_BUILD_CUDA={'ON' if cuda else 'OFF'}",
         ]
         if cuda:
-            args += [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DPYDIFF_CUDA_ARCHS={os.environ.get('PYDIFF_CUDA_ARCHS', '90')}"]
+            args += [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DPYDIFF_CUDA_ARCHS={os.environ.get('PYDIFF_CUDA_ARCHS', '80;90')}"]
         if "CMAKE_GENERATOR" not in os.environ and shutil.which("ninja") and not (self._build_dir / "Makefile").exists():
             args += ["-G", "Ninja"]
         print("pydiff: " + " ".join(args), flush=True)

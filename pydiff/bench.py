@@ -105,20 +105,13 @@ def step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=Non
         s.pydiff_backend = b
         prepare(s)
         fn = make(s)
-        got = fn().double()
-        err = ((got - expect).norm() / expect.norm()).item()
-        tol = 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
-        if not err < tol:
-            raise RuntimeError(f"pydiff {sampler} on backend {b} disagrees with diffusers (rel L2 {err:.2e})")
+        _check_agrees(f"pydiff {sampler} on backend {b}", fn(), expect, dtype)
         out[f"pydiff-{b}"] = fn
     fn = compiled_peer(sampler, ref, t, shape, dtype, device, kw) if peer else None
     if fn is not None:
         z = kw["variance_noise"] if sampler == "ddim" else torch.randn(
             shape, generator=torch.Generator(device="cpu").manual_seed(1)).to(device=device, dtype=dtype)
-        got = fn(x, m, z)[0].double()
-        err = ((got - expect).norm() / expect.norm()).item()
-        if not err < (1e-4 if dtype in (torch.float32, torch.float64) else 2e-2):
-            raise RuntimeError(f"the compiled {sampler} peer disagrees with diffusers (rel L2 {err:.2e})")
+        _check_agrees(f"the compiled {sampler} peer", fn(x, m, z)[0], expect, dtype)
         out["torch-compile"] = lambda: fn(x, m, z)[0]
     return out
 
@@ -152,13 +145,17 @@ def whole_run_callables(sampler: str, shape, dtype: torch.dtype, device, backend
         s = type(ours).from_config(ours.config)
         s.pydiff_backend = b
         fn = make(s)
-        got = fn().double()
-        err = ((got - expect).norm() / expect.norm()).item()
-        if not err < (1e-4 if dtype in (torch.float32, torch.float64) else 2e-2):
-            raise RuntimeError(f"pydiff {sampler} whole run on backend {b} disagrees with diffusers "
-                               f"(rel L2 {err:.2e})")
+        _check_agrees(f"pydiff {sampler} whole run on backend {b}", fn(), expect, dtype)
         out[f"pydiff-{b}"] = fn
     return out
+
+
+def _check_agrees(what, got, expect, dtype):
+    """A candidate is timed only if it gives diffusers' result (relative L2; 1e-4 in fp32/fp64, 2e-2 in half)."""
+    got, expect = got.double(), expect.double()
+    err = ((got - expect).norm() / expect.norm()).item()
+    if not err < (1e-4 if dtype in (torch.float32, torch.float64) else 2e-2):
+        raise RuntimeError(f"{what} disagrees with diffusers (rel L2 {err:.2e})")
 
 
 def _runs_on(backend, device, dtype):

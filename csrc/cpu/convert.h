@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "pydiff_abi.h"
+#include "pydiff_hd.h"
 
 namespace pydiff {
 namespace cpu {
@@ -68,7 +69,9 @@ static inline uint16_t float_to_bf16(float f) {
   return static_cast<uint16_t>(is_nan ? 0x7FC0u : rounded);
 }
 
-// Traits: storage type S, compute type T, load/store.
+// Traits: storage type S, compute type T, load/store (the Conv policy of pydiff_math.h's fused_step_at).
+// always_inline: the kernel TUs are compiled once per ISA level, and an out-of-line copy of an inline
+// member (a weak symbol) could be shared between levels by the linker.
 template <int DT>
 struct Traits;
 
@@ -76,29 +79,29 @@ template <>
 struct Traits<kFloat32> {
   using S = float;
   using T = float;
-  static inline T load(S v) { return v; }
-  static inline S store(T v) { return v; }
+  PYDIFF_HD static T load(S v) { return v; }
+  PYDIFF_HD static S store(T v) { return v; }
 };
 template <>
 struct Traits<kFloat64> {
   using S = double;
   using T = double;
-  static inline T load(S v) { return v; }
-  static inline S store(T v) { return v; }
+  PYDIFF_HD static T load(S v) { return v; }
+  PYDIFF_HD static S store(T v) { return v; }
 };
 template <>
 struct Traits<kFloat16> {
   using S = uint16_t;
   using T = float;
-  static inline T load(S v) { return half_to_float(v); }
-  static inline S store(T v) { return float_to_half(v); }
+  PYDIFF_HD static T load(S v) { return half_to_float(v); }
+  PYDIFF_HD static S store(T v) { return float_to_half(v); }
 };
 template <>
 struct Traits<kBFloat16> {
   using S = uint16_t;
   using T = float;
-  static inline T load(S v) { return bf16_to_float(v); }
-  static inline S store(T v) { return float_to_bf16(v); }
+  PYDIFF_HD static T load(S v) { return bf16_to_float(v); }
+  PYDIFF_HD static S store(T v) { return float_to_bf16(v); }
 };
 
 }  // namespace cpu

@@ -1,4 +1,3 @@
-// Instantiation of the CPU fused_step for one dtype (see fused_step_impl.h).
+// fused_step instantiation for one dtype (fused_step_impl.h); one TU per dtype so they compile in parallel.
+#define PYDIFF_DT ::pydiff::kFloat32
 #include "fused_step_impl.h"
-
-template void pydiff::cpu::fused_step_typed<pydiff::kFloat32>(const pydiff::FusedStepArgs&, int);

@@ -1,8 +1,16 @@
 // C++/OpenMP implementations of the pydiff ops (docs/ops.md). Arguments are the normalized,
 // already-checked structs of pydiff_abi.h; num_threads <= 0 means the OpenMP default.
+//
+// The element loops live in kernels.cpp, which CMake compiles once per x86-64 level (baseline SSE2,
+// AVX2+F16C, AVX-512) into its own namespace; one KernelTable per level, chosen once at load
+// (select_isa) the way PyTorch picks its CPU_CAPABILITY kernels. Everything else (checks, selection,
+// sorting) is ordinary baseline code in ops_cpu.cpp.
 #pragma once
 
 #include <stdint.h>
+
+#include <string>
+#include <vector>
 
 #include "pydiff_abi.h"
 
@@ -12,13 +20,9 @@ namespace cpu {
 void fused_step(const FusedStepArgs& a, int num_threads);
 void sumsq(const SumsqArgs& a, int num_threads);
 void dynamic_threshold(const DynThreshArgs& a, int num_threads);
-void philox_normal(int dtype, int64_t numel, void* out, uint64_t seed, uint64_t offset, int num_threads);
+void philox_normal(const PhiloxNormalArgs& a, int num_threads);
 
-// per-dtype instantiations of fused_step (fused_step_<dtype>.cpp)
-template <int DT>
-void fused_step_typed(const FusedStepArgs& a, int num_threads);
-
-// Checks every selected coef row against [0, R); throws std::out_of_range (IndexError).
+// Checks every selected coef row against [-R, R); throws std::out_of_range (IndexError).
 void check_row_range(const char* op, const int64_t* index, int64_t index_stride, int64_t row_stride, int64_t R,
                      int64_t B);
 
@@ -27,8 +31,25 @@ int resolve_threads(int num_threads);
 // Work decomposition: (sample, chunk) tasks of kChunk elements; no OpenMP region below kParallelMin.
 constexpr int64_t kChunk = 16384;
 constexpr int64_t kParallelMin = 32768;
-// Philox noise is produced in blocks of kZBlock values (stack buffers).
-constexpr int64_t kZBlock = 512;
+
+// The element loops of one ISA level (kernels.cpp). key/ctr: the resolved Philox key and counter
+// offset (the rng tensor, if any, was read on the host).
+struct KernelTable {
+  const char* name;
+  void (*fused_step)(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt);
+  void (*sumsq)(const SumsqArgs& a, uint64_t key, uint64_t ctr, int nt);
+  void (*philox_normal)(const PhiloxNormalArgs& a, uint64_t key, uint64_t ctr, int nt);
+  // |x0| of sample b into v (N values of the compute type); returns the number of NaN x0.
+  int64_t (*abs_x0)(const DynThreshArgs& a, int64_t b, void* v);
+};
+
+// ISA levels: the names compiled in, those this CPU can run, the active one.
+std::vector<std::string> compiled_isas();
+std::vector<std::string> supported_isas();
+std::string active_isa();
+// Select a level by name ("" = the best supported). Throws std::invalid_argument for an unknown or
+// unsupported name.
+void select_isa(const std::string& name);
 
 }  // namespace cpu
 }  // namespace pydiff

@@ -1,4 +1,5 @@
-// Device helpers shared by the CUDA kernels: storage <-> float conversion, launch geometry, errors.
+// Device helpers shared by the CUDA kernels: storage <-> float conversion, launch geometry, errors. The
+// arithmetic of the ops is pydiff_math.h (shared with the CPU kernels).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -11,37 +12,31 @@
 
 #include "ops_cuda.h"
 #include "pydiff_abi.h"
+#include "pydiff_math.h"
 
 namespace pydiff {
 namespace cuda {
 
+// Storage <-> float conversion: the Conv policy of pydiff_math.h's fused_step_at (value in, value out).
+// Loads are ordinary (coherent) loads, never __ldg: out may alias x and w_out may alias m, m2 or a
+// history tensor inside the same kernel.
 template <typename S>
 struct Conv;
 template <>
 struct Conv<float> {
-  static __device__ __forceinline__ float load(const float* p) { return __ldg(p); }
+  static __device__ __forceinline__ float load(float v) { return v; }
   static __device__ __forceinline__ float store(float v) { return v; }
 };
 template <>
 struct Conv<__half> {
-  static __device__ __forceinline__ float load(const __half* p) { return __half2float(__ldg(p)); }
+  static __device__ __forceinline__ float load(__half v) { return __half2float(v); }
   static __device__ __forceinline__ __half store(float v) { return __float2half_rn(v); }
 };
 template <>
 struct Conv<__nv_bfloat16> {
-  static __device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
+  static __device__ __forceinline__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }
   static __device__ __forceinline__ __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
 };
-
-// Plain (non-__ldg) load, for inputs that may alias an output of the same kernel.
-template <typename S>
-__device__ __forceinline__ float load_rw(const S* p);
-template <>
-__device__ __forceinline__ float load_rw<float>(const float* p) { return *p; }
-template <>
-__device__ __forceinline__ float load_rw<__half>(const __half* p) { return __half2float(*p); }
-template <>
-__device__ __forceinline__ float load_rw<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 
 inline void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess)
@@ -69,19 +64,15 @@ inline unsigned blocks_along(int64_t N, int64_t B, int64_t elems_per_thread = 1)
 
 inline unsigned grid_y(int64_t B) { return static_cast<unsigned>(B < kMaxGridY ? B : kMaxGridY); }
 
-// Coefficient row for sample b; nullptr when the index is out of range (the kernels then write NaN).
-__device__ __forceinline__ const float* coef_row(const float* coef, const int64_t* index, int64_t index_stride,
-                                                 int64_t row_stride, int64_t R, int64_t b) {
-  int64_t r;
-  if (index) {
-    r = index[b * index_stride];
-    if (r < 0) r += R;
-    if (r < 0 || r >= R) return nullptr;
-  } else {
-    r = b * row_stride;
-  }
-  return coef + r * kNCoef;
-}
+// fused_step for one storage type (fused_step_<dtype>.cu).
+template <typename S>
+void fused_step_dtype(const FusedStepArgs& a, cudaStream_t stream);
+template <>
+void fused_step_dtype<float>(const FusedStepArgs& a, cudaStream_t stream);
+template <>
+void fused_step_dtype<__half>(const FusedStepArgs& a, cudaStream_t stream);
+template <>
+void fused_step_dtype<__nv_bfloat16>(const FusedStepArgs& a, cudaStream_t stream);
 
 template <typename F>
 inline void dispatch_dtype(int dtype, const char* op, F&& f) {

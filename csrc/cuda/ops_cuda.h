@@ -1,5 +1,6 @@
 // Host-side entry points of the CUDA kernels (csrc/cuda/*.cu). Plain C++ (no CUDA headers) so that
-// the pybind11 bindings compile with the host compiler. `stream` is a cudaStream_t as an integer
+// the pybind11 bindings compile with the host compiler. The rng tensor of a PhiloxSource is device
+// memory and only ever read by the kernels. `stream` is a cudaStream_t as an integer
 // (torch.cuda.current_stream().cuda_stream; 0 = legacy default stream); `device` is the CUDA device
 // ordinal the pointers live on. Errors throw std::runtime_error. float64 is not supported.
 #pragma once
@@ -21,12 +22,14 @@ void fused_step(const FusedStepArgs& a, int device, uintptr_t stream);
 int64_t sumsq_num_partials(int64_t N);
 void sumsq(const SumsqArgs& a, void* partials, int device, uintptr_t stream);
 
-// dynamic_threshold, stage 1: abs_out (B, N) float = |x0|, x0 = S*(P*x + Q*m) (x0 = x when a.m is null). The per-sample
-// quantile is selected by the Python launcher (torch.kthvalue), see pydiff/_backend_cuda.py.
+// dynamic_threshold, stage 1: abs_out (B, N) float = |x0|, x0 = S*(P*x + Q*m_e) (x0 = x when a.m is null).
+// The launcher (pydiff/ops/backends/cuda.py) then selects ranks lo and hi per sample (torch.kthvalue) and
+// stage 2 applies the quantile rule and the clamp: out (B,) float from v[lo], v[hi] and a NaN flag (uint8).
 void abs_x0(const DynThreshArgs& a, void* abs_out, int device, uintptr_t stream);
+void dyn_thresh_finish(int64_t B, const void* vlo, const void* vhi, const void* any_nan, double wt, double max_val,
+                       void* out, int device, uintptr_t stream);
 
-void philox_normal(int dtype, int64_t numel, void* out, uint64_t seed, uint64_t offset, int device,
-                   uintptr_t stream);
+void philox_normal(const PhiloxNormalArgs& a, int device, uintptr_t stream);
 
 // Introspection (no GPU needed): device count (0 when there is no driver/GPU), cudart version,
 // the architectures compiled in.

@@ -1,6 +1,6 @@
-// sumsq (two-stage, deterministic) and the |x0| pass of dynamic_threshold on CUDA.
+// sumsq (two-stage, deterministic) and dynamic_threshold (the |x0| pass, and the quantile rule once the
+// launcher has selected ranks lo and hi) on CUDA.
 #include "common.cuh"
-#include "philox.h"
 
 namespace pydiff {
 namespace cuda {
@@ -38,19 +38,22 @@ __global__ void __launch_bounds__(kThreads) sumsq_partial_kernel(const SumsqArgs
   const S* pa = static_cast<const S*>(a.a);
   const S* pb = static_cast<const S*>(a.b);
   const int64_t N = a.N, B = a.B;
-  const bool second = pb != nullptr || a.has_seed;
+  const bool philox = a.philox.on;
+  const bool second = pb != nullptr || philox;
+  uint64_t key = 0, ctr = 0;
+  if (philox) philox_key_ctr(a.philox, key, ctr);  // rng (if any) is read here, on the device
   const int64_t stride = P * kThreads;
   for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
     float s0 = 0.0f, s1 = 0.0f;
     const int64_t base = b * N;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < N; i += stride) {
-      const float v = Conv<S>::load(pa + base + i);
+      const float v = Conv<S>::load(pa[base + i]);
       s0 += v * v;
       if (pb) {
-        const float u = Conv<S>::load(pb + base + i);
+        const float u = Conv<S>::load(pb[base + i]);
         s1 += u * u;
-      } else if (a.has_seed) {
-        const float z = ::pydiff::philox_normal(a.seed, a.offset, static_cast<uint64_t>(base + i));
+      } else if (philox) {
+        const float z = philox_normal_z(key, ctr, static_cast<uint64_t>(base + i));
         s1 += z * z;
       }
     }
@@ -80,7 +83,7 @@ void sumsq(const SumsqArgs& a, void* partials, int device, uintptr_t stream) {
   if (a.B == 0) return;
   set_device(device);
   const int64_t P = sumsq_num_partials(a.N);
-  const int64_t S = 1 + (a.b != nullptr || a.has_seed);
+  const int64_t S = 1 + (a.b != nullptr || a.philox.on);
   cudaStream_t st = as_stream(stream);
   if (a.N == 0) {
     check(cudaMemsetAsync(a.out, 0, sizeof(float) * S * a.B, st), "sumsq memset");
@@ -98,25 +101,22 @@ void sumsq(const SumsqArgs& a, void* partials, int device, uintptr_t stream) {
   check(cudaGetLastError(), "sumsq stage 2 launch");
 }
 
-template <typename S>
+template <typename S, bool HAS_M, bool M2>
 __global__ void __launch_bounds__(kThreads) abs_x0_kernel(const DynThreshArgs a, float* abs_out) {
   const S* x = static_cast<const S*>(a.x);
   const S* m = static_cast<const S*>(a.m);
+  const S* m2 = static_cast<const S*>(a.m2);
   const int64_t N = a.N;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = blockIdx.y; b < a.B; b += gridDim.y) {
-    float P = 1.0f, Q = 0.0f, Sc = 1.0f;
-    if (m) {
-      const float* r = coef_row(static_cast<const float*>(a.coef), a.index, a.index_stride, a.row_stride, a.R, b);
-      P = r ? r[kP] : __int_as_float(0x7fc00000);
-      Q = r ? r[kQ] : __int_as_float(0x7fc00000);
-      Sc = r ? r[kS] : __int_as_float(0x7fc00000);
-    }
+    Row<float> r;
+    if (HAS_M) r = load_row(static_cast<const float*>(a.coef), a.R, a.index, a.index_stride, a.row_stride, b);
     const int64_t base = b * N;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < N; i += stride) {
-      float x0 = Conv<S>::load(x + base + i);
-      if (m) x0 = Sc * (P * x0 + Q * Conv<S>::load(m + base + i));
-      abs_out[base + i] = fabsf(x0);
+      const int64_t g = base + i;
+      const float x0 = dyn_x0<HAS_M, M2>(r, Conv<S>::load(x[g]), HAS_M ? Conv<S>::load(m[g]) : 0.0f,
+                                         M2 ? Conv<S>::load(m2[g]) : 0.0f);
+      abs_out[g] = abs_t(x0);
     }
   }
 }
@@ -126,11 +126,37 @@ void abs_x0(const DynThreshArgs& a, void* abs_out, int device, uintptr_t stream)
   if (!abs_out) throw std::invalid_argument("dynamic_threshold: abs buffer is null");
   set_device(device);
   const dim3 grid(blocks_along(a.N, a.B), grid_y(a.B));
+  float* v = static_cast<float*>(abs_out);
+  cudaStream_t st = as_stream(stream);
   dispatch_dtype(a.dtype, "dynamic_threshold", [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
-    abs_x0_kernel<S><<<grid, kThreads, 0, as_stream(stream)>>>(a, static_cast<float*>(abs_out));
+    if (!a.m)
+      abs_x0_kernel<S, false, false><<<grid, kThreads, 0, st>>>(a, v);
+    else if (a.m2)
+      abs_x0_kernel<S, true, true><<<grid, kThreads, 0, st>>>(a, v);
+    else
+      abs_x0_kernel<S, true, false><<<grid, kThreads, 0, st>>>(a, v);
   });
   check(cudaGetLastError(), "dynamic_threshold launch");
+}
+
+// s_b = threshold_scale(quantile_interp(v[lo], v[hi], wt, any NaN), max_val) (pydiff_math.h).
+__global__ void dyn_thresh_finish_kernel(const float* vlo, const float* vhi, const uint8_t* any_nan, int64_t B,
+                                         float wt, float max_val, float* out) {
+  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < B;
+       b += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[b] = threshold_scale(quantile_interp(vlo[b], vhi[b], wt, any_nan[b] != 0), max_val);
+}
+
+void dyn_thresh_finish(int64_t B, const void* vlo, const void* vhi, const void* any_nan, double wt, double max_val,
+                       void* out, int device, uintptr_t stream) {
+  if (B <= 0) return;
+  set_device(device);
+  const unsigned blocks = static_cast<unsigned>((B + kThreads - 1) / kThreads < 1024 ? (B + kThreads - 1) / kThreads : 1024);
+  dyn_thresh_finish_kernel<<<blocks, kThreads, 0, as_stream(stream)>>>(
+      static_cast<const float*>(vlo), static_cast<const float*>(vhi), static_cast<const uint8_t*>(any_nan), B,
+      static_cast<float>(wt), static_cast<float>(max_val), static_cast<float*>(out));
+  check(cudaGetLastError(), "dynamic_threshold finish launch");
 }
 
 }  // namespace cuda

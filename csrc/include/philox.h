@@ -1,19 +1,15 @@
-// Philox4x32-10 counter-based RNG and the pydiff normal transform (docs/ops.md).
+// Philox4x32-10 counter-based RNG: the integer part of the pydiff noise (docs/ops.md).
 //
 // Shared by the C++ (csrc/cpu) and CUDA (csrc/cuda) kernels so that both produce bit-identical
-// integers for the same (seed, offset, g). Header-only, no dependencies beyond <stdint.h>/<math.h>.
+// integers for the same (seed, offset, g). The normal transform (uniforms, polynomial
+// log/cos, Box-Muller) is in pydiff_math.h. Header-only, no dependencies beyond <stdint.h>.
 //
 // Reference: Salmon, Moraes, Dror, Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC'11.
 #pragma once
 
-#include <math.h>
 #include <stdint.h>
 
-#if defined(__CUDACC__)
-#define PYDIFF_HD __host__ __device__ __forceinline__
-#else
-#define PYDIFF_HD inline __attribute__((always_inline))
-#endif
+#include "pydiff_hd.h"
 
 namespace pydiff {
 
@@ -72,26 +68,6 @@ PYDIFF_HD void philox_r01(uint64_t seed, uint64_t offset, uint64_t g, uint32_t& 
                                      static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
   r0 = r.v[0];
   r1 = r.v[1];
-}
-
-// u = ((r >> 8) + 0.5) * 2^-24: exact in float32, in (0, 1).
-PYDIFF_HD float philox_uniform(uint32_t r) {
-  return (static_cast<float>(r >> 8) + 0.5f) * 5.9604644775390625e-08f;
-}
-
-// 2*pi rounded to float32 (6.2831855f), the constant the reference multiplies u2 by.
-constexpr float kTwoPiF = 6.28318530717958647692f;
-
-// Box-Muller, first output only, float32 math.
-PYDIFF_HD float box_muller(float u1, float u2) {
-  return sqrtf(-2.0f * logf(u1)) * cosf(kTwoPiF * u2);
-}
-
-// The standard normal z for (seed, offset, g).
-PYDIFF_HD float philox_normal(uint64_t seed, uint64_t offset, uint64_t g) {
-  uint32_t r0, r1;
-  philox_r01(seed, offset, g, r0, r1);
-  return box_muller(philox_uniform(r0), philox_uniform(r1));
 }
 
 }  // namespace pydiff

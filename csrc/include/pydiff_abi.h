@@ -1,9 +1,10 @@
-// The ABI shared by the Python launchers, the pybind11 bindings and the C++/CUDA kernels.
+// The ABI shared by the Python launchers, the pybind11 bindings and the C++/CUDA kernels (op contract v2,
+// docs/ops.md).
 //
 // Tensors cross the boundary as raw pointers (tensor.data_ptr() as an integer, 0 = None), element
 // counts and a dtype code; no libtorch. Every tensor is contiguous; data tensors share one dtype and
-// shape (B, N) flattened. coef (R, NCOEF), threshold (B,) and the outputs of sumsq/dynamic_threshold
-// are in the compute type T (double for float64 data, float otherwise); index is int64.
+// shape (B, N) flattened. coef (R, kNCoef), threshold (B,) and the outputs of sumsq/dynamic_threshold
+// are in the compute type T (double for float64 data, float otherwise); index and rng are int64.
 #pragma once
 
 #include <stdint.h>
@@ -18,28 +19,45 @@ enum DType : int {
   kBFloat16 = 3,
 };
 
-// coefficient columns (docs/ops.md)
-// w = S*(P*x + Q*m); clip; out = A*x + D*m + B0*w + B1*h1 + B2*h2 + B3*h3 + C*z
-enum Col : int { kP = 0, kQ, kA, kD, kB0, kB1, kB2, kB3, kC, kCLIP, kS, kO, kNCoef };
+// Coefficient columns, in the order of pydiff/ops/columns.py (the single source of the layout). The
+// modules export kColumnNames as COLUMNS; the launchers compare it with pydiff.ops.columns.COLUMNS by
+// name at import, so a stale build is reported instead of reading the wrong columns.
+enum Col : int {
+  kM1 = 0, kM2, kP, kQ, kS, kCLIP, kA, kD, kB0, kB1, kB2, kB3, kB4, kB5, kB6, kG, kC, kVA, kVB, kO, kNCoef
+};
+constexpr int kKMax = 6;  // history tensors h1..h6 (columns kB1..kB6)
+constexpr const char* kColumnNames[kNCoef] = {"M1", "M2", "P", "Q", "S", "CLIP", "A", "D", "B0", "B1",
+                                              "B2", "B3", "B4", "B5", "B6", "G", "C", "VA", "VB", "O"};
+static_assert(kB6 - kB1 + 1 == kKMax, "one B column per history tensor");
 
-// Normalized arguments of fused_step (docs/ops.md).
+// Source of the Philox key and counter offset (docs/ops.md, "Philox key and counter offset"):
+// host seed: key = seed, ctr = offset; device rng tensor: key = rng[0], ctr = rng[1] + offset (mod 2^64).
+struct PhiloxSource {
+  bool on = false;                 // Philox noise requested (seed or rng given)
+  uint64_t seed = 0;               // used when rng == nullptr
+  uint64_t offset = 0;
+  const int64_t* rng = nullptr;    // optional (2,) int64, on the data's device
+};
+
+// Normalized arguments of fused_step.
 struct FusedStepArgs {
   int dtype = kFloat32;
   int64_t B = 0, N = 0;             // samples, elements per sample
   const void* x = nullptr;          // (B, N) data
   const void* m = nullptr;          // (B, N) data
+  const void* m2 = nullptr;         // optional (B, N) data: second model output (columns M1, M2, G)
+  const void* var = nullptr;        // optional (B, N) data: variance input v (columns VA, VB)
   const void* coef = nullptr;       // (R, kNCoef) T
   int64_t R = 0;                    // rows of coef
   const int64_t* index = nullptr;   // optional (1 or B,) int64
   int64_t index_stride = 0;         // 0/1
   int64_t row_stride = 0;           // 0/1 (used when index == nullptr)
   void* out = nullptr;              // (B, N) data; may equal x
-  void* w_out = nullptr;            // optional (B, N) data; may equal m or a hist tensor
-  const void* hist[3] = {nullptr, nullptr, nullptr};
-  int nhist = 0;                    // 0..3
+  void* w_out = nullptr;            // optional (B, N) data; may equal m, m2 or a hist tensor
+  const void* hist[kKMax] = {};
+  int nhist = 0;                    // 0..kKMax
   const void* noise = nullptr;      // optional (B, N) data
-  bool has_seed = false;            // Philox noise instead of a noise tensor
-  uint64_t seed = 0, offset = 0;
+  PhiloxSource philox;              // or in-kernel Philox noise
   const void* threshold = nullptr;  // optional (B,) T
 };
 
@@ -48,32 +66,31 @@ struct SumsqArgs {
   int64_t B = 0, N = 0;
   const void* a = nullptr;
   const void* b = nullptr;          // optional second source
-  bool has_seed = false;            // or the Philox noise over a's shape
-  uint64_t seed = 0, offset = 0;
-  void* out = nullptr;              // (S, B) T, S = 1 + (b || has_seed)
+  PhiloxSource philox;              // or the Philox noise over a's shape
+  void* out = nullptr;              // (S, B) T, S = 1 + (b || philox.on)
 };
 
 struct DynThreshArgs {
   int dtype = kFloat32;
   int64_t B = 0, N = 0;
   const void* x = nullptr;
-  const void* m = nullptr;          // optional: x0 = x when null (coef/index ignored then)
+  const void* m = nullptr;          // optional: x0 = x when null (coef/index/m2 ignored then)
+  const void* m2 = nullptr;         // optional: m_e = M1*m + M2*m2
   const void* coef = nullptr;
   int64_t R = 0;
   const int64_t* index = nullptr;
   int64_t index_stride = 0, row_stride = 0;
-  double ratio = 0.995, max_val = 1.0;
+  int64_t lo = 0, hi = 0;           // quantile ranks from pydiff.ops.dynamic_threshold.quantile_rank
+  double wt = 0.0;                  // interpolation weight (rounded to T by the kernel)
+  double max_val = 1.0;
   void* out = nullptr;              // (B,) T
 };
 
-// Row of coef for sample b (before range checks); negative indices wrap like torch indexing.
-inline int64_t select_row(const int64_t* index, int64_t index_stride, int64_t row_stride, int64_t R,
-                          int64_t b) {
-  if (index) {
-    int64_t r = index[b * index_stride];
-    return r < 0 ? r + R : r;
-  }
-  return b * row_stride;
-}
+struct PhiloxNormalArgs {
+  int dtype = kFloat32;
+  int64_t numel = 0;
+  void* out = nullptr;
+  PhiloxSource philox;              // philox.on is true
+};
 
 }  // namespace pydiff

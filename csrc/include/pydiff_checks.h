@@ -1,5 +1,5 @@
 // Argument checks of the native entry points (host only). They guard the raw-pointer ABI against
-// misuse from Python; the public dispatcher (pydiff.ops) has already validated shapes and dtypes.
+// misuse from Python; the public functions (pydiff.ops) have already validated shapes and dtypes.
 // Violations throw std::invalid_argument (ValueError in Python).
 #pragma once
 
@@ -32,19 +32,19 @@ inline void check_fused_step(const FusedStepArgs& a, bool allow_f64) {
   const char* op = "fused_step";
   check_dtype(op, a.dtype, allow_f64);
   require(a.B >= 0 && a.N >= 0, op, "B and N must be >= 0");
+  require(a.nhist >= 0 && a.nhist <= kKMax, op, "at most " + std::to_string(kKMax) + " history tensors");
+  require(!(a.noise && a.philox.on), op, "give at most one of noise, seed and rng");
   if (a.B == 0 || a.N == 0) return;
   require(a.x && a.m && a.out, op, "x, m and out must not be null");
   check_rows(op, a.coef, a.R, a.index, a.index_stride, a.row_stride, a.B);
-  require(a.nhist >= 0 && a.nhist <= 3, op, "at most 3 history tensors");
   for (int k = 0; k < a.nhist; ++k) require(a.hist[k] != nullptr, op, "history pointer is null");
-  require(!(a.noise && a.has_seed), op, "give either noise or seed, not both");
 }
 
 inline void check_sumsq(const SumsqArgs& a, bool allow_f64) {
   const char* op = "sumsq";
   check_dtype(op, a.dtype, allow_f64);
   require(a.B >= 0 && a.N >= 0, op, "B and N must be >= 0");
-  require(!(a.b && a.has_seed), op, "give either b or seed, not both");
+  require(!(a.b && a.philox.on), op, "give at most one of b, seed and rng");
   if (a.B == 0) return;
   require(a.out != nullptr, op, "out must not be null");
   if (a.N > 0) require(a.a != nullptr, op, "a must not be null");
@@ -54,12 +54,24 @@ inline void check_dynamic_threshold(const DynThreshArgs& a, bool allow_f64) {
   const char* op = "dynamic_threshold";
   check_dtype(op, a.dtype, allow_f64);
   require(a.B >= 0 && a.N >= 0, op, "B and N must be >= 0");
-  require(a.ratio >= 0.0 && a.ratio <= 1.0, op, "ratio must be in [0, 1]");
   require(!(a.max_val != a.max_val), op, "max_val must not be NaN");
+  require(a.wt >= 0.0 && a.wt <= 1.0, op, "wt must be in [0, 1]");
+  require(!(a.m2 && !a.m), op, "m2 needs m");
   if (a.B == 0) return;
   require(a.N > 0, op, "samples must not be empty");
+  require(a.lo >= 0 && a.lo < a.N && a.hi >= a.lo && a.hi <= a.lo + 1 && a.hi < a.N, op,
+          "quantile ranks must satisfy 0 <= lo <= hi <= lo + 1 and hi < N (N = " + std::to_string(a.N) +
+              ", lo = " + std::to_string(a.lo) + ", hi = " + std::to_string(a.hi) + ")");
   require(a.x && a.out, op, "x and out must not be null");
   if (a.m) check_rows(op, a.coef, a.R, a.index, a.index_stride, a.row_stride, a.B);
+}
+
+inline void check_philox_normal(const PhiloxNormalArgs& a, bool allow_f64) {
+  const char* op = "philox_normal";
+  check_dtype(op, a.dtype, allow_f64);
+  require(a.numel >= 0, op, "numel must be >= 0");
+  require(a.philox.on, op, "give seed or rng");
+  require(a.numel == 0 || a.out != nullptr, op, "out must not be null");
 }
 
 }  // namespace pydiff

@@ -49,6 +49,7 @@ from pydiff.ops import coef_row, fused_step, sumsq
 from pydiff.ops import compute_dtype
 
 from pydiff.plans import dpm_solver as cf
+from pydiff.plans.rows import RowBuilder
 from .runner import Runner, correction_tables, device_tables
 
 
@@ -72,27 +73,26 @@ def scaled_error_norm(diff, x_low, x_prev, atol, rtol, backend=None):
     return float(torch.sqrt(ss / n).max())
 
 
-class _Rows:
-    """A few coefficient rows built for one attempt."""
+class _Rows(RowBuilder):
+    """The few coefficient rows of one attempt, with the conversion target and time of each."""
 
     def __init__(self, raw_type, alg):
+        super().__init__()
         self.raw_type, self.alg = raw_type, alg
-        self.rows, self.to_x0, self.times = [], [], []
+        self.to_x0, self.times = [], []
 
     def model_row(self, p: cf.Point, A, b0, hist_w=(), to_x0=None):
+        """A stage that converts the model output at ``p`` (x0 for dpmsolver++, eps otherwise)."""
         to_x0 = (self.alg == "dpmsolver++") if to_x0 is None else to_x0
-        P, Q, S = cf.conversion("x0" if to_x0 else "eps", self.raw_type, p)
-        return self._add(P, Q, S, A, b0, hist_w, to_x0, p.t)
+        self.to_x0.append(to_x0)
+        self.times.append(p.t)
+        return self.add_update(cf.conversion("x0" if to_x0 else "eps", self.raw_type, p), A, b0, hist_w)
 
     def combine_row(self, A, b0, hist_w=()):
-        return self._add(0.0, 1.0, 1.0, A, b0, hist_w, False, None)
-
-    def _add(self, P, Q, S, A, b0, hist_w, to_x0, t):
-        row = coef_row(P=P, Q=Q, S=S, A=A, B0=b0, **{f"B{k}": w for k, w in enumerate(hist_w, start=1)})
-        self.rows.append(row)
-        self.to_x0.append(to_x0)
-        self.times.append(0.0 if t is None else t)
-        return len(self.rows) - 1
+        """A combination of already converted outputs (``w`` is the model-output input as it is)."""
+        self.to_x0.append(False)
+        self.times.append(0.0)
+        return self.add_update((0.0, 1.0, 1.0), A, b0, hist_w)
 
 
 def run_adaptive(solver, x, order, t_T, t_0, h_init, atol, rtol, theta, t_err, solver_type, denoise_to_zero,
@@ -134,7 +134,7 @@ def run_adaptive(solver, x, order, t_T, t_0, h_init, atol, rtol, theta, t_err, s
             A, comb = cf.singlestep_third(alg, solver_type, ps, pt, r1, r2)
             rc = R.model_row(p2, 0.0, comb["s2"], (A, comb["s"], comb.get("s1", 0.0)))
         to_x0 = np.array(R.to_x0, dtype=bool)
-        tables = device_tables(correction_tables(R.rows, to_x0, mode, solver.thresholding_max_val),
+        tables = device_tables(correction_tables(R.table(), to_x0, mode, solver.thresholding_max_val),
                                R.times, x.device, x.dtype)
         run = Runner(solver, x, tables, mode)
         t_rows = tables["times"]
@@ -177,7 +177,7 @@ def run_adaptive(solver, x, order, t_T, t_0, h_init, atol, rtol, theta, t_err, s
     if denoise_to_zero:
         R = _Rows(raw_type, alg)
         rd = R.model_row(cf.point(ns, t_0), 0.0, 1.0, to_x0=True)
-        tables = device_tables(correction_tables(R.rows, np.array(R.to_x0), mode, solver.thresholding_max_val),
+        tables = device_tables(correction_tables(R.table(), np.array(R.to_x0), mode, solver.thresholding_max_val),
                                R.times, x.device, x.dtype)
         run = Runner(solver, x, tables, mode)
         m = run.evaluate(x, tables["times"][rd])

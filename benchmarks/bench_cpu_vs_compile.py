@@ -1,0 +1,151 @@
+"""The fused DDIM step on the cpu backend vs a ``torch.compile``d plain-torch DDIM update, CPU.
+
+Both produce the same two tensors from ``x`` and the model output ``eps`` (DDIM, Song et al.,
+arXiv:2010.02502, eq. 12)::
+
+    x0   = (x - sb*eps)/sa                      (w_out of the fused step: P = 1, Q = -sb, S = 1/sa)
+    prev = sap*x0 + d*eps [+ std*z]             (out: B0 = sap, D = d, C = std)
+
+with no noise, a given noise tensor ``z`` (both read it), and Philox (the fused step draws ``z`` in-kernel
+from (seed, offset); the compiled update still reads a stored ``z``). Every ISA level this CPU runs is
+timed. Plain script:
+
+    python benchmarks/bench_cpu_vs_compile.py [--threads 2] [--shape 8 4 128 128] [--json out.json]
+
+Each entry is the median (``--stat min``: the minimum) over ``--rounds`` of the mean time of ``--inner``
+back-to-back calls, in microseconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import sys
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # time this checkout's pydiff (and its in-place build), not an installed one
+
+from pydiff.ops.backends import cpu as cpu_backend  # noqa: E402
+from pydiff.ops.columns import coef_row  # noqa: E402
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+STAT = {"median": statistics.median, "min": min}
+
+
+def _time(fn, rounds: int, inner: int, stat: str) -> float:
+    for _ in range(3):
+        fn()
+    samples = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - t0) / inner)
+    return STAT[stat](samples) * 1e6
+
+
+def ddim_torch(x, eps, sa, sb, sap, d):
+    x0 = (x - sb * eps) / sa
+    return sap * x0 + d * eps, x0
+
+
+def ddim_torch_noise(x, eps, z, sa, sb, sap, d, std):
+    x0 = (x - sb * eps) / sa
+    return sap * x0 + d * eps + std * z, x0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", type=int, nargs="+", default=[8, 4, 128, 128])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"])
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--inner", type=int, default=20)
+    ap.add_argument("--stat", choices=sorted(STAT), default="median",
+                    help="statistic over rounds; 'min' is the robust one on a machine shared with other jobs "
+                         "(an OpenMP barrier waiting for a descheduled thread costs a whole time slice)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    if not cpu_backend.available():
+        raise SystemExit(f"the cpu backend is not available: {cpu_backend.unavailable_reason()}")
+    C = cpu_backend._C
+    torch.set_num_threads(args.threads)
+    shape = tuple(args.shape)
+    # a mid-trajectory DDIM step (alpha_bar 0.5 -> 0.6, eta = 1)
+    a_t, a_prev = 0.5, 0.6
+    sa, sb, sap = a_t ** 0.5, (1 - a_t) ** 0.5, a_prev ** 0.5
+    std = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
+    d = (1 - a_prev - std ** 2) ** 0.5
+    row = coef_row(P=1.0, Q=-sb, S=1.0 / sa, B0=sap, D=d, C=std)
+    compiled = torch.compile(ddim_torch, dynamic=False)
+    compiled_noise = torch.compile(ddim_torch_noise, dynamic=False)
+    isas = list(C.supported_isas())
+    results = []
+    gen = torch.Generator().manual_seed(0)
+    for dt_name in args.dtypes:
+        dt = getattr(torch, dt_name)
+        x = torch.randn(shape, generator=gen).to(dt)
+        eps = torch.randn(shape, generator=gen).to(dt)
+        z = torch.randn(shape, generator=gen).to(dt)
+        coef = torch.tensor(row, dtype=torch.float64 if dt == torch.float64 else torch.float32).reshape(1, -1)
+        out, w = torch.empty_like(x), torch.empty_like(x)
+        for noise in ("none", "tensor", "philox"):
+            if noise == "none":
+                ref = lambda: compiled(x, eps, sa, sb, sap, d)  # noqa: E731
+            else:
+                ref = lambda: compiled_noise(x, eps, z, sa, sb, sap, d, std)  # noqa: E731
+            t_ref = _time(ref, args.rounds, args.inner, args.stat)
+            entry = {"dtype": dt_name, "noise": noise, "compiled_us": round(t_ref, 1)}
+            for isa in isas:
+                C.set_isa(isa)
+                nz = z if noise == "tensor" else None
+                seed = 1234 if noise == "philox" else None
+                fused = lambda: cpu_backend.fused_step(  # noqa: E731
+                    x, eps, coef, None, 0, 0, out, w, (), nz, seed, 7, None, None, None, None)
+                t = _time(fused, args.rounds, args.inner, args.stat)
+                entry[f"fused_{isa}_us"] = round(t, 1)
+                entry[f"speedup_{isa}"] = round(t_ref / t, 2)
+            C.set_isa("")
+            results.append(entry)
+    meta = {
+        "machine": _cpu_name(), "threads": args.threads, "torch": torch.__version__, "commit": _commit(),
+        "shape": list(shape), "build": C.build_info(), "stat": args.stat, "rounds": args.rounds,
+        "inner": args.inner,
+    }
+    print(f"machine: {meta['machine']}  threads: {args.threads}  torch {meta['torch']}  commit {meta['commit']}  "
+          f"shape {shape}  {args.stat} of {args.rounds} rounds x {args.inner} calls")
+    cols = ["dtype", "noise", "compiled_us"] + [f"fused_{i}_us" for i in isas] + [f"speedup_{i}" for i in isas]
+    print(" ".join(f"{c:>16}" for c in cols))
+    for e in results:
+        print(" ".join(f"{str(e[c]):>16}" for c in cols))
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

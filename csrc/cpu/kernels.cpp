@@ -1,0 +1,185 @@
+// The element loops of sumsq, philox_normal and the |x0| pass of dynamic_threshold, and the KernelTable
+// of this ISA level (see kernel_common.h; fused_step is in fused_step_<dtype>.cpp).
+#include "kernel_common.h"
+
+namespace pydiff {
+namespace cpu {
+namespace PYDIFF_ISA_NS {
+namespace {
+
+// sum of f(g)^2 over [g0, g1) in T, in an order that does not depend on the vector width: kLanes fixed
+// partial sums (lane l takes g0 + l, g0 + l + kLanes, ...), added in lane order at the end. A plain
+// `omp simd reduction` would split the sum by the ISA level's vector width (4, 8 or 16 floats), and the
+// levels would round differently.
+constexpr int kLanes = 16;
+
+template <typename T, class Fn>
+PYDIFF_HD T sum_squares(int64_t g0, int64_t g1, Fn f) {
+  T lane[kLanes];
+  for (int l = 0; l < kLanes; ++l) lane[l] = T(0);
+  int64_t g = g0;
+  for (; g + kLanes <= g1; g += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const T v = f(g + l);
+      lane[l] += v * v;
+    }
+  }
+  for (int l = 0; g + l < g1; ++l) {
+    const T v = f(g + l);
+    lane[l] += v * v;
+  }
+  T acc = T(0);
+  for (int l = 0; l < kLanes; ++l) acc += lane[l];
+  return acc;
+}
+
+// Elements per block of a sumsq task: block sums are in T, blocks are accumulated in double.
+constexpr int64_t kBlock = 512;
+
+// sumsq: per (sample, chunk) task, chunks combined in a fixed order (deterministic for any thread count).
+template <int DT>
+void sumsq_typed(const SumsqArgs& a, uint64_t key, uint64_t ctr, int nt) {
+  using Tr = Traits<DT>;
+  using S = typename Tr::S;
+  using T = typename Tr::T;
+  const S* pa = static_cast<const S*>(a.a);
+  const S* pb = static_cast<const S*>(a.b);
+  T* out = static_cast<T*>(a.out);
+  const int64_t B = a.B, N = a.N;
+  const bool philox = a.philox.on;
+  const bool second = pb != nullptr || philox;
+  const int64_t chunks = N > 0 ? (N + kChunk - 1) / kChunk : 0;
+  const int64_t tasks = B * chunks;
+  double* part = new double[static_cast<size_t>(2 * tasks + 2)];
+
+#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParallelMin && nt > 1)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t b = t / chunks;
+    const int64_t c0 = (t - b * chunks) * kChunk;
+    const int64_t n = imin(kChunk, N - c0);
+    const int64_t base = b * N + c0;
+    double s0 = 0.0, s1 = 0.0;
+    for (int64_t j = 0; j < n; j += kBlock) {
+      const int64_t g0 = base + j, g1 = g0 + imin(kBlock, n - j);
+      s0 += static_cast<double>(sum_squares<T>(g0, g1, [&](int64_t g) { return Tr::load(pa[g]); }));
+      if (pb) {
+        s1 += static_cast<double>(sum_squares<T>(g0, g1, [&](int64_t g) { return Tr::load(pb[g]); }));
+      } else if (philox) {
+        s1 += static_cast<double>(sum_squares<T>(
+            g0, g1, [&](int64_t g) { return static_cast<T>(philox_normal_z(key, ctr, static_cast<uint64_t>(g))); }));
+      }
+    }
+    part[2 * t] = s0;
+    part[2 * t + 1] = s1;
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    double s0 = 0.0, s1 = 0.0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      s0 += part[2 * (b * chunks + c)];
+      s1 += part[2 * (b * chunks + c) + 1];
+    }
+    out[b] = static_cast<T>(s0);
+    if (second) out[B + b] = static_cast<T>(s1);
+  }
+  delete[] part;
+}
+
+void sumsq(const SumsqArgs& a, uint64_t key, uint64_t ctr, int nt) {
+  switch (a.dtype) {
+    case kFloat32: sumsq_typed<kFloat32>(a, key, ctr, nt); break;
+    case kFloat64: sumsq_typed<kFloat64>(a, key, ctr, nt); break;
+    case kFloat16: sumsq_typed<kFloat16>(a, key, ctr, nt); break;
+    default: sumsq_typed<kBFloat16>(a, key, ctr, nt); break;
+  }
+}
+
+// philox_normal: out[g] = z(key, ctr, g), computed in float32, rounded to the dtype.
+template <int DT>
+void philox_normal_typed(const PhiloxNormalArgs& a, uint64_t key, uint64_t ctr, int nt) {
+  using Tr = Traits<DT>;
+  using S = typename Tr::S;
+  using T = typename Tr::T;
+  S* out = static_cast<S*>(a.out);
+  const int64_t numel = a.numel;
+  const int64_t chunks = (numel + kChunk - 1) / kChunk;
+  // Philox costs ~4x a fused_step element, so a quarter of fused_step's minimum already pays for threads
+#pragma omp parallel for schedule(static) num_threads(nt) if (numel >= kParallelMin / 4 && nt > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t g0 = c * kChunk, g1 = g0 + imin(kChunk, numel - g0);
+#pragma omp simd
+    for (int64_t g = g0; g < g1; ++g)
+      out[g] = Tr::store(static_cast<T>(philox_normal_z(key, ctr, static_cast<uint64_t>(g))));
+  }
+}
+
+void philox_normal(const PhiloxNormalArgs& a, uint64_t key, uint64_t ctr, int nt) {
+  switch (a.dtype) {
+    case kFloat32: philox_normal_typed<kFloat32>(a, key, ctr, nt); break;
+    case kFloat64: philox_normal_typed<kFloat64>(a, key, ctr, nt); break;
+    case kFloat16: philox_normal_typed<kFloat16>(a, key, ctr, nt); break;
+    default: philox_normal_typed<kBFloat16>(a, key, ctr, nt); break;
+  }
+}
+
+// |x0| of one sample of dynamic_threshold into v; returns the number of NaN x0.
+template <int DT, bool HAS_M, bool M2>
+int64_t abs_x0_flags(const DynThreshArgs& a, int64_t b, void* v_) {
+  using Tr = Traits<DT>;
+  using S = typename Tr::S;
+  using T = typename Tr::T;
+  const int64_t N = a.N;
+  const S* x = static_cast<const S*>(a.x) + b * N;
+  const S* m = HAS_M ? static_cast<const S*>(a.m) + b * N : nullptr;
+  const S* m2 = M2 ? static_cast<const S*>(a.m2) + b * N : nullptr;
+  T* v = static_cast<T*>(v_);
+  Row<T> r;
+  if (HAS_M) r = load_row(static_cast<const T*>(a.coef), a.R, a.index, a.index_stride, a.row_stride, b);
+  int64_t nnan = 0;
+#pragma omp simd reduction(+ : nnan)
+  for (int64_t i = 0; i < N; ++i) {
+    const T x0 = dyn_x0<HAS_M, M2>(r, Tr::load(x[i]), HAS_M ? Tr::load(m[i]) : T(0), M2 ? Tr::load(m2[i]) : T(0));
+    v[i] = abs_t(x0);
+    nnan += x0 != x0;
+  }
+  return nnan;
+}
+
+template <int DT>
+int64_t abs_x0_typed(const DynThreshArgs& a, int64_t b, void* v) {
+  if (!a.m) return abs_x0_flags<DT, false, false>(a, b, v);
+  if (a.m2) return abs_x0_flags<DT, true, true>(a, b, v);
+  return abs_x0_flags<DT, true, false>(a, b, v);
+}
+
+int64_t abs_x0(const DynThreshArgs& a, int64_t b, void* v) {
+  switch (a.dtype) {
+    case kFloat32: return abs_x0_typed<kFloat32>(a, b, v);
+    case kFloat64: return abs_x0_typed<kFloat64>(a, b, v);
+    case kFloat16: return abs_x0_typed<kFloat16>(a, b, v);
+    default: return abs_x0_typed<kBFloat16>(a, b, v);
+  }
+}
+
+void fused_step(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
+  switch (a.dtype) {
+    case kFloat32: fused_step_dt<kFloat32>(a, key, ctr, nt); break;
+    case kFloat64: fused_step_dt<kFloat64>(a, key, ctr, nt); break;
+    case kFloat16: fused_step_dt<kFloat16>(a, key, ctr, nt); break;
+    default: fused_step_dt<kBFloat16>(a, key, ctr, nt); break;
+  }
+}
+
+#define PYDIFF_STR2(x) #x
+#define PYDIFF_STR(x) PYDIFF_STR2(x)
+
+}  // namespace
+
+const KernelTable& kernel_table() {
+  static const KernelTable table = {PYDIFF_STR(PYDIFF_ISA_NAME), &fused_step, &sumsq, &philox_normal, &abs_x0};
+  return table;
+}
+
+}  // namespace PYDIFF_ISA_NS
+}  // namespace cpu
+}  // namespace pydiff

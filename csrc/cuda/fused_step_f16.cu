@@ -1,0 +1,3 @@
+// fused_step kernels for one storage type (fused_step_impl.cuh); one file per dtype so they compile in parallel.
+#define PYDIFF_CUDA_S __half
+#include "fused_step_impl.cuh"

@@ -1,0 +1,393 @@
+// The per-element arithmetic of the op contract (docs/ops.md, version 2), compiled by both the C++/OpenMP
+// kernels (csrc/cpu) and the CUDA kernels (csrc/cuda). Nothing of the contract is written anywhere else:
+// the kernels only decide which elements a thread visits and how values are loaded and stored.
+//
+// * NaN-propagating minimum / maximum / clamp (torch.minimum / torch.maximum semantics);
+// * the coefficient row load with the index rule (negative rows wrap, out of range -> all-NaN row);
+// * the fused_step element function, templated on compile-time flags (history count 0..6, m2, var,
+//   noise kind, threshold vs static clip, w_out), so that absent inputs cost nothing per element and the
+//   GPU kernels have no per-element run-time branches;
+// * x0 / |x0| of dynamic_threshold and the quantile interpolation rule;
+// * the Philox normal with branch-free float32 polynomial log and cos, so that cpu and cuda give
+//   bit-identical noise (libm's logf/cosf and CUDA's differ in the last ulp).
+//
+// Every product and sum is written in the contract's order; the builds keep them separately rounded
+// (-ffp-contract=off, nvcc --fmad=false).
+#pragma once
+
+#include <stdint.h>
+#include <string.h>
+
+#if !defined(__CUDACC__)
+#include <cmath>
+#endif
+
+#include "philox.h"
+#include "pydiff_abi.h"
+#include "pydiff_hd.h"
+
+// The history loops (K <= 6, compile-time) must be unrolled before the CPU vectoriser sees the element
+// loop: it rejects a loop body holding two inner loops.
+#if defined(__CUDACC__) || defined(__clang__)
+#define PYDIFF_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define PYDIFF_UNROLL _Pragma("GCC unroll 8")
+#else
+#define PYDIFF_UNROLL
+#endif
+
+namespace pydiff {
+
+// ---------------------------------------------------------------------------------------------- basics
+
+PYDIFF_HD float bits_to_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+#endif
+}
+
+PYDIFF_HD uint32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+#endif
+}
+
+template <typename T>
+PYDIFF_HD T quiet_nan() {
+  return static_cast<T>(bits_to_float(0x7FC00000u));
+}
+
+PYDIFF_HD float exp_t(float v) {
+#if defined(__CUDA_ARCH__)
+  return expf(v);
+#else
+  return std::exp(v);
+#endif
+}
+PYDIFF_HD double exp_t(double v) {
+#if defined(__CUDA_ARCH__)
+  return ::exp(v);
+#else
+  return std::exp(v);
+#endif
+}
+
+// minimum / maximum that return NaN when either operand is NaN (torch.minimum / torch.maximum).
+// fminf/fmaxf would return the other operand, and `c < w ? c : w` alone drops a NaN bound.
+template <typename T>
+PYDIFF_HD T nan_min(T a, T b) {
+  return (a != a || b != b) ? a + b : (b < a ? b : a);
+}
+template <typename T>
+PYDIFF_HD T nan_max(T a, T b) {
+  return (a != a || b != b) ? a + b : (a < b ? b : a);
+}
+// clamp(w, lo, hi) = maximum(minimum(w, hi), lo), NaN from any argument.
+template <typename T>
+PYDIFF_HD T nan_clamp(T w, T lo, T hi) {
+  return nan_max(nan_min(w, hi), lo);
+}
+
+// ---------------------------------------------------------------------------------------------- rows
+
+// One coefficient row in the compute type.
+template <typename T>
+struct Row {
+  T c[kNCoef];
+};
+
+// The row number of sample b before the range rule: index[b*index_stride] when an index is given, else
+// b*row_stride.
+PYDIFF_HD int64_t row_number(const int64_t* index, int64_t index_stride, int64_t row_stride, int64_t b) {
+  return index ? index[b * index_stride] : b * row_stride;
+}
+
+// The index rule: r in [-R, 0) means r + R; r outside [-R, R) gives an all-NaN row. coef is never read
+// outside its R rows.
+template <typename T>
+PYDIFF_HD Row<T> load_row(const T* coef, int64_t R, const int64_t* index, int64_t index_stride,
+                          int64_t row_stride, int64_t b) {
+  int64_t r = row_number(index, index_stride, row_stride, b);
+  if (r < 0) r += R;
+  Row<T> row;
+  const bool ok = r >= 0 && r < R;
+  for (int k = 0; k < kNCoef; ++k) row.c[k] = ok ? coef[r * kNCoef + k] : quiet_nan<T>();
+  return row;
+}
+
+// ---------------------------------------------------------------------------------------------- Philox normal
+
+// u = ((r >> 8) + 0.5) * 2^-24: exact in float32, in (0, 1), so ln u is finite.
+PYDIFF_HD float philox_uniform(uint32_t r) {
+  return (static_cast<float>(r >> 8) + 0.5f) * 5.9604644775390625e-08f;
+}
+
+// 2*pi rounded to float32 (6.2831855f), the constant the reference multiplies u2 by.
+constexpr float kTwoPiF = 6.28318530717958647692f;
+
+// Natural log for positive normal x (here u1 in [2^-25, 1)); the Cephes logf polynomial, branch-free
+// (both ranges of the mantissa are computed with selects), < 1 ulp from the correctly rounded value.
+PYDIFF_HD float poly_logf(float x) {
+  const uint32_t ux = float_to_bits(x);
+  int32_t e = static_cast<int32_t>(ux >> 23) - 126;  // x = m * 2^e, m in [0.5, 1)
+  float m = bits_to_float((ux & 0x007FFFFFu) | 0x3F000000u);
+  const bool small = m < 0.707106781186547524f;  // sqrt(1/2)
+  e = small ? e - 1 : e;
+  m = small ? (m + m) - 1.0f : m - 1.0f;  // exact (Sterbenz)
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  const float fe = static_cast<float>(e);
+  y = y + -2.12194440e-4f * fe;
+  y = y - 0.5f * z;
+  float r = m + y;
+  r = r + 0.693359375f * fe;
+  return r;
+}
+
+// cos(a) for a in [0, 8]; the Cephes cosf polynomials with range reduction by pi/4 in three parts,
+// branch-free (octant handled by selects).
+PYDIFF_HD float poly_cosf(float a) {
+  int32_t j = static_cast<int32_t>(a * 1.27323954473516f);  // a * 4/pi, a >= 0
+  j = (j + 1) & ~1;                                          // even octant
+  const float y = static_cast<float>(j);
+  const float r = ((a - y * 0.78515625f) - y * 2.4187564849853515625e-4f) - y * 3.77489497744594108e-8f;
+  const int32_t q = j & 7;  // 0, 2, 4, 6
+  const float zz = r * r;
+  float c = 2.443315711809948e-5f;
+  c = c * zz - 1.388731625493765e-3f;
+  c = c * zz + 4.166664568298827e-2f;
+  c = c * zz * zz;
+  c = c - 0.5f * zz;
+  c = c + 1.0f;
+  float s = -1.9515295891e-4f;
+  s = s * zz + 8.3321608736e-3f;
+  s = s * zz - 1.6666654611e-1f;
+  s = s * zz * r;
+  s = s + r;
+  // cos(r + q*pi/4): q=0: cos r, q=2: -sin r, q=4: -cos r, q=6: sin r
+  const float v = (q & 2) ? s : c;
+  const bool neg = q == 2 || q == 4;
+  return neg ? -v : v;
+}
+
+PYDIFF_HD float sqrt_f(float v) {
+#if defined(__CUDA_ARCH__)
+  return __fsqrt_rn(v);
+#else
+  return __builtin_sqrtf(v);
+#endif
+}
+
+// z = sqrt(-2 ln u1) * cos(2 pi u2) for the Philox block of (key, ctr_offset, g) (docs/ops.md).
+PYDIFF_HD float philox_normal_z(uint64_t key, uint64_t ctr_offset, uint64_t g) {
+  uint32_t r0, r1;
+  philox_r01(key, ctr_offset, g, r0, r1);
+  const float u1 = philox_uniform(r0);
+  const float u2 = philox_uniform(r1);
+  return sqrt_f(-2.0f * poly_logf(u1)) * poly_cosf(kTwoPiF * u2);
+}
+
+// The Philox key and counter offset: host seed, or the device rng tensor (read where this runs).
+PYDIFF_HD void philox_key_ctr(const PhiloxSource& p, uint64_t& key, uint64_t& ctr) {
+  if (p.rng) {
+    key = static_cast<uint64_t>(p.rng[0]);
+    ctr = static_cast<uint64_t>(p.rng[1]) + p.offset;  // mod 2^64
+  } else {
+    key = p.seed;
+    ctr = p.offset;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- fused_step
+
+enum NoiseKind : int { kNoNoise = 0, kNoiseTensor = 1, kNoisePhilox = 2 };
+
+// Compile-time shape of one fused_step: K history tensors, m2, var, noise kind, threshold, w_out.
+template <int K_, bool M2_, bool VAR_, int NOISE_, bool THR_, bool WOUT_>
+struct StepFlags {
+  static constexpr int K = K_;
+  static constexpr bool M2 = M2_;
+  static constexpr bool VAR = VAR_;
+  static constexpr int NOISE = NOISE_;
+  static constexpr bool THR = THR_;
+  static constexpr bool WOUT = WOUT_;
+};
+
+// The data pointers of one fused_step (storage type S), indexed by the flat element g.
+template <typename S>
+struct StepPtrs {
+  const S* x;
+  const S* m;
+  const S* m2;
+  const S* var;
+  const S* h[kKMax];
+  const S* noise;
+  S* out;
+  S* w_out;
+};
+
+// m_e = m, or M1*m + M2*m2 when m2 is given.
+template <bool M2, typename T>
+PYDIFF_HD T model_eff(const Row<T>& r, T m, T m2) {
+  return M2 ? r.c[kM1] * m + r.c[kM2] * m2 : m;
+}
+
+// w = S*(P*x + Q*m_e) (before clipping): x0 of dynamic_threshold.
+template <typename T>
+PYDIFF_HD T convert_w(const Row<T>& r, T x, T me) {
+  return r.c[kS] * (r.c[kP] * x + r.c[kQ] * me);
+}
+
+// The contract's formula for one element, on loaded values (z is the noise value when NOISE != kNoNoise,
+// s the sample's threshold when THR). Returns out, and w through w_ref.
+template <class F, typename T>
+PYDIFF_HD T fused_step_value(const Row<T>& r, T s, T x, T m, T m2, T v, const T* h, T z, T& w_ref) {
+  const T me = model_eff<F::M2>(r, m, m2);
+  T w = convert_w(r, x, me);
+  if (F::THR)
+    w = nan_clamp(w, -s, s) / s;
+  else
+    w = nan_clamp(w, -r.c[kCLIP], r.c[kCLIP]);
+  w_ref = w;
+  T acc = r.c[kA] * x + r.c[kD] * me + r.c[kB0] * w;
+  PYDIFF_UNROLL
+  for (int k = 0; k < F::K; ++k) acc = acc + r.c[kB1 + k] * h[k];
+  // e = exp(VA + VB*v); without var e = 1 and the products by e*e and e are exact, so they are left out
+  const T e = F::VAR ? exp_t(r.c[kVA] + r.c[kVB] * v) : T(1);
+  if (F::M2) acc = F::VAR ? acc + r.c[kG] * (e * e) * m2 : acc + r.c[kG] * m2;
+  if (F::NOISE != kNoNoise) acc = F::VAR ? acc + r.c[kC] * e * z : acc + r.c[kC] * z;
+  return r.c[kO] * acc;
+}
+
+// fused_step at flat element g: reads every input of g, then writes out[g] (and w_out[g]). Conv is the
+// backend's storage <-> T conversion: static T load(S), static S store(T). The reads all happen before
+// the writes, so out == x and w_out == m / m2 / h_k (identical storage) are safe.
+template <class F, typename T, class Conv, typename S>
+PYDIFF_HD void fused_step_at(const StepPtrs<S>& p, int64_t g, const Row<T>& r, T s, uint64_t key, uint64_t ctr) {
+  const T x = Conv::load(p.x[g]);
+  const T m = Conv::load(p.m[g]);
+  const T m2 = F::M2 ? Conv::load(p.m2[g]) : T(0);
+  const T v = F::VAR ? Conv::load(p.var[g]) : T(0);
+  T h[F::K > 0 ? F::K : 1];
+  PYDIFF_UNROLL
+  for (int k = 0; k < F::K; ++k) h[k] = Conv::load(p.h[k][g]);
+  T z = T(0);
+  if (F::NOISE == kNoiseTensor) z = Conv::load(p.noise[g]);
+  if (F::NOISE == kNoisePhilox) z = static_cast<T>(philox_normal_z(key, ctr, static_cast<uint64_t>(g)));
+  T w;
+  const T o = fused_step_value<F>(r, s, x, m, m2, v, h, z, w);
+  if (F::WOUT) p.w_out[g] = Conv::store(w);
+  p.out[g] = Conv::store(o);
+}
+
+// Calls f(StepFlags<...>{}) with the flags of a run-time configuration: the one switch from run-time
+// options to compile-time flags, shared by the CPU and CUDA launchers (f is a generic lambda).
+template <int K, bool M2, bool VAR, int NOISE, bool THR, class Fn>
+inline void dispatch_wout(bool wout, Fn&& f) {
+  if (wout)
+    f(StepFlags<K, M2, VAR, NOISE, THR, true>{});
+  else
+    f(StepFlags<K, M2, VAR, NOISE, THR, false>{});
+}
+template <int K, bool M2, bool VAR, int NOISE, class Fn>
+inline void dispatch_thr(bool thr, bool wout, Fn&& f) {
+  if (thr)
+    dispatch_wout<K, M2, VAR, NOISE, true>(wout, f);
+  else
+    dispatch_wout<K, M2, VAR, NOISE, false>(wout, f);
+}
+template <int K, bool M2, bool VAR, class Fn>
+inline void dispatch_noise(int noise, bool thr, bool wout, Fn&& f) {
+  switch (noise) {
+    case kNoiseTensor: dispatch_thr<K, M2, VAR, kNoiseTensor>(thr, wout, f); break;
+    case kNoisePhilox: dispatch_thr<K, M2, VAR, kNoisePhilox>(thr, wout, f); break;
+    default: dispatch_thr<K, M2, VAR, kNoNoise>(thr, wout, f); break;
+  }
+}
+template <int K, class Fn>
+inline void dispatch_m2_var(bool m2, bool var, int noise, bool thr, bool wout, Fn&& f) {
+  if (m2) {
+    if (var)
+      dispatch_noise<K, true, true>(noise, thr, wout, f);
+    else
+      dispatch_noise<K, true, false>(noise, thr, wout, f);
+  } else {
+    if (var)
+      dispatch_noise<K, false, true>(noise, thr, wout, f);
+    else
+      dispatch_noise<K, false, false>(noise, thr, wout, f);
+  }
+}
+template <class Fn>
+inline void dispatch_step_flags(const FusedStepArgs& a, Fn&& f) {
+  const bool m2 = a.m2 != nullptr, var = a.var != nullptr, thr = a.threshold != nullptr, wout = a.w_out != nullptr;
+  const int noise = a.noise ? kNoiseTensor : (a.philox.on ? kNoisePhilox : kNoNoise);
+  switch (a.nhist) {
+    case 0: dispatch_m2_var<0>(m2, var, noise, thr, wout, f); break;
+    case 1: dispatch_m2_var<1>(m2, var, noise, thr, wout, f); break;
+    case 2: dispatch_m2_var<2>(m2, var, noise, thr, wout, f); break;
+    case 3: dispatch_m2_var<3>(m2, var, noise, thr, wout, f); break;
+    case 4: dispatch_m2_var<4>(m2, var, noise, thr, wout, f); break;
+    case 5: dispatch_m2_var<5>(m2, var, noise, thr, wout, f); break;
+    default: dispatch_m2_var<6>(m2, var, noise, thr, wout, f); break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- dynamic_threshold
+
+// x0 of dynamic_threshold at one element (x0 = x when m is not given).
+template <bool HAS_M, bool M2, typename T>
+PYDIFF_HD T dyn_x0(const Row<T>& r, T x, T m, T m2) {
+  return HAS_M ? convert_w(r, x, model_eff<M2>(r, m, m2)) : x;
+}
+
+PYDIFF_HD float abs_t(float v) {
+#if defined(__CUDA_ARCH__)
+  return fabsf(v);
+#else
+  return std::fabs(v);
+#endif
+}
+PYDIFF_HD double abs_t(double v) {
+#if defined(__CUDA_ARCH__)
+  return ::fabs(v);
+#else
+  return std::fabs(v);
+#endif
+}
+
+// The quantile rule (docs/ops.md): vlo = v[lo], vhi = v[hi] of the sorted |x0|, wt = pos - lo in T.
+template <typename T>
+PYDIFF_HD T quantile_interp(T vlo, T vhi, T wt, bool any_nan) {
+  if (any_nan) return quiet_nan<T>();
+  if (vlo == vhi) return vlo;  // covers inf == inf
+  const T inf = static_cast<T>(bits_to_float(0x7F800000u));
+  if (vhi == inf) return inf;  // the interpolation would give inf - inf = NaN
+  if (wt < T(0.5)) return vlo + wt * (vhi - vlo);
+  return vhi - (vhi - vlo) * (T(1) - wt);
+}
+
+// s = clamp(q, min=1, max=max_val) with torch.clamp's semantics (NaN stays NaN; max_val < 1 gives max_val).
+template <typename T>
+PYDIFF_HD T threshold_scale(T q, T max_val) {
+  return nan_min(nan_max(q, T(1)), max_val);
+}
+
+}  // namespace pydiff
