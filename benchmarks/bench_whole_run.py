@@ -31,10 +31,10 @@ import torch
 KINDS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler")
 
 
-def _commit() -> str:
+def _commit(where: str) -> str:
+    """The commit of the checkout holding ``where`` (the measured pydiff)."""
     try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        cmd = ["git", "-C", here, "describe", "--always", "--dirty", "--abbrev=7"]
+        cmd = ["git", "-C", where, "describe", "--always", "--dirty", "--abbrev=7"]
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -108,8 +108,9 @@ def main(argv=None) -> int:
 
     import pydiff
 
-    meta = {"machine": _machine(), "pydiff": os.path.dirname(os.path.abspath(pydiff.__file__)), "python": platform.python_version(), "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "commit": _commit(), "shape": list(shape), "steps": args.steps,
+    where = os.path.dirname(os.path.abspath(pydiff.__file__))
+    meta = {"machine": _machine(), "pydiff": where, "python": platform.python_version(), "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "commit": _commit(where), "shape": list(shape), "steps": args.steps,
             "repeats": args.repeats, "dtype": "float32", "device": "cpu", "pydiff_backend": backend}
     if args.json:
         print(json.dumps({"meta": meta, "rows": rows}, indent=2))
