@@ -145,7 +145,8 @@ def step_noise(scheduler, shape, generator, device, dtype, io, variance_noise=No
     draws it (``randn_tensor`` with the given generator or list of generators), so the images equal diffusers'.
     ``"philox"``: generated inside the kernel from Philox (docs/ops.md) -- no noise tensor, no extra pass --
     with a key drawn from the generator on every noisy step (``philox_key``). Reproducible for a given
-    generator state and identical on every backend, but different numbers from diffusers' (opt-in). The
+    generator state, bit-identical on cpu and cuda (within a few float32 ulp on triton, whose log/cos are
+    libdevice's), but different numbers from diffusers' (opt-in). The
     kernel's stream depends on an element's position in the batch, so with a *list* of per-sample generators
     sample ``b``'s noise is ``philox_normal`` of that sample alone, keyed by generator ``b``: a batch split
     into single-sample runs (each with its own generator) gives the batch's samples back. Noise follows the
