@@ -10,9 +10,9 @@ import torch
 from diffusers import DDIMScheduler as _DiffusersDDIM
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
-from ..ops import COL, fused_step
+from ..ops import fused_step
 from ..plans import PREDICTION_TYPES
-from ..plans.ddim_ddpm import ddim_rows_from, ddim_scalars, ddim_timestep_table
+from ..plans.ddim_ddpm import DDIMEtaRows, ddim_timestep_table
 from ..schedules import BETA_SCHEDULES, SPACINGS
 from ._common import (DropinMixin, StepIO, TableCache, check_num_inference_steps, clip_bound, fallback, select_rows,
                       step_noise, threshold_scale, timestep_arg, validated_init)
@@ -100,50 +100,19 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
             use_clipped_model_output=use_clipped, thresholding=cfg.thresholding,
             check_timesteps=self.timesteps.cpu().numpy(), what=self._what(eta))
 
-    def _eta_parts(self, use_clipped: bool):
-        """What the row of any eta is made of, for every timestep value (eta-independent, cached per grid).
-
-        A DDIM row depends on eta through two float32 scalars only: ``std = eta sqrt(var)`` (column C) and
-        ``direction = sqrt(1 - a_prev - std^2)``, which scales the eps terms; ``ddim_rows_from`` is affine in
-        ``direction``. So the rows with direction 0 and 1 (std 0), ``sqrt(var)`` and ``a_prev`` give any eta's
-        row in a few scalar operations (a row through ``ddim_rows_from`` itself took 0.2 ms). The scalars are
-        NumPy float32 scalars, rounded as diffusers' 0-d tensors round them (torch's vectorised ``** 0.5``
-        over a whole table differs from the correctly rounded square root by an ulp in ~20% of elements).
-        """
+    def _eta_rows(self, use_clipped: bool) -> DDIMEtaRows:
+        """The plan layer's any-eta row maker for this grid (cached: a per-step eta schedule uses it each step)."""
         key = (use_clipped,) + self._pydiff_grid
         parts = self._pydiff_parts.get(key)
-        if parts is not None:
-            return parts
-        cfg = self.config
-        N = cfg.num_train_timesteps
-        ac = self.alphas_cumprod.detach().cpu()
-        prev = torch.from_numpy(np.arange(N) - N // self.num_inference_steps)
-        a_prev = torch.where(prev >= 0, ac[prev.clamp(min=0)], self.final_alpha_cumprod.to(ac.dtype).reshape(()))
-        sc = ddim_scalars(ac, a_prev, 1.0)  # std at eta = 1 is sqrt(var), in diffusers' float32 rounding
-        zero = torch.zeros_like(sc["std"])
-        kw = dict(prediction_type=cfg.prediction_type, clip=clip_bound(cfg), use_clipped_model_output=use_clipped,
-                  thresholding=cfg.thresholding)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r0 = ddim_rows_from({**sc, "direction": zero, "std": zero}, **kw)
-            r1 = ddim_rows_from({**sc, "direction": zero + 1, "std": zero}, **kw)
-            parts = (r0, r1 - r0, a_prev.numpy(), sc["std"].numpy())
-        self._pydiff_parts[key] = parts
-        if len(self._pydiff_parts) > 2:
-            self._pydiff_parts.popitem(last=False)
+        if parts is None:
+            cfg = self.config
+            parts = self._pydiff_parts[key] = DDIMEtaRows(
+                self.alphas_cumprod, self.final_alpha_cumprod, cfg.num_train_timesteps // self.num_inference_steps,
+                prediction_type=cfg.prediction_type, clip=clip_bound(cfg), use_clipped_model_output=use_clipped,
+                thresholding=cfg.thresholding)
+            if len(self._pydiff_parts) > 2:
+                self._pydiff_parts.popitem(last=False)
         return parts
-
-    def _row(self, t: int, eta: float, use_clipped: bool):
-        """The row of timestep ``t`` alone for this eta (``_eta_parts``), or None if not finite."""
-        r0, dr, a_prev, sqrt_var = self._eta_parts(use_clipped)
-        std = np.float32(eta) * sqrt_var[t]  # float32, in diffusers' order of operations
-        v = np.float32(1) - a_prev[t] - std * std
-        direction = np.sqrt(v) if v >= 0 else np.float32(np.nan)  # NaN (eta too large) without a warning
-        row = r0[t] + np.float64(direction) * dr[t]
-        row[COL["C"]] = np.float64(std)
-        row[COL["CLIP"]] = r0[t, COL["CLIP"]]  # inf - inf in dr when not clipping
-        fin = np.isfinite(row)
-        fin[COL["CLIP"]] = True  # +inf: no clipping
-        return row if fin.all() else None
 
     def _coef(self, kind, t, eta: float, use_clipped: bool, device, dtype):
         key = (eta, use_clipped) + self._pydiff_grid
@@ -153,7 +122,7 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
             self._pydiff_seen[key] = None
             if len(self._pydiff_seen) > 8:
                 self._pydiff_seen.popitem(last=False)
-            row = self._row(t, eta, use_clipped)
+            row = self._eta_rows(use_clipped).row(t, eta)
             if row is not None:
                 cdtype = torch.float64 if dtype == torch.float64 else torch.float32
                 return torch.from_numpy(row).to(device=device, dtype=cdtype), None

@@ -15,7 +15,7 @@ import torch
 
 from ..ops import COL, NCOEF
 from .conversions import conversion, eps_from_raw
-from .rows import RowBuilder, check_finite
+from .rows import RowBuilder, check_finite, finite_rows
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 DDPM_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
@@ -161,6 +161,43 @@ def ddim_timestep_table(alphas_cumprod: torch.Tensor, final_alpha_cumprod, step_
         on_grid = np.isin(t, np.asarray(check_timesteps))
         check_finite(rows[on_grid], what, [f"timestep {ti}" for ti in t[on_grid]])
     return rows
+
+
+class DDIMEtaRows:
+    """Any eta's DDIM row at one timestep, from eta-independent parts computed once per grid.
+
+    A DDIM row depends on eta through two float32 scalars only: ``std = eta sqrt(var)`` (column C) and
+    ``direction = sqrt(1 - a_prev - std^2)``, which scales the eps terms, and ``ddim_rows_from`` is affine in
+    ``direction``. So the rows with direction 0 and 1 (std 0), ``sqrt(var)`` and ``a_prev`` give any eta's row
+    in a few scalar operations (~30 us; a row through ``ddim_rows_from`` itself took 0.2 ms), which is what a
+    per-step eta schedule needs: one row per step and no table per eta. The scalars are NumPy float32 scalars,
+    rounded as diffusers' 0-d tensors round them (torch's vectorised ``** 0.5`` over a whole table differs from
+    the correctly rounded square root by an ulp in ~20% of elements).
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor, final_alpha_cumprod, step_ratio: int, *, prediction_type: str,
+                 clip: float, use_clipped_model_output: bool, thresholding: bool):
+        ac = alphas_cumprod.detach().cpu()
+        a_prev = _alpha_bar_prev(ac, np.arange(ac.shape[0]) - step_ratio, final_alpha_cumprod)
+        sc = ddim_scalars(ac, a_prev, 1.0)  # std at eta = 1 is sqrt(var), in diffusers' float32 rounding
+        zero = torch.zeros_like(sc["std"])
+        kw = dict(prediction_type=prediction_type, clip=clip, use_clipped_model_output=use_clipped_model_output,
+                  thresholding=thresholding)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r0 = ddim_rows_from({**sc, "direction": zero, "std": zero}, **kw)
+            r1 = ddim_rows_from({**sc, "direction": zero + 1, "std": zero}, **kw)
+        self._r0, self._dr = r0, r1 - r0
+        self._a_prev, self._sqrt_var = a_prev.numpy(), sc["std"].numpy()
+
+    def row(self, t: int, eta: float):
+        """The row of timestep ``t`` for ``eta``, or None when it is not finite (eta too large, degenerate)."""
+        std = np.float32(eta) * self._sqrt_var[t]  # float32, in diffusers' order of operations
+        v = np.float32(1) - self._a_prev[t] - std * std
+        direction = np.sqrt(v) if v >= 0 else np.float32(np.nan)  # NaN (eta too large) without a warning
+        row = self._r0[t] + np.float64(direction) * self._dr[t]
+        row[COL["C"]] = np.float64(std)
+        row[COL["CLIP"]] = self._r0[t, COL["CLIP"]]  # inf - inf in the difference when not clipping
+        return row if finite_rows(row) else None
 
 
 def ddpm_timestep_table(alphas_cumprod: torch.Tensor, timesteps, *, variance_type: str, prediction_type: str,
