@@ -18,13 +18,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 echo "== build"
 t0=$(date +%s)
-PYDIFF_BUILD_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps -e . || { echo "BUILD FAILED"; exit 1; }
+PYDIFF_BUILD_CUDA=1 PYDIFF_CUDA_ARCHS=90 python3 -m pip install -q --no-build-isolation --no-deps -e . || { echo "BUILD FAILED"; exit 1; }
 echo "build took $(( $(date +%s) - t0 )) s"
 echo "== GPU tests (gpu-marked: cuda backend, no-sync loops, graph replay)"
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests -m gpu 2>&1 | tail -15
 echo "== triton and cuda backends against the reference, drop-ins on each backend"
-timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_triton_kernels.py \
-  tests/test_diffusers_parity.py tests/test_dpmsolver_dropins.py -k "triton or cuda" 2>&1 | tail -15
+timeout 300 python3 -m pytest -q -p no:cacheprovider tests/ops tests/kernels tests/native \
+  tests/diffusers/test_diffusers_parity.py tests/diffusers/test_dpmsolver_dropins.py \
+  tests/dpm_solver/test_dpm_solver_adaptive_fp32.py -k "triton or cuda" 2>&1 | tail -15
 echo "== step latency (eager, host time included)"
 python3 -m pydiff bench --device cuda --dtype fp16 --shape 1x4x64x64 --json "$OUT/step_fp16.json" --min-time 0.5
 echo "== bandwidth"

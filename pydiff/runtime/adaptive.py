@@ -16,7 +16,7 @@ results), and the norm is a few elementwise ops and one ``sumsq`` reduction.
 **Differences below the solution's precision count as zero.** Before the norm, every element with
 ``|x_high - x_low| <= eps * max(|x_low|, |x_prev|)`` (``eps = torch.finfo(x.dtype).eps``: one unit of the
 stored solution; each of the two results is rounded by at most half of one) is set to zero. Measured on
-the Gaussian problem of tests/test_dpm_solver_adaptive_fp32.py (exact model computed in float32; three
+the Gaussian problem of tests/dpm_solver/test_dpm_solver_adaptive_fp32.py (exact model computed in float32; three
 schedules x two algorithms), DPM-Solver-23:
 
 * The first attempt from ``t = T`` (``h = 0.05``) has a tiny true error: float64 ``E = 1.5e-9`` (``++``

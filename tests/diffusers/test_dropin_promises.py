@@ -187,7 +187,7 @@ def test_ddim_first_use_row_equals_the_table_row(config):
         for use_clipped in (False, True):
             table = s._rows(eta, use_clipped)
             for t in (s.timesteps[0].item(), s.timesteps[25].item(), s.timesteps[-1].item()):
-                row = s._row(t, eta, use_clipped)
+                row = s._eta_rows(use_clipped).row(t, eta)
                 assert row is not None
                 np.testing.assert_allclose(row, table[t], rtol=1e-6, atol=1e-7)
 

@@ -34,7 +34,7 @@ import triton.language as tl  # noqa: E402
 HAS_CUDA = torch.cuda.is_available()
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEV = torch.device("cuda" if HAS_CUDA and not INTERPRET else "cpu")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 KM = TB.kernels_module()
 philox_mod = sys.modules["pydiff.kernels.philox"]
