@@ -59,3 +59,16 @@ def toy_model(x, t, sched):
     kind = sched.config.prediction_type
     out = eps if kind == "epsilon" else x0 if kind == "sample" else sa * eps - sb * x0
     return out.to(x.dtype)
+
+
+def cosine_alphas_cumprod(n=1000, s=0.008, dtype=torch.float64):
+    """Nichol & Dhariwal's cosine alpha-bar table (arXiv:2102.09672, eq. 17, betas capped at 0.999), written out
+    here independently of ``pydiff.schedules`` so the tests that use it do not test pydiff against itself."""
+    import math
+
+    f = [math.cos(((i / n) + s) / (1 + s) * math.pi / 2) ** 2 for i in range(n + 1)]
+    out, acc = [], 1.0
+    for i in range(n):
+        acc *= 1.0 - min(1.0 - f[i + 1] / f[i], 0.999)
+        out.append(acc)
+    return torch.tensor(out, dtype=dtype)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import torch
 from diffusers import DDPMScheduler as _DiffusersDDPM
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 

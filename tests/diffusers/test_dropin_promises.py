@@ -3,13 +3,12 @@ from, bounded memory, visible fallbacks, pipelines that save and load with the d
 rules. Each test is a real user's workflow."""
 import gc
 import logging
-import math
 
 import numpy as np
 import pytest
 import torch
 import diffusers
-from diffusers import DDPMPipeline, DiffusionPipeline, UNet2DModel
+from diffusers import DDPMPipeline, DiffusionPipeline
 
 import pydiff
 import pydiff.diffusers as pd
@@ -138,15 +137,6 @@ def test_explain_lists_what_runs_fused():
 
 
 # ---------------------------------------------------------------------------------------------- pipelines
-
-@pytest.fixture(scope="module")
-def unet():
-    torch.manual_seed(0)
-    model = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
-                        block_out_channels=(8, 16), norm_num_groups=4,
-                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
-    return model.eval()
-
 
 def _images(pipe, steps=4):
     pipe.set_progress_bar_config(disable=True)

@@ -4,19 +4,10 @@ The pipeline drives the loop exactly as user code does (its own timesteps, gener
 import pytest
 import torch
 import diffusers
-from diffusers import DDPMPipeline, UNet2DModel
+from diffusers import DDPMPipeline
 
 import pydiff.diffusers as pd
 from helpers import rel_l2
-
-
-@pytest.fixture(scope="module")
-def unet():
-    torch.manual_seed(0)
-    model = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
-                        block_out_channels=(8, 16), norm_num_groups=4,
-                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
-    return model.eval()
 
 
 @pytest.mark.parametrize("name,config,steps", [

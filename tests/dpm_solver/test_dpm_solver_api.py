@@ -1,11 +1,10 @@
 """pydiff.dpm_solver: schedule functions, argument validation, sampling semantics, host syncs."""
-import math
 
 import pytest
 import torch
 
 from pydiff.testing import gaussian as go
-from helpers import rel_l2
+from helpers import cosine_alphas_cumprod, rel_l2
 from pydiff.dpm_solver import DPM_Solver, NoiseScheduleVP, expand_dims, interpolate_fn, model_wrapper
 from pydiff.testing import dpm_solver as R
 
@@ -14,13 +13,8 @@ MU, S = go.make_data(SHAPE, seed=11)
 BETAS = torch.linspace(1e-4, 0.02, 1000)
 
 
-def _acp_cosine(n=1000, s=0.008):
-    f = [math.cos(((i / n) + s) / (1 + s) * math.pi / 2) ** 2 for i in range(n + 1)]
-    out, acc = [], 1.0
-    for i in range(n):
-        acc *= 1.0 - min(1.0 - f[i + 1] / f[i], 0.999)
-        out.append(acc)
-    return torch.tensor(out, dtype=torch.float64)
+def _acp_cosine(n=1000):
+    return cosine_alphas_cumprod(n, dtype=torch.float64)
 
 
 def torch_model(ns, mu=MU, s=S):

@@ -14,13 +14,12 @@ Tolerances:
   little room. The option cases (adaptive included) are strict too.
 """
 import itertools
-import math
 
 import pytest
 import torch
 
 from pydiff.testing import gaussian as go
-from helpers import backend_params, rel_l2
+from helpers import cosine_alphas_cumprod, backend_params, rel_l2
 from pydiff.dpm_solver import DPM_Solver, NoiseScheduleVP, model_wrapper
 from pydiff.testing import dpm_solver as R
 
@@ -29,13 +28,8 @@ MU, S = go.make_data(SHAPE, seed=1)
 N_TRAIN = 1000
 
 
-def _cosine_alphas_cumprod(n=N_TRAIN, s=0.008):
-    f = [math.cos(((i / n) + s) / (1 + s) * math.pi / 2) ** 2 for i in range(n + 1)]
-    out, acc = [], 1.0
-    for i in range(n):
-        acc *= 1.0 - min(1.0 - f[i + 1] / f[i], 0.999)
-        out.append(acc)
-    return torch.tensor(out, dtype=torch.float32)
+def _cosine_alphas_cumprod(n=N_TRAIN):
+    return cosine_alphas_cumprod(n, dtype=torch.float32)
 
 
 _BETAS = torch.linspace(1e-4, 0.02, N_TRAIN, dtype=torch.float32)
