@@ -55,6 +55,18 @@ def _schedulers(sampler: str):
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
 
 
+def _setup(sampler, shape, dtype, device):
+    """The two schedulers, a sample, a model output and the step's keyword arguments (DDIM: a fixed
+    ``variance_noise``), the same for every candidate."""
+    ref, ours, kw = _schedulers(sampler)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    m = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    if sampler == "ddim":
+        kw = dict(kw, variance_noise=torch.randn(shape, generator=gen).to(device=device, dtype=dtype))
+    return ref, ours, x, m, kw
+
+
 def step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=None, steps: int = 50,
                    peer: bool = True):
     """``{name: callable}`` for diffusers' step, pydiff's drop-in step on each backend and (``peer``, DDIM and
@@ -67,13 +79,8 @@ def step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=Non
     multistep = sampler.startswith("dpm")
     if multistep:
         steps = 20
-    ref, ours, kw = _schedulers(sampler)
+    ref, ours, x, m, kw = _setup(sampler, shape, dtype, device)
     k = steps // 2
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
-    m = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
-    if sampler == "ddim":
-        kw = dict(kw, variance_noise=torch.randn(shape, generator=gen).to(device=device, dtype=dtype))
 
     def prepare(s):
         s.set_timesteps(steps, device=device)
@@ -120,12 +127,7 @@ def whole_run_callables(sampler: str, shape, dtype: torch.dtype, device, backend
     """``{name: callable}``: ``set_timesteps(steps)`` and every ``step`` of one run, with a fixed model output
     (the model's cost is not the scheduler's), for diffusers and pydiff's drop-in on each backend."""
     device = torch.device(device)
-    ref, ours, kw = _schedulers(sampler)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    x0 = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
-    m = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
-    if sampler == "ddim":
-        kw = dict(kw, variance_noise=torch.randn(shape, generator=gen).to(device=device, dtype=dtype))
+    ref, ours, x0, m, kw = _setup(sampler, shape, dtype, device)
 
     def make(s):
         def call():
