@@ -21,7 +21,6 @@ import math
 import os
 
 import numpy as np
-import torch
 
 from pydiff.dpm_solver import DPM_Solver, NoiseScheduleVP
 from pydiff.testing import gaussian as go
@@ -54,22 +53,7 @@ ALGORITHMS = ["dpmsolver++", "dpmsolver"]
 
 def setup(shape=SHAPE, seed=0):
     ns = NoiseScheduleVP("linear")
-    mu, s = go.make_data(shape, seed=seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    x_T = torch.randn(shape, generator=g, dtype=torch.float64)
-
-    def scalars(t):
-        t = torch.as_tensor(t, dtype=torch.float64)
-        return ns.marginal_alpha(t), ns.marginal_std(t)
-
-    def model_fn(x, t):
-        a, sg = scalars(t)
-        return go.eps_pred(x, go.bcast(a, x), go.bcast(sg, x), mu, s)
-
-    a_T, s_T = scalars(ns.T)
-    a_0, s_0 = scalars(T_END)
-    exact = go.ode_solution(x_T, a_T, s_T, a_0, s_0, mu, s)
-    return ns, model_fn, x_T, exact
+    return (ns,) + go.vp_ode_problem(ns, shape, T_END, seed=seed)
 
 
 def relative_error(ns, model_fn, x_T, exact, alg, steps, backend=None, **kwargs):

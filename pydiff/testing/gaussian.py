@@ -66,3 +66,25 @@ def make_data(shape, seed=0, dtype=torch.float64, mu_range=(-1.0, 1.0), s_range=
     mu = torch.linspace(*mu_range, n, dtype=torch.float64)[torch.randperm(n, generator=g)]
     s = torch.linspace(*s_range, n, dtype=torch.float64)[torch.randperm(n, generator=g)]
     return mu.reshape(shape[1:]).to(dtype), s.reshape(shape[1:]).to(dtype)
+
+
+def vp_ode_problem(noise_schedule, shape, t_end, seed=0):
+    """A sampling problem with a known answer, on a DPM-Solver ``NoiseScheduleVP``: Gaussian data
+    (``make_data(shape, seed)``), ``x_T ~ N(0, I)`` (generator seed ``seed + 1``), the exact noise prediction as the
+    model, and the exact probability-flow ODE solution at ``t_end`` (``ode_solution``), all in float64.
+
+    Returns ``(model_fn, x_T, exact)``; ``model_fn(x, t)`` takes continuous times as DPM_Solver gives them.
+    """
+    mu, s = make_data(shape, seed=seed)
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+
+    def scalars(t):
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return noise_schedule.marginal_alpha(t), noise_schedule.marginal_std(t)
+
+    def model_fn(x, t):
+        a, sg = scalars(t)
+        return eps_pred(x, bcast(a, x), bcast(sg, x), mu, s)
+
+    exact = ode_solution(x_T, *scalars(noise_schedule.T), *scalars(t_end), mu, s)
+    return model_fn, x_T, exact

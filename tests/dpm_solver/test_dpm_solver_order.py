@@ -7,7 +7,6 @@ measurement for every solver (docs/dpm_solver.md explains the third-order result
 """
 import numpy as np
 import pytest
-import torch
 
 from pydiff.testing import gaussian as go
 from pydiff.dpm_solver import DPM_Solver, NoiseScheduleVP
@@ -21,19 +20,7 @@ ALGS = ["dpmsolver++", "dpmsolver"]
 @pytest.fixture(scope="module")
 def problem():
     ns = NoiseScheduleVP("linear")
-    mu, s = go.make_data(SHAPE, seed=0)
-    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-
-    def scalars(t):
-        t = torch.as_tensor(t, dtype=torch.float64)
-        return ns.marginal_alpha(t), ns.marginal_std(t)
-
-    def model_fn(x, t):
-        a, sg = scalars(t)
-        return go.eps_pred(x, go.bcast(a, x), go.bcast(sg, x), mu, s)
-
-    exact = go.ode_solution(x_T, *scalars(ns.T), *scalars(T_END), mu, s)
-    return ns, model_fn, x_T, exact
+    return (ns,) + go.vp_ode_problem(ns, SHAPE, T_END, seed=0)
 
 
 def errors(problem, alg, steps=STEPS, **kw):
