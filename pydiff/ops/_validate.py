@@ -123,14 +123,38 @@ def check_overlap(outputs, inputs) -> None:
                                  "overlap it at all")
 
 
+def check_index_range(coef, index) -> None:
+    """The index rule of docs/ops.md for a CPU index: a row outside ``[-R, R)`` raises IndexError. On an
+    accelerator the kernels read an all-NaN row instead (checking would be a host sync)."""
+    if index is not None and index.device.type == "cpu":
+        R = coef.shape[0]
+        lo, hi = int(index.min()), int(index.max())
+        if lo < -R or hi >= R:
+            bad = lo if lo < -R else hi
+            raise IndexError(f"index {bad} is out of range for a coefficient table of {R} rows")
+
+
+def to_int64(value):
+    """An unsigned 64-bit host int (seed, offset) as the int64 with the same bits; None stays None."""
+    if value is None:
+        return None
+    return value - _U64 if value >= 1 << 63 else value
+
+
+def to_uint64(value):
+    """The inverse of ``to_int64``, for the backends (they take unsigned seeds and offsets)."""
+    if value is None:
+        return None
+    return value % _U64
+
+
 def normalize_rows(coef, index, batch: int, like: torch.Tensor):
     """Validate ``coef``/``index`` and return ``(coef2d, index, index_stride, row_stride)``.
 
     ``coef``: ``(NCOEF,)`` one row for the batch, ``(B, NCOEF)`` one row per sample, or with ``index`` any
     ``(R, NCOEF)`` table whose row ``index[b]`` (``index`` of shape ``()``, ``(1,)`` or ``(B,)``) serves sample
-    ``b``. Converted to the compute dtype on ``like``'s device (a no-op for plan tables). The index rule of
-    docs/ops.md: a CPU index outside ``[-R, R)`` raises IndexError here; on an accelerator the kernels read an
-    all-NaN row instead (checking would be a host sync).
+    ``b``. Converted to the compute dtype on ``like``'s device (a no-op for plan tables). The range of the index
+    is checked by the operator's implementation (``check_index_range``), where the values are real.
     """
     if not isinstance(coef, torch.Tensor):
         raise TypeError(f"coef must be a torch.Tensor, got {type(coef).__name__}")
@@ -161,12 +185,6 @@ def normalize_rows(coef, index, batch: int, like: torch.Tensor):
         if index.dtype != torch.int64:
             index = index.to(torch.int64)
         index = index.contiguous()
-        if index.device.type == "cpu":
-            R = coef.shape[0]
-            lo, hi = int(index.min()), int(index.max())
-            if lo < -R or hi >= R:
-                bad = lo if lo < -R else hi
-                raise IndexError(f"index {bad} is out of range for a coefficient table of {R} rows")
         return coef, index, int(index.numel() != 1), 0
     if coef.shape[0] == 1:
         return coef, None, 0, 0

@@ -16,7 +16,9 @@ import math
 import numpy as np
 import torch
 
-from ._validate import check_data, check_like, compute_dtype, normalize_rows
+from . import library
+from ._interop import from_arrays
+from ._validate import check_data, check_index_range, check_like, compute_dtype, normalize_rows
 from .columns import COL
 from .dispatch import dispatch, resolve_backend
 from .fused_step import select_rows
@@ -59,6 +61,24 @@ def dynamic_threshold_reference(x, m, coef, index, index_stride, row_stride, m2,
     return torch.clamp(q, min=1.0, max=max_val)
 
 
+def _run(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, max_val, backend):
+    if coef is not None:
+        check_index_range(coef, index)
+    impl = dispatch("dynamic_threshold", resolve_backend(backend, x))
+    return impl(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, max_val)
+
+
+def _fake(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, max_val, backend):
+    return x.new_empty((x.shape[0],), dtype=compute_dtype(x.dtype))
+
+
+#: ``pydiff::dynamic_threshold``: ``(B,)`` scales; no backward (the quantile's derivative is not implemented)
+dynamic_threshold_op = library.define(
+    "dynamic_threshold", "(Tensor x, Tensor? m, Tensor? coef, Tensor? index, int index_stride, int row_stride, "
+    "Tensor? m2, SymInt lo, SymInt hi, float wt, float max_val, str? backend) -> Tensor", _run, _fake)
+library.no_backward("dynamic_threshold", "x, model_output or m2")
+
+
 def dynamic_threshold(
     x: torch.Tensor,
     model_output: torch.Tensor | None = None,
@@ -79,8 +99,12 @@ def dynamic_threshold(
         max_val: upper bound of ``s`` (diffusers' ``sample_max_value``), > 0.
 
     Returns:
-        ``(B,)`` tensor (float32; float64 for float64 input) to pass as ``fused_step(threshold=...)``.
+        ``(B,)`` tensor (float32; float64 for float64 input) to pass as ``fused_step(threshold=...)``. Runs the
+        operator ``torch.ops.pydiff.dynamic_threshold``; it has no backward (a gradient through it raises).
     """
+    if not isinstance(x, torch.Tensor):
+        return from_arrays(dynamic_threshold, x, model_output, coef, index=index, m2=m2, ratio=ratio,
+                           max_val=max_val, backend=backend)
     check_data("x", x)
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
         raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
@@ -101,6 +125,8 @@ def dynamic_threshold(
             m2 = check_like("m2", m2, x, "x")
     if x.numel() == 0:
         return torch.ones(B, dtype=compute_dtype(x.dtype), device=x.device).clamp(max=max_val)
+    if library.needs_grad(x, m, m2):
+        raise RuntimeError("pydiff.ops.dynamic_threshold has no backward: its inputs must not require grad (detach "
+                           "them, or threshold with differentiable torch operations)")
     lo, hi, wt = quantile_rank(ratio, x.numel() // B)
-    impl = dispatch("dynamic_threshold", resolve_backend(backend, x))
-    return impl(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, float(max_val))
+    return (_run if library.eager(x) else dynamic_threshold_op)(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, float(max_val), backend)

@@ -22,8 +22,10 @@ import math
 
 import torch
 
-from ._validate import (check_data, check_like, check_noise_args, check_output, check_overlap, compute_dtype,
-                        normalize_rows)
+from . import library
+from ._interop import from_arrays
+from ._validate import (check_data, check_index_range, check_like, check_noise_args, check_output, check_overlap,
+                        compute_dtype, normalize_rows, to_int64, to_uint64)
 from .columns import COL, K_MAX
 from .dispatch import dispatch, resolve_backend
 from .philox import philox_normal_flat
@@ -82,6 +84,88 @@ def fused_step_reference(x, m, coef, index, index_stride, row_stride, out, w_out
     out.copy_(col("O") * acc)
 
 
+def _run(x, m, coef, index, index_stride, row_stride, out, w_out, hist, noise, seed, offset, rng, threshold, m2, var,
+         backend):
+    """The operator's implementation (every dispatch key): data checks, backend choice, the backend's kernel."""
+    check_index_range(coef, index)
+    check_overlap((("out", out), ("w_out", w_out)),
+                  (("x", x), ("model_output", m), ("noise", noise), ("m2", m2), ("var", var))
+                  + tuple((f"hist[{k}]", h) for k, h in enumerate(hist)))
+    impl = dispatch("fused_step", resolve_backend(backend, x))
+    impl(x, m, coef, index, index_stride, row_stride, out, w_out, tuple(hist), noise, to_uint64(seed),
+         to_uint64(offset), rng, threshold, m2, var)
+
+
+def _fake(x, m, coef, index, index_stride, row_stride, out, w_out, hist, noise, seed, offset, rng, threshold, m2,
+          var, backend):
+    return None
+
+
+_ARGS = ("Tensor x, Tensor m, Tensor coef, Tensor? index, int index_stride, int row_stride")
+_TAIL = ("Tensor? noise, SymInt? seed, SymInt offset, Tensor? rng, Tensor? threshold, Tensor? m2, Tensor? var")
+
+#: ``pydiff::fused_step``: writes ``out`` (and ``w_out``) in place; not differentiable (see the functional form)
+fused_step_op = library.define(
+    "fused_step", f"({_ARGS}, Tensor(a!) out, Tensor(b!)? w_out, Tensor[] hist, {_TAIL}, str? backend) -> ()",
+    _run, _fake)
+
+
+def _run_functional(x, m, coef, index, index_stride, row_stride, hist, noise, seed, offset, rng, threshold, m2, var,
+                    want_w, backend):
+    out = torch.empty_like(x)
+    w = torch.empty_like(x) if want_w else x.new_empty(0)
+    _run(x, m, coef, index, index_stride, row_stride, out, w if want_w else None, hist, noise, seed, offset, rng,
+         threshold, m2, var, backend)
+    return out, w
+
+
+def _fake_functional(x, m, coef, index, index_stride, row_stride, hist, noise, seed, offset, rng, threshold, m2,
+                     var, want_w, backend):
+    return torch.empty_like(x), (torch.empty_like(x) if want_w else x.new_empty(0))
+
+
+#: ``pydiff::fused_step_functional``: returns ``(x', w)`` (``w`` empty unless ``want_w``); differentiable in x, m,
+#: the history, the noise tensor, m2 and var
+fused_step_functional_op = library.define(
+    "fused_step_functional", f"({_ARGS}, Tensor[] hist, {_TAIL}, bool want_w, str? backend) -> (Tensor, Tensor)",
+    _run_functional, _fake_functional)
+
+
+def _setup_context(ctx, inputs, output):
+    (x, m, coef, index, index_stride, row_stride, hist, noise, seed, offset, rng, threshold, m2, var, want_w,
+     backend) = inputs
+    ctx.save_for_backward(x, m, coef, index, noise, rng, threshold, m2, var)
+    ctx.meta = (index_stride, row_stride, len(hist), seed, offset, want_w, backend)
+
+
+def _backward(ctx, grad_out, grad_w):
+    from .fused_step_backward import fused_step_backward_op
+
+    x, m, coef, index, noise, rng, threshold, m2, var = ctx.saved_tensors
+    index_stride, row_stride, n_hist, seed, offset, want_w, backend = ctx.meta
+    need = ctx.needs_input_grad  # inputs: x m coef index is rs hist noise seed offset rng threshold m2 var ...
+    grad_out = grad_out.contiguous()
+    grad_w = grad_w.contiguous() if (want_w and grad_w is not None) else None
+    dx, dm, dm2, dnoise, dvar = fused_step_backward_op(
+        grad_out, grad_w, x, m, coef, index, index_stride, row_stride, noise, seed, offset, rng, threshold, m2, var,
+        bool(need[7] and noise is not None), bool(need[13] and var is not None), backend)
+    dhist = []
+    if n_hist:
+        # h_k enters as O*Bk*h_k: its gradient is a per-sample scaling of grad_out
+        B = x.shape[0]
+        r = select_rows(coef, index, index_stride, row_stride, B)
+        view = (B,) + (1,) * (x.ndim - 1)
+        T = compute_dtype(x.dtype)
+        dhist = [(r[:, COL["O"]] * r[:, COL[f"B{k}"]]).view(view) * grad_out.to(T) for k in range(1, n_hist + 1)]
+        dhist = [d.to(x.dtype) for d in dhist]
+    return (dx, dm, None, None, None, None, dhist, dnoise if noise is not None and need[7] else None, None, None,
+            None, None, dm2 if m2 is not None else None, dvar if var is not None and need[13] else None, None, None)
+
+
+torch.library.register_autograd("pydiff::fused_step_functional", _backward, setup_context=_setup_context,
+                                lib=library.LIB)
+
+
 def fused_step(
     x: torch.Tensor,
     model_output: torch.Tensor,
@@ -120,11 +204,21 @@ def fused_step(
         m2: optional second model output (CFG: the conditional output with ``m`` the unconditional one; classifier
             guidance: the gradient), weighted by columns ``M1``, ``M2`` and ``G``.
         var: optional per-element variance input ``v`` (learned variances), through columns ``VA``, ``VB``.
-        backend: ``None`` (automatic), ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
+        backend: ``None`` (automatic), ``"reference"``, ``"cpu"``, ``"cuda"``, ``"cuda-jit"`` or ``"triton"``.
 
     Returns:
-        ``out``.
+        ``out`` (a new tensor unless given). The call goes through the PyTorch operator ``torch.ops.pydiff.fused_step``
+        (``pydiff.ops.library``), so it compiles under ``torch.compile`` without a graph break. When autograd
+        records (a differentiable input requires grad) it runs ``torch.ops.pydiff.fused_step_functional``, whose
+        backward is the fused ``fused_step_backward`` op: gradients flow to x, model_output, hist, noise, m2 and
+        var (the clip/threshold masks them as ``clamp`` does; ``coef`` and ``threshold`` are constants and must not
+        require grad). Arrays of other libraries (NumPy, CuPy: anything with ``__dlpack__``) are taken zero-copy
+        and the result is returned in the same library.
     """
+    if not isinstance(x, torch.Tensor):
+        return from_arrays(fused_step, x, model_output, coef, index=index, out=out, w_out=w_out, hist=hist,
+                           noise=noise, seed=seed, offset=offset, rng=rng, threshold=threshold, m2=m2, var=var,
+                           backend=backend)
     check_data("x", x)
     m = check_like("model_output", model_output, x, "x")
     if out is not None:
@@ -155,13 +249,22 @@ def fused_step(
         if threshold.numel() != B:
             raise ValueError(f"threshold must hold B={B} values, got shape {tuple(threshold.shape)}")
         threshold = threshold.reshape(B).to(compute_dtype(x.dtype)).contiguous()
+    if x.numel() == 0:
+        return torch.empty_like(x) if out is None else out
+    seed, offset = to_int64(seed), to_int64(offset)
+    if library.needs_grad(coef, threshold):
+        raise ValueError("fused_step does not differentiate with respect to coef or threshold: pass them detached "
+                         "(they are constants of a plan)")
+    if library.needs_grad(x, m, noise, m2, var, *hist):
+        res, w = fused_step_functional_op(x, m, coef, index, index_stride, row_stride, hist, noise, seed, offset,
+                                          rng, threshold, m2, var, w_out is not None, backend)
+        if w_out is not None:
+            w_out.copy_(w)
+        if out is None:
+            return res
+        return out.copy_(res)
     if out is None:
         out = torch.empty_like(x)
-    if x.numel() == 0:
-        return out
-    check_overlap((("out", out), ("w_out", w_out)),
-                  (("x", x), ("model_output", m), ("noise", noise), ("m2", m2), ("var", var))
-                  + tuple((f"hist[{k}]", h) for k, h in enumerate(hist)))
-    impl = dispatch("fused_step", resolve_backend(backend, x))
-    impl(x, m, coef, index, index_stride, row_stride, out, w_out, hist, noise, seed, offset, rng, threshold, m2, var)
+    (_run if library.eager(x) else fused_step_op)(x, m, coef, index, index_stride, row_stride, out, w_out, hist, noise, seed, offset, rng, threshold,
+                  m2, var, backend)
     return out

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import check_noise_args
+from . import library
+from ._validate import check_noise_args, to_int64, to_uint64
 from .dispatch import dispatch, resolve_backend
 
 M0, M1 = 0xD2511F53, 0xCD9E8D57
@@ -82,6 +83,19 @@ def philox_normal_reference(out: torch.Tensor, seed, offset: int, rng) -> None:
     out.copy_(philox_normal_flat(g, seed, offset, rng).view(out.shape))
 
 
+def _run(out, seed, offset, rng, backend):
+    dispatch("philox_normal", resolve_backend(backend, out))(out, to_uint64(seed), to_uint64(offset), rng)
+
+
+def _fake(out, seed, offset, rng, backend):
+    return None
+
+
+#: ``pydiff::philox_normal``: fills ``out`` in place
+philox_normal_op = library.define(
+    "philox_normal", "(Tensor(a!) out, SymInt? seed, SymInt offset, Tensor? rng, str? backend) -> ()", _run, _fake)
+
+
 def philox_normal(shape, *, seed=None, offset: int = 0, rng=None, dtype=torch.float32, device=None, backend=None):
     """Draw a standard-normal tensor from the shared Philox stream.
 
@@ -108,5 +122,5 @@ def philox_normal(shape, *, seed=None, offset: int = 0, rng=None, dtype=torch.fl
     seed, offset, rng = check_noise_args(seed, offset, rng, out)
     if out.numel() == 0:
         return out
-    dispatch("philox_normal", resolve_backend(backend, out))(out, seed, offset, rng)
+    (_run if library.eager(out) else philox_normal_op)(out, to_int64(seed), to_int64(offset), rng, backend)
     return out

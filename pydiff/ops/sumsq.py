@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import check_data, check_like, check_noise_args, compute_dtype
+from . import library
+from ._interop import from_arrays
+from ._validate import check_data, check_like, check_noise_args, compute_dtype, to_int64, to_uint64
 from .dispatch import dispatch, resolve_backend
 from .philox import philox_normal_flat
 
@@ -28,6 +30,41 @@ def sumsq_reference(a, b, seed, offset, rng):
     return torch.stack(rows)
 
 
+def _run(a, b, seed, offset, rng, backend):
+    return dispatch("sumsq", resolve_backend(backend, a))(a, b, to_uint64(seed), to_uint64(offset), rng)
+
+
+def _fake(a, b, seed, offset, rng, backend):
+    n_src = 1 + (b is not None or seed is not None or rng is not None)
+    return a.new_empty((n_src, a.shape[0]), dtype=compute_dtype(a.dtype))
+
+
+#: ``pydiff::sumsq``: ``(S, B)`` sums of squares (S = 1, or 2 with ``b`` or a Philox key)
+sumsq_op = library.define("sumsq", "(Tensor a, Tensor? b, SymInt? seed, SymInt offset, Tensor? rng, str? backend) "
+                          "-> Tensor", _run, _fake)
+
+
+def _setup_context(ctx, inputs, output):
+    a, b = inputs[0], inputs[1]
+    ctx.save_for_backward(a, b)
+
+
+def _backward(ctx, grad):
+    # d/da sum(a^2) = 2a: a per-sample scaling, computed in the compute type and rounded to a's dtype
+    a, b = ctx.saved_tensors
+    B = a.shape[0]
+    view = (B,) + (1,) * (a.ndim - 1)
+    T = grad.dtype
+    da = (2.0 * grad[0].view(view) * a.to(T)).to(a.dtype) if ctx.needs_input_grad[0] else None
+    db = None
+    if b is not None and ctx.needs_input_grad[1]:
+        db = (2.0 * grad[1].view(view) * b.to(T)).to(b.dtype)
+    return da, db, None, None, None, None
+
+
+torch.library.register_autograd("pydiff::sumsq", _backward, setup_context=_setup_context, lib=library.LIB)
+
+
 def sumsq(a: torch.Tensor, b: torch.Tensor | None = None, *, seed: int | None = None, offset: int = 0, rng=None,
           backend=None):
     """Per-sample ``sum(a**2)`` and, optionally, ``sum(b**2)`` or ``sum(z**2)`` of Philox noise ``z``.
@@ -41,8 +78,11 @@ def sumsq(a: torch.Tensor, b: torch.Tensor | None = None, *, seed: int | None = 
 
     Returns:
         ``(B,)`` when only ``a`` is given, else a tuple ``(sum_a, sum_b)`` of ``(B,)`` tensors, in float32
-        (float64 for float64 input).
+        (float64 for float64 input). Differentiable in ``a`` and ``b`` (``2 a`` times the incoming gradient);
+        runs the operator ``torch.ops.pydiff.sumsq``.
     """
+    if not isinstance(a, torch.Tensor):
+        return from_arrays(sumsq, a, b, seed=seed, offset=offset, rng=rng, backend=backend)
     check_data("a", a)
     a = a.contiguous()
     if b is not None:
@@ -53,5 +93,6 @@ def sumsq(a: torch.Tensor, b: torch.Tensor | None = None, *, seed: int | None = 
     if a.numel() == 0:
         res = torch.zeros(n_src, B, dtype=compute_dtype(a.dtype), device=a.device)
     else:
-        res = dispatch("sumsq", resolve_backend(backend, a))(a, b, seed, offset, rng)
+        direct = library.eager(a) and not library.needs_grad(a, b)
+        res = (_run if direct else sumsq_op)(a, b, to_int64(seed), to_int64(offset), rng, backend)
     return res[0] if n_src == 1 else (res[0], res[1])
