@@ -177,30 +177,31 @@ def langevin_host(schedule, i, kappa, snr: float) -> np.ndarray:
     return np.stack([2.0 * langevin_alpha(schedule, i) * snr * snr / (kappa * kappa), kappa], axis=-1)
 
 
-def langevin_base_row(dtype, device) -> torch.Tensor:
-    """The Langevin row's constant part (``P = 1, B0 = 1``), as a device tensor."""
+def langevin_units(dtype, device) -> torch.Tensor:
+    """``(3, NCOEF)`` device rows: the Langevin row's constant part (``P = 1, B0 = 1``) and the unit rows of
+    columns ``Q`` and ``C`` (``langevin_rows`` combines them on the device)."""
     b = RowBuilder()
     b.add(P=1.0, B0=1.0)
-    return torch.as_tensor(b.table()[0], dtype=dtype, device=device)
+    base = b.table()[0]
+    eq, ec = np.zeros_like(base), np.zeros_like(base)
+    eq[COL["Q"]], ec[COL["C"]] = 1.0, 1.0
+    return torch.as_tensor(np.stack([base, eq, ec]), dtype=dtype, device=device)
 
 
-def langevin_rows(base: torch.Tensor, host: torch.Tensor, sum_m2: torch.Tensor, sum_z2: torch.Tensor,
+def langevin_rows(units: torch.Tensor, c, kappa, sum_m2: torch.Tensor, sum_z2: torch.Tensor,
                   norm: str) -> torch.Tensor:
     """The Langevin corrector's row(s), computed on the device from per-sample ``||m||^2`` and ``||z||^2``
-    (no host sync): ``eps = c (||z|| / ||m||)^2`` with ``c, kappa = host``; ``Q = eps kappa``,
-    ``C = sqrt(2 eps)``. ``norm='batch'``: score_sde's ``sampling.py`` -- the norms are batch means of the
-    per-sample norms, one ``eps`` for the batch (a ``(NCOEF,)`` row); ``'sample'``: the paper's Algorithms
-    4/5 -- per-sample norms and ``eps`` (``(B, NCOEF)`` rows)."""
-    c, kappa = host[0], host[1]
+    (no host sync): ``eps = c (||z|| / ||m||)^2`` (``c``, ``kappa`` from ``langevin_host``: scalars or
+    per-sample tensors), ``Q = eps kappa``, ``C = sqrt(2 eps)``. ``norm='batch'``: score_sde's ``sampling.py``
+    -- ``||z||`` and ``||m||`` are batch means of the per-sample norms; ``'sample'``: the paper's Algorithms
+    4/5 -- per-sample norms. One ``(NCOEF,)`` row when ``eps`` is one number, else ``(B, NCOEF)`` rows."""
     if norm == "batch":
         ratio = sum_z2.sqrt().mean() / sum_m2.sqrt().mean()
-        eps = c * ratio * ratio
+        eps = c * (ratio * ratio)
     else:
-        eps = c * sum_z2 / sum_m2
-    q = torch.zeros_like(base)
-    q[COL["Q"]] = 1.0
-    cc = torch.zeros_like(base)
-    cc[COL["C"]] = 1.0
-    if norm == "batch":
-        return base + (eps * kappa) * q + torch.sqrt(2.0 * eps) * cc
-    return base + (eps * kappa)[:, None] * q + torch.sqrt(2.0 * eps)[:, None] * cc
+        eps = c * (sum_z2 / sum_m2)
+    eps = torch.as_tensor(eps)
+    q = (eps * kappa)[..., None]
+    cc = torch.sqrt(2.0 * eps)[..., None]
+    rows = units[0] + q * units[1] + cc * units[2]
+    return rows if rows.ndim == 2 and rows.shape[0] > 1 else rows.reshape(-1)

@@ -15,14 +15,16 @@ from . import sde_lib
 
 
 def get_model_fn(model, train=False):
-    """``model_fn(x, labels)``: the model in training mode (``train=True``) or evaluation mode."""
+    """``model_fn(x, labels)``: the model in training mode (``train=True``) or evaluation mode. A plain
+    callable without ``train``/``eval`` methods (not an ``nn.Module``) is called as it is."""
+    if not callable(model):
+        raise TypeError(f"model must be callable as model(x, labels), got {type(model).__name__}")
+    set_mode = getattr(model, "train" if train else "eval", None)
 
     def model_fn(x, labels):
         """The model's output on ``x`` conditioned on ``labels`` (time steps, interpreted per model type)."""
-        if train:
-            model.train()
-        else:
-            model.eval()
+        if callable(set_mode):
+            set_mode()
         return model(x, labels)
 
     return model_fn
