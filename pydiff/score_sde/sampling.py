@@ -13,9 +13,11 @@ Noise (``noise_source``): ``'torch'`` draws ``torch.randn_like(x)`` exactly wher
 (the prior, then per step the corrector's draws and the predictor's), so with the same seed the result is
 the reference's up to float32 rounding -- including the draws whose noise is multiplied by zero (the
 probability flow), which keep the generator in step. ``'philox'`` draws an int64 key of two words once per
-``pc_sampler`` call from the device's torch generator and generates the noise inside the kernels
-(``fused_step(rng=...)``, counter offset = the noisy call's number); the Langevin ``sumsq`` regenerates the
-same ``z`` that the following ``fused_step`` adds. No noise tensor is stored.
+``pc_sampler`` call (after the prior sample) from the device's torch generator and generates the noise inside
+the kernels (``fused_step(rng=...)``): the reference's ``k``-th ``randn_like`` after the prior is the Philox
+stream at counter offset ``k`` (draws whose noise is multiplied by zero take their number too, nothing is
+generated for them). The Langevin ``sumsq`` regenerates the same ``z`` that the following ``fused_step``
+adds. No noise tensor is stored.
 
 ``corrector_norm``: ``'batch'`` (default) is the reference's ``LangevinCorrector`` -- batch means of the
 per-sample norms, one step size per batch; ``'sample'`` is the paper's Algorithms 4/5 -- one step size per
@@ -395,17 +397,16 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
             rng = None
             if noise_source == "philox":
                 rng = torch.randint(-(1 << 63), (1 << 63) - 1, (2,), device=dev, dtype=torch.int64)
-            calls = 0  # the noisy calls so far: the Philox counter offset of the next one
-
-            def noise_kw(z):
-                nonlocal calls
-                if rng is None:
-                    return {"noise": z}
-                calls += 1
-                return {"rng": rng, "offset": calls - 1}
+            draws = 0  # noise draws so far; with Philox, draw k has counter offset k
 
             def draw(like):
-                return torch.randn_like(like) if rng is None else None
+                """The reference's ``randn_like`` at this point: the tensor, or (Philox) its counter offset."""
+                nonlocal draws
+                draws += 1
+                return torch.randn_like(like) if rng is None else draws - 1
+
+            def noise_kw(z):
+                return {"noise": z} if rng is None else {"rng": rng, "offset": z}
 
             def m_of(x, k):
                 return mutils.check_model_output(model_fn(x, lab[k]), x).to(x.dtype)

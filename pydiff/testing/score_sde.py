@@ -101,17 +101,19 @@ def score_fn(sde, model, x, t, t32, continuous):
     return -out / bv(std, x)
 
 
-def randn_like(x):
-    return torch.randn(x.shape, dtype=torch.float32).to(F64)
+def randn_like(x, draw=None):
+    """The reference's ``torch.randn_like(x)`` for its float32 ``x``, widened; or ``draw(shape)`` when given."""
+    z = torch.randn(x.shape, dtype=torch.float32) if draw is None else draw(tuple(x.shape))
+    return z.to(F64)
 
 
-def predictor_step(sde, name, model, x, t, t32, continuous, probability_flow):
+def predictor_step(sde, name, model, x, t, t32, continuous, probability_flow, draw=None):
     """One predictor update: ``(x, x_mean)``."""
     lam = 0.5 if probability_flow else 1.0
     i = sde.index(t32)
     if name == "euler_maruyama":
         dt = -1.0 / sde.N
-        z = randn_like(x)
+        z = randn_like(x, draw)
         drift, diffusion = sde.sde(x, t)
         score = score_fn(sde, model, x, t, t32, continuous)
         drift = drift - bv(diffusion, x) ** 2 * score * lam
@@ -122,7 +124,7 @@ def predictor_step(sde, name, model, x, t, t32, continuous, probability_flow):
         f, G = sde.discretize(x, t, i)
         rev_f = f - bv(G, x) ** 2 * score_fn(sde, model, x, t, t32, continuous) * lam
         rev_G = torch.zeros_like(G) if probability_flow else G
-        z = randn_like(x)
+        z = randn_like(x, draw)
         x_mean = x - rev_f
         return x_mean + bv(rev_G, x) * z, x_mean
     if name == "ancestral_sampling":
@@ -138,14 +140,14 @@ def predictor_step(sde, name, model, x, t, t32, continuous, probability_flow):
             beta = sde.betas[i]
             x_mean = (x + bv(beta, x) * score) / bv(torch.sqrt(1.0 - beta), x)
             std = torch.sqrt(beta)
-        z = randn_like(x)
+        z = randn_like(x, draw)
         return x_mean + bv(std, x) * z, x_mean
     if name == "none":
         return x, x
     raise ValueError(f"unknown predictor {name!r}")
 
 
-def corrector_step(sde, name, model, x, t, t32, continuous, snr, n_steps, norm="batch"):
+def corrector_step(sde, name, model, x, t, t32, continuous, snr, n_steps, norm="batch", draw=None):
     """One corrector update (``n_steps`` inner steps): ``(x, x_mean)``."""
     if name == "none":
         return x, x
@@ -154,7 +156,7 @@ def corrector_step(sde, name, model, x, t, t32, continuous, snr, n_steps, norm="
     x_mean = x
     for _ in range(n_steps):
         grad = score_fn(sde, model, x, t, t32, continuous)
-        z = randn_like(x)
+        z = randn_like(x, draw)
         if name == "langevin":
             gn = torch.linalg.norm(grad.reshape(grad.shape[0], -1), dim=-1)
             zn = torch.linalg.norm(z.reshape(z.shape[0], -1), dim=-1)
@@ -176,19 +178,24 @@ def prior_sample(sde, shape):
 
 
 def pc_sample(sde, model, shape, predictor, corrector, snr, n_steps=1, probability_flow=False, continuous=False,
-              denoise=True, eps=1e-3, corrector_norm="batch"):
+              denoise=True, eps=1e-3, corrector_norm="batch", draw=None, after_prior=None):
     """The reference's ``pc_sampler(model)`` in float64: ``(x, nfe)`` with ``nfe = N (n_steps + 1)`` (the
     reference's count, whatever runs). ``model(x, labels)`` gets float64 ``x``; ``predictor``/``corrector``
-    are the reference's registry names."""
+    are the reference's registry names. ``draw(shape)``, when given, replaces every ``randn_like`` after the
+    prior (e.g. a Philox stream); ``after_prior()`` is called right after the prior sample (e.g. to draw a
+    key from torch's generator where the face draws it)."""
     with torch.no_grad():
         x = prior_sample(sde, shape)
+        if after_prior is not None:
+            after_prior()
         timesteps = torch.linspace(sde.T, eps, sde.N)  # float32, as the reference
         x_mean = x
         for k in range(sde.N):
             t32 = torch.ones(shape[0]) * timesteps[k]
             t = t32.to(F64)
-            x, x_mean = corrector_step(sde, corrector, model, x, t, t32, continuous, snr, n_steps, corrector_norm)
-            x, x_mean = predictor_step(sde, predictor, model, x, t, t32, continuous, probability_flow)
+            x, x_mean = corrector_step(sde, corrector, model, x, t, t32, continuous, snr, n_steps, corrector_norm,
+                                       draw)
+            x, x_mean = predictor_step(sde, predictor, model, x, t, t32, continuous, probability_flow, draw)
         return (x_mean if denoise else x), sde.N * (n_steps + 1)
 
 
