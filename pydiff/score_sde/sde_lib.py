@@ -138,9 +138,13 @@ class VPSDE(_VPFamily):
     def __init__(self, beta_min=0.1, beta_max=20, N=1000):
         super().__init__(beta_min, beta_max, N)
         ac = self._schedule.alphas_cumprod
+        # N < beta_max gives betas > 1 and NaN tables, as in the reference; a sampler that needs them raises
+        # (the plans check every row), continuous-time use is unaffected
+        with np.errstate(invalid="ignore"):
+            self._sqrt_tables = (np.sqrt(ac), np.sqrt(1.0 - ac))
         self.alphas_cumprod = torch.from_numpy(ac).float()
-        self.sqrt_alphas_cumprod = torch.from_numpy(np.sqrt(ac)).float()
-        self.sqrt_1m_alphas_cumprod = torch.from_numpy(np.sqrt(1.0 - ac)).float()
+        self.sqrt_alphas_cumprod = torch.from_numpy(self._sqrt_tables[0]).float()
+        self.sqrt_1m_alphas_cumprod = torch.from_numpy(self._sqrt_tables[1]).float()
 
     def discretize(self, x, t):
         """DDPM discretisation at step ``i = floor(t (N-1)/T)``: ``f = (sqrt(alpha_i) - 1) x``, ``G = sqrt(beta_i)``."""

@@ -31,7 +31,10 @@ def get_model_fn(model, train=False):
 
 
 def check_sde(sde):
-    """The SDE's schedule, or TypeError for anything but a VPSDE, subVPSDE or VESDE of this package."""
+    """The SDE's schedule: TypeError for anything but an ``SDE``; ``UnsupportedSDE`` (a NotImplementedError,
+    as the reference raises, and a ValueError) for an SDE other than a VPSDE, subVPSDE or VESDE."""
+    if not isinstance(sde, sde_lib.SDE):
+        raise TypeError(f"sde must be a pydiff.score_sde SDE (VPSDE, subVPSDE or VESDE), got {type(sde).__name__}")
     if not isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE, sde_lib.VESDE)):
         raise plan.UnsupportedSDE(f"sde must be a pydiff.score_sde VPSDE, subVPSDE or VESDE, got "
                                   f"{type(sde).__name__}")
