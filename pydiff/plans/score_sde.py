@@ -205,3 +205,26 @@ def langevin_rows(units: torch.Tensor, c, kappa, sum_m2: torch.Tensor, sum_z2: t
     cc = torch.sqrt(2.0 * eps)[..., None]
     rows = units[0] + q * units[1] + cc * units[2]
     return rows if rows.ndim == 2 and rows.shape[0] > 1 else rows.reshape(-1)
+
+
+# ----------------------------------------------------------------------------- the probability-flow ODE
+def flow_drift_coefs(schedule, t, kappa):
+    """``(a, d)`` float64 with the probability-flow drift (Song et al. 2021, eq. 13)
+    ``dx/dt = f(x, t) - g(t)^2 s(x, t) / 2 = a x + d m``: ``a = f(t)`` (the linear drift coefficient),
+    ``d = -g(t)^2 kappa / 2`` (``s = kappa m``, ``kappa`` from ``score_scale`` at the same times ``t``)."""
+    t = np.asarray(t, dtype=np.float64)
+    kappa = np.broadcast_to(np.asarray(kappa, dtype=np.float64), t.shape)
+    g = schedule.diffusion(t)
+    a = np.broadcast_to(schedule.drift_coef(t), t.shape).astype(np.float64)
+    return a, -0.5 * g * g * kappa
+
+
+def flow_drift_rows(schedule, t, kappa) -> np.ndarray:
+    """``(n, NCOEF)`` float64 rows of the probability-flow drift as a fused step's output,
+    ``out = A x + D m`` with ``(A, D) = flow_drift_coefs(...)`` (no ``w`` term)."""
+    a, d = flow_drift_coefs(schedule, t, kappa)
+    b = RowBuilder()
+    b.add(A=a, D=d)
+    rows = b.table()
+    check_finite(rows, "the probability-flow drift", [f"t={v:.6g}" for v in np.atleast_1d(t)])
+    return rows
