@@ -24,7 +24,8 @@ from fractions import Fraction as _F
 
 import numpy as np
 
-from .rows import RowBuilder, check_finite
+from ..ops import COL
+from .rows import RowBuilder
 
 ORDER = 5
 ERROR_ORDER = 4
@@ -86,22 +87,42 @@ def derivative_change_row(p, q) -> np.ndarray:
     return b.table()[0]
 
 
+def _attempt_template():
+    """``(base, per_h)``: the attempt rows are ``base + h per_h`` with ``P, Q`` filled per stage."""
+    b = RowBuilder()
+    b.add_row(euler_row(0.0))
+    for s in range(1, 6):
+        b.add(B1=1.0)  # the history tensor y (HIST[s - 1][0])
+    b.add()
+    base = b.table()
+    per_h = np.zeros_like(base)
+    per_h[0, COL["D"]] = A[1, 0]
+    for s in range(1, 6):  # stage s (0-based) is k_{s+1}; its step writes y_{s+2}
+        per_h[s, COL["B0"]] = A[s + 1, s]
+        for n, j in enumerate(HIST[s - 1][1:], start=2):
+            per_h[s, COL[f"B{n}"]] = A[s + 1, j]
+    per_h[6, COL["B0"]] = E[6]
+    for n, j in enumerate(HIST[5], start=1):
+        per_h[6, COL[f"B{n}"]] = E[j]
+    return base, per_h
+
+
+_BASE, _PER_H = _attempt_template()
+
+
 def attempt_rows(h: float, p, q) -> np.ndarray:
     """``(7, NCOEF)`` float64 rows of one Dormand-Prince attempt with step ``h`` (signed), ``p``, ``q`` the
     derivative's coefficients at the six stage times ``t + c_s h`` (``STAGE_TIMES``), see the module:
-    row 0 ``out = y_2`` (``x = y``, ``m = k_1``), rows 1..5 ``w = k_{s}``, ``out = y_{s+1}`` (``y_7 = y_new``)
-    with history ``HIST[row - 1]``, row 6 ``w = k_7``, ``out = err``."""
+    row 0 ``out = y_2 = y + h a_21 k_1`` (``x = y``, ``m = k_1``); rows 1..5 ``w = k_{s}``, ``out = y_{s+1}``
+    (``y_7 = y_new``) with history ``HIST[row - 1]`` (``y`` weighted 1, ``k_j`` by ``h a_{s+1,j}``); row 6
+    ``w = k_7``, ``out = err`` (``k_j`` weighted ``h e_j``). Built from a fixed template: the step-size loop
+    calls this once per attempt."""
     h = float(h)
     p = np.asarray(p, dtype=np.float64).reshape(6)
     q = np.asarray(q, dtype=np.float64).reshape(6)
-    b = RowBuilder()
-    b.add_row(euler_row(h * A[1, 0]))
-    for s in range(1, 6):  # stage s (0-based) is k_{s+1}; its step writes y_{s+2}
-        hist = HIST[s - 1]
-        cols = {f"B{n}": (1.0 if j == "y" else h * A[s + 1, j]) for n, j in enumerate(hist, start=1)}
-        b.add(P=p[s - 1], Q=q[s - 1], B0=h * A[s + 1, s], **cols)
-    cols = {f"B{n}": h * E[j] for n, j in enumerate(HIST[5], start=1)}
-    b.add(P=p[5], Q=q[5], B0=h * E[6], **cols)
-    rows = b.table()
-    check_finite(rows, "a Dormand-Prince attempt", [f"row {r}, h={h:.6g}" for r in range(7)])
+    if not (np.isfinite(h) and np.isfinite(p).all() and np.isfinite(q).all()):
+        raise ValueError(f"a Dormand-Prince attempt gives non-finite coefficients (h={h!r}, p={p}, q={q})")
+    rows = _BASE + h * _PER_H
+    rows[1:, COL["P"]] = p
+    rows[1:, COL["Q"]] = q
     return rows

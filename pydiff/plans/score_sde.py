@@ -21,6 +21,10 @@ one ``fused_step`` row per step. The rows, with ``lam = 1/2`` for the probabilit
 ``eps = 2 alpha (r ||z|| / ||s||)^2``: ``P = 1, Q = eps kappa, C = sqrt(2 eps)``, with the norms measured on
 the device (``langevin_rows``); the annealed Langevin corrector of NCSN uses ``eps = 2 alpha (r std(t))^2``
 and is a host table (``ald_rows``).
+
+The probability-flow ODE (eq. 13), ``dx/dt = f(t) x - g(t)^2 kappa m / 2``, is affine in ``x`` and ``m`` too:
+``flow_drift_coefs`` gives its two coefficients (``A = f``, ``D = -g^2 kappa / 2``) for an ODE solver's
+evaluation times, ``flow_drift_rows`` the rows ``out = A x + D m``.
 """
 from __future__ import annotations
 

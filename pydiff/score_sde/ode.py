@@ -141,7 +141,7 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
             model_fn = mutils.get_model_fn(model, train=False)
 
             def m_at(xt, t):
-                t32 = times32(t)[0].expand(B).to(xt.device)
+                t32 = torch.full((B,), float(t), dtype=torch.float32, device=xt.device)  # the reference's ones(B) * t
                 out = model_fn(xt, plan.model_labels(schedule, t32, continuous))
                 return mutils.check_model_output(out, xt).to(xt.dtype)
 

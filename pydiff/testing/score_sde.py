@@ -246,7 +246,7 @@ def ode_drift(sde, model, x, t, t32, continuous=True):
 
 
 def ode_sample(sde, model, shape, z=None, denoise=False, rtol=1e-5, atol=1e-5, method="RK45", eps=1e-3,
-               continuous=True, cast32=False):
+               continuous=True):
     """The reference's ``ode_sampler(model, z)`` in float64: ``(x, nfe, solution)``. ``z`` None draws the prior
     sample (torch's generator, float32 widened); the state is float64 throughout, the model gets float64
     ``x`` and the labels of the float32 time. ``denoise``: the mean of one reverse-diffusion predictor step at
@@ -260,10 +260,7 @@ def ode_sample(sde, model, shape, z=None, denoise=False, rtol=1e-5, atol=1e-5, m
         def fun(t, y):
             t32 = torch.ones(shape[0]) * t
             xt = torch.from_numpy(y).reshape(shape)
-            if cast32:
-                xt = xt.float().to(F64)
-            drift = ode_drift(sde, model, xt, t32.to(F64), t32, continuous)
-            return (drift.float() if cast32 else drift).reshape(-1).numpy()
+            return ode_drift(sde, model, xt, t32.to(F64), t32, continuous).reshape(-1).numpy()
 
         sol = integrate.solve_ivp(fun, (sde.T, eps), x.reshape(-1).numpy(), rtol=rtol, atol=atol, method=method)
         x = torch.from_numpy(sol.y[:, -1].copy()).reshape(shape)
