@@ -72,9 +72,11 @@ def test_rk45_float64_matches_transcription_exactly(kind, continuous):
     ref, ref_nfe, sol = oracle.ode_sample(osde, model, SHAPE, z=z, denoise=True, continuous=continuous)
     sampler = sampling.get_ode_sampler(sde, SHAPE, lambda x: x, denoise=True, device="cpu", solver="rk45",
                                        continuous=continuous)
+    model.calls = model.train_calls = 0
     out, nfe = sampler(model, z=z)
     assert out.dtype == torch.float64
     assert nfe == ref_nfe and sampler.last_run.n_accepted == len(sol.t) - 1
+    assert model.calls == nfe + 1 and model.train_calls == 0  # one model call per NFE, plus the denoising one
     # continuous labels (and sub-VP's, always 999 t): the face's are float32 (999 t32 or sigma(t32), the
     # reference's), the transcription's float64: ~1e-8 relative in the drift, 2e-8 .. 2e-6 at the end
     # (discrete VP/VE: 3e-14 .. 2.5e-12)
