@@ -21,6 +21,10 @@ one ``fused_step`` row per step. The rows, with ``lam = 1/2`` for the probabilit
 ``eps = 2 alpha (r ||z|| / ||s||)^2``: ``P = 1, Q = eps kappa, C = sqrt(2 eps)``, with the norms measured on
 the device (``langevin_rows``); the annealed Langevin corrector of NCSN uses ``eps = 2 alpha (r std(t))^2``
 and is a host table (``ald_rows``).
+
+The probability-flow ODE (eq. 13), ``dx/dt = f(t) x - g(t)^2 kappa m / 2``, is affine in ``x`` and ``m`` too:
+``flow_drift_coefs`` gives its two coefficients (``A = f``, ``D = -g^2 kappa / 2``) for an ODE solver's
+evaluation times, ``flow_drift_rows`` the rows ``out = A x + D m``.
 """
 from __future__ import annotations
 
@@ -205,3 +209,26 @@ def langevin_rows(units: torch.Tensor, c, kappa, sum_m2: torch.Tensor, sum_z2: t
     cc = torch.sqrt(2.0 * eps)[..., None]
     rows = units[0] + q * units[1] + cc * units[2]
     return rows if rows.ndim == 2 and rows.shape[0] > 1 else rows.reshape(-1)
+
+
+# ----------------------------------------------------------------------------- the probability-flow ODE
+def flow_drift_coefs(schedule, t, kappa):
+    """``(a, d)`` float64 with the probability-flow drift (Song et al. 2021, eq. 13)
+    ``dx/dt = f(x, t) - g(t)^2 s(x, t) / 2 = a x + d m``: ``a = f(t)`` (the linear drift coefficient),
+    ``d = -g(t)^2 kappa / 2`` (``s = kappa m``, ``kappa`` from ``score_scale`` at the same times ``t``)."""
+    t = np.asarray(t, dtype=np.float64)
+    kappa = np.broadcast_to(np.asarray(kappa, dtype=np.float64), t.shape)
+    g = schedule.diffusion(t)
+    a = np.broadcast_to(schedule.drift_coef(t), t.shape).astype(np.float64)
+    return a, -0.5 * g * g * kappa
+
+
+def flow_drift_rows(schedule, t, kappa) -> np.ndarray:
+    """``(n, NCOEF)`` float64 rows of the probability-flow drift as a fused step's output,
+    ``out = A x + D m`` with ``(A, D) = flow_drift_coefs(...)`` (no ``w`` term)."""
+    a, d = flow_drift_coefs(schedule, t, kappa)
+    b = RowBuilder()
+    b.add(A=a, D=d)
+    rows = b.table()
+    check_finite(rows, "the probability-flow drift", [f"t={v:.6g}" for v in np.atleast_1d(t)])
+    return rows

@@ -43,6 +43,7 @@ from ..ops import compute_dtype, fused_step, sumsq
 from ..plans import score_sde as plan
 from . import sde_lib
 from . import utils as mutils
+from .ode import get_ode_sampler  # noqa: F401  (score_sde's sampling.get_ode_sampler)
 
 _CORRECTORS = {}
 _PREDICTORS = {}
@@ -450,10 +451,11 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
 
 
 def get_sampling_fn(config, sde, shape, inverse_scaler, eps):
-    """The sampler ``config.sampling`` names (score_sde's ``get_sampling_fn``): ``'pc'`` only for now."""
+    """The sampler ``config.sampling`` names (score_sde's ``get_sampling_fn``): ``'ode'`` or ``'pc'``."""
     name = config.sampling.method.lower()
     if name == "ode":
-        raise NotImplementedError("the probability-flow ODE sampler (get_ode_sampler) is not implemented yet")
+        return get_ode_sampler(sde=sde, shape=shape, inverse_scaler=inverse_scaler,
+                               denoise=config.sampling.noise_removal, eps=eps, device=config.device)
     if name != "pc":
         raise ValueError(f"config.sampling.method: sampler name {config.sampling.method!r} unknown")
     return get_pc_sampler(sde=sde, shape=shape, predictor=get_predictor(config.sampling.predictor.lower()),

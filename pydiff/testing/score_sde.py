@@ -17,6 +17,10 @@ Where the reference fails this oracle defines the result (as ``pydiff.score_sde`
   is unbound).
 ``corrector_norm='sample'`` is the paper's per-sample step size (Algorithms 4/5) instead of the reference's
 batch-mean norms.
+
+The probability-flow ODE sampler (the reference's ``get_ode_sampler``): ``ode_drift`` is the drift of
+``sde.reverse(score_fn, probability_flow=True)`` and ``ode_sample`` runs ``scipy.integrate.solve_ivp`` on it
+in float64, with the reference's float32 times ``ones(B) * t``.
 """
 from __future__ import annotations
 
@@ -232,3 +236,35 @@ def gaussian_model(sde, continuous, mu=0.3, s=0.8, wiggle=0.0):
         return (out + wiggle * torch.sin(3.0 * x.to(F64))).to(dt)
 
     return model
+
+
+# ----------------------------------------------------------------------------- the probability-flow ODE
+def ode_drift(sde, model, x, t, t32, continuous=True):
+    """The probability-flow drift ``f(x, t) - g(t)^2 score / 2`` (Song et al. 2021, eq. 13), float64."""
+    drift, diffusion = sde.sde(x, t)
+    return drift - bv(diffusion, x) ** 2 * score_fn(sde, model, x, t, t32, continuous) * 0.5
+
+
+def ode_sample(sde, model, shape, z=None, denoise=False, rtol=1e-5, atol=1e-5, method="RK45", eps=1e-3,
+               continuous=True):
+    """The reference's ``ode_sampler(model, z)`` in float64: ``(x, nfe, solution)``. ``z`` None draws the prior
+    sample (torch's generator, float32 widened); the state is float64 throughout, the model gets float64
+    ``x`` and the labels of the float32 time. ``denoise``: the mean of one reverse-diffusion predictor step at
+    ``eps`` (which draws and discards its noise, as the reference). The reference always uses continuous
+    labels (``continuous=True``)."""
+    from scipy import integrate
+
+    with torch.no_grad():
+        x = prior_sample(sde, shape) if z is None else z.to(F64)
+
+        def fun(t, y):
+            t32 = torch.ones(shape[0]) * t
+            xt = torch.from_numpy(y).reshape(shape)
+            return ode_drift(sde, model, xt, t32.to(F64), t32, continuous).reshape(-1).numpy()
+
+        sol = integrate.solve_ivp(fun, (sde.T, eps), x.reshape(-1).numpy(), rtol=rtol, atol=atol, method=method)
+        x = torch.from_numpy(sol.y[:, -1].copy()).reshape(shape)
+        if denoise:
+            t32 = torch.ones(shape[0]) * eps
+            _, x = predictor_step(sde, "reverse_diffusion", model, x, t32.to(F64), t32, continuous, False)
+        return x, sol.nfev, sol
