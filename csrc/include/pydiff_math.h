@@ -228,6 +228,9 @@ struct StepFlags {
   static constexpr int NOISE = NOISE_;
   static constexpr bool THR = THR_;
   static constexpr bool WOUT = WOUT_;
+  // true: the static clip is known to be +inf (a kernel's run-time check of the row), and the clamp,
+  // the identity then (the quiet NaN w stays w, +-inf stay), is left out
+  static constexpr bool NOCLIP = false;
 };
 
 // The data pointers of one fused_step (storage type S), indexed by the flat element g.
@@ -263,16 +266,23 @@ PYDIFF_HD T fused_step_value(const Row<T>& r, T s, T x, T m, T m2, T v, const T*
   T w = convert_w(r, x, me);
   if (F::THR)
     w = nan_clamp(w, -s, s) / s;
-  else
+  else if (!F::NOCLIP)
     w = nan_clamp(w, -r.c[kCLIP], r.c[kCLIP]);
   w_ref = w;
   T acc = r.c[kA] * x + r.c[kD] * me + r.c[kB0] * w;
   PYDIFF_UNROLL
   for (int k = 0; k < F::K; ++k) acc = acc + r.c[kB1 + k] * h[k];
-  // e = exp(VA + VB*v); without var e = 1 and the products by e*e and e are exact, so they are left out
-  const T e = F::VAR ? exp_t(r.c[kVA] + r.c[kVB] * v) : T(1);
-  if (F::M2) acc = F::VAR ? acc + r.c[kG] * (e * e) * m2 : acc + r.c[kG] * m2;
-  if (F::NOISE != kNoNoise) acc = F::VAR ? acc + r.c[kC] * e * z : acc + r.c[kC] * z;
+  // e = exp(VA + VB*v); without var e = 1 and the products by e*e and e are exact, so they are left out.
+  // `if constexpr`: without var, exp_t is never named, so T may also be a vector of floats (the CPU
+  // kernels run this function on whole AVX registers, csrc/cpu/fused_step_impl.h)
+  if constexpr (F::VAR) {
+    const T e = exp_t(r.c[kVA] + r.c[kVB] * v);
+    if (F::M2) acc = acc + r.c[kG] * (e * e) * m2;
+    if (F::NOISE != kNoNoise) acc = acc + r.c[kC] * e * z;
+  } else {
+    if (F::M2) acc = acc + r.c[kG] * m2;
+    if (F::NOISE != kNoNoise) acc = acc + r.c[kC] * z;
+  }
   return r.c[kO] * acc;
 }
 
