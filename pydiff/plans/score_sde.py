@@ -28,6 +28,8 @@ evaluation times, ``flow_drift_rows`` the rows ``out = A x + D m``.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -232,3 +234,105 @@ def flow_drift_rows(schedule, t, kappa) -> np.ndarray:
     rows = b.table()
     check_finite(rows, "the probability-flow drift", [f"t={v:.6g}" for v in np.atleast_1d(t)])
     return rows
+
+
+# ----------------------------------------------------------------------------- diffusers' ScoreSdeVe/VpScheduler
+def ve_sigmas(t, sigma_min: float, sigma_max: float) -> np.ndarray:
+    """``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` (float64), evaluated as
+    ``exp(log sigma_min + t (log sigma_max - log sigma_min))``.
+
+    The power form overflows as soon as its base does: in float32 (diffusers' dtype) ``sigma_max / sigma_min``
+    is inf beyond 3.4e38 (``sigma_min = 1e-20, sigma_max = 1e20``), and every ``sigma(t)`` with it, although
+    each value lies in ``[sigma_min, sigma_max]``. In log space no intermediate exceeds ``max(|log sigma|)``,
+    so the result is finite whenever ``sigma_min`` and ``sigma_max`` are.
+    """
+    t = np.asarray(t, dtype=np.float64)
+    lo, hi = math.log(sigma_min), math.log(sigma_max)
+    return np.exp(lo + t * (hi - lo))
+
+
+def smld_step_rows(discrete_sigmas) -> np.ndarray:
+    """``(n, NCOEF)`` rows of diffusers' VE predictor (``ScoreSdeVeScheduler.step_pred``), one per noise level
+    ``i``: the SMLD reverse-diffusion step (Song et al. 2021, eq. 47) with the score as the model output,
+
+        g_i    = sqrt(sigma_i^2 - sigma_{i-1}^2)          (sigma_{-1} = 0)
+        x_mean = x + g_i^2 m                              (P = 1, Q = g_i^2, B0 = 1: w_out = x_mean)
+        x      = x_mean + g_i z                           (C = g_i)
+
+    ``discrete_sigmas``: the scheduler's float32 levels. ``g_i`` and ``g_i^2`` are rounded to float32 after each
+    operation, as diffusers' float32 tensor arithmetic rounds them, so the float32 kernel multiplies by the very
+    scalars diffusers multiplies by (and a float64 run by diffusers' float32 values, which it promotes).
+    """
+    s = np.asarray(discrete_sigmas, dtype=np.float32)
+    adj = np.concatenate([np.zeros(1, np.float32), s[:-1]])
+    with np.errstate(over="ignore", invalid="ignore"):
+        g = np.sqrt(s * s - adj * adj)
+        g2 = g * g
+    b = RowBuilder()
+    b.add(P=1.0, Q=g2.astype(np.float64), B0=1.0, C=g.astype(np.float64))
+    rows = b.table()
+    check_finite(rows, "the VE predictor (sigma_max too large for float32: sigma_max^2 overflows)",
+                 [f"noise level {k} (sigma={float(v):.6g})" for k, v in enumerate(s)])
+    return rows
+
+
+def unit_rows(base: dict, columns, dtype, device) -> torch.Tensor:
+    """``(1 + k, NCOEF)`` device rows: the row with ``base``'s columns set, then the unit row of each name in
+    ``columns``. ``units[0] + v @ units[1:]`` is the row with those columns set to ``v`` (``(..., k)``): one
+    small matmul builds per-step or per-sample rows on the device, with no host round trip."""
+    b = RowBuilder()
+    b.add(**base)
+    rows = [b.table()[0]]
+    for name in columns:
+        e = np.zeros_like(rows[0])
+        e[COL[name]] = 1.0
+        rows.append(e)
+    return torch.as_tensor(np.stack(rows), dtype=dtype, device=device)
+
+
+def ve_corrector_row(units: torch.Tensor, snr: float, sum_m2: torch.Tensor, sum_z2: torch.Tensor) -> torch.Tensor:
+    """diffusers' VE corrector row (``ScoreSdeVeScheduler.step_correct``), on the device from per-sample
+    ``||m||^2`` and ``||z||^2`` (``sumsq``), no host sync:
+
+        eps    = 2 (snr mean_b ||z_b|| / mean_b ||m_b||)^2      (batch means of per-sample norms)
+        x_mean = x + eps m,   x = x_mean + sqrt(2 eps) z        (A = 1, D = eps, C = sqrt(2 eps))
+
+    ``units``: ``unit_rows({"A": 1}, ("D", "C"))``. diffusers multiplies its step size by a float32
+    ``torch.ones`` before use, so ``eps`` is a float32 number whatever the data's dtype, and ``sqrt(2 eps)`` a
+    float32 square root: both are rounded the same way here.
+    """
+    ratio = snr * sum_z2.sqrt().mean() / sum_m2.sqrt().mean()
+    eps = (ratio * ratio * 2).to(torch.float32)
+    c = (eps * 2).sqrt()
+    return torch.addmm(units[0], torch.stack([eps, c]).to(units.dtype)[None], units[1:])[0]
+
+
+def vp_euler_rows(units: torch.Tensor, t: torch.Tensor, beta_min: float, beta_max: float, n: int) -> torch.Tensor:
+    """diffusers' VP predictor rows (``ScoreSdeVpScheduler.step_pred``): one Euler-Maruyama step of the
+    reverse VP SDE (Song et al. 2021, eqs. 6 and 11) with a noise-predicting model (``score = -m / std(t)``),
+    ``dt = -1/n`` (``n`` the number of inference steps), on the device from the time tensor ``t``:
+
+        beta   = beta_min + t (beta_max - beta_min),   log_mean = -t^2 (beta_max - beta_min)/4 - t beta_min/2
+        std    = sqrt(1 - exp(2 log_mean))
+        x_mean = (1 - beta dt / 2) x + (dt beta / std) m      (P, Q, B0 = 1: w_out = x_mean)
+        x      = x_mean + sqrt(beta) sqrt(-dt) z              (C)
+
+    ``units``: ``unit_rows({"B0": 1}, ("P", "Q", "C"))``. ``beta``, ``std``, ``sqrt(beta)``, its square and
+    ``C`` are computed in ``t``'s dtype by the same operations as diffusers (at ``t = 1e-3``, float32 ``1 - exp(2
+    log_mean)`` cancels to a 3e-4 relative error in ``std``: it is diffusers' value, so it is mirrored, not
+    corrected). One row for a one-element ``t``, else ``(len(t), NCOEF)``.
+    """
+    width = beta_max - beta_min
+    log_mean = -0.25 * t ** 2 * width - 0.5 * t * beta_min
+    std = torch.sqrt(1.0 - torch.exp(2.0 * log_mean))
+    beta = beta_min + t * width
+    g = torch.sqrt(beta)
+    g2 = g ** 2
+    dt = -1.0 / n
+    c = g * math.sqrt(-dt)
+    T = units.dtype
+    beta, std, g2, c = (v.to(T).reshape(-1) for v in (beta, std, g2, c))
+    p = 1.0 - 0.5 * beta * dt
+    q = dt * g2 / std
+    rows = torch.addmm(units[0], torch.stack([p, q, c], dim=-1), units[1:])
+    return rows[0] if rows.shape[0] == 1 else rows
