@@ -333,3 +333,50 @@ def test_empty_batch():
     x = torch.empty(0, 4)
     out = fused_step_backward(x, x, x, torch.tensor(coef_row()))
     assert out[0].shape == (0, 4) and out[1].shape == (0, 4)
+
+
+def _native(name):
+    try:
+        import importlib
+
+        mod = importlib.import_module(name)
+    except ImportError:
+        pytest.skip(f"{name} is not built")
+    if not hasattr(mod, "fused_step_backward"):
+        pytest.skip(f"{name} is a build without fused_step_backward")
+    return mod
+
+
+def _native_args(mod, **over):
+    """Valid raw arguments for a (2, 4) float32 backward on host pointers (never launched when a check fails)."""
+    t = torch.zeros(2, 4)
+    coef = torch.tensor(coef_row(), dtype=torch.float32)
+    p = t.data_ptr()
+    args = dict(dtype=mod.FLOAT32, B=2, N=4, grad_out=p, grad_w=0, x=p, m=p, coef=coef.data_ptr(), R=1, index=0,
+                index_stride=0, row_stride=0, noise=0, seed=None, offset=0, rng=0, threshold=0, m2=0, var=0,
+                dx=p, dm=p, dm2=0, dnoise=0, dvar=0)
+    args.update(over)
+    return args, (t, coef)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(dm2=8), "dm2 needs m2"),
+    (dict(dnoise=8), "dnoise needs a noise tensor"),
+    (dict(dvar=8), "dvar needs var"),
+    (dict(noise=8, seed=1), "give either seed or rng|at most one of noise"),
+    (dict(dx=0), "must not be null"),
+    (dict(dtype=99), "unsupported dtype"),
+    (dict(row_stride=1), "one coef row per sample"),
+])
+def test_cpu_module_argument_checks(bad, match):
+    C = _native("pydiff._C")
+    args, keep = _native_args(C, **bad)
+    with pytest.raises(ValueError, match=match):
+        C.fused_step_backward(**args)
+
+
+def test_cuda_module_rejects_float64():
+    C_cuda = _native("pydiff._C_cuda")
+    args, keep = _native_args(C_cuda, dtype=C_cuda.FLOAT64)
+    with pytest.raises(ValueError, match="float64 is not supported"):
+        C_cuda.fused_step_backward(**args, device=0, stream=0)
