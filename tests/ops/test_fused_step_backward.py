@@ -124,7 +124,6 @@ def test_reference_matches_autograd(noise_kind, want_m2, want_var, want_thr, wan
     mode = COEF_MODES[_AUTOGRAD_CASES.index(case) % len(COEF_MODES)]
     gen = torch.Generator().manual_seed(1000 + _AUTOGRAD_CASES.index(case))
     args = _case((3, 5, 7), torch.float64, "cpu", gen, mode, noise_kind, want_m2, want_var, want_thr, want_gw, clip)
-    x = args[0]
     expect = _autograd(*args)
     got = _run(fused_step_backward_reference, *args)
     assert set(got) == set(expect), (set(got), set(expect))

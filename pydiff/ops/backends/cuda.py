@@ -111,3 +111,6 @@ def fused_step_backward(grad_out, grad_w, x, m, coef, index, index_stride, row_s
         int(index_stride), int(row_stride), p(noise), _native.seed_arg(seed), int(offset), p(rng), p(threshold),
         p(m2), p(var), p(dx), p(dm), p(dm2), p(dnoise), p(dvar), dev, stream,
     )
+
+
+__all__ += ["fused_step_backward"]

@@ -22,3 +22,5 @@ def unavailable_reason():
 
 
 from ..fused_step_backward import fused_step_backward_reference as fused_step_backward  # noqa: E402
+
+__all__ += ["fused_step_backward"]

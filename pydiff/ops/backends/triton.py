@@ -375,3 +375,6 @@ def fused_step_backward(grad_out, grad_w, x, m, coef, index, index_stride, row_s
         WRITE_DVAR=write_dvar, NEED_Z=write_dvar and (noise is not None or has_philox),
         BLOCK=block, num_warps=kb.NUM_WARPS, **_OPTIONS,
     )
+
+
+__all__ += ["fused_step_backward"]
