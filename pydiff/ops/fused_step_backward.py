@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import check_data, check_like, check_noise_args, compute_dtype, normalize_rows
+from . import library
+from ._validate import (check_data, check_index_range, check_like, check_noise_args, compute_dtype, normalize_rows,
+                        to_int64, to_uint64)
 from .columns import COL
 from .dispatch import dispatch, resolve_backend
 from .fused_step import select_rows
@@ -96,6 +98,45 @@ def _check_threshold(threshold, x):
     return threshold.reshape(B).to(compute_dtype(x.dtype)).contiguous()
 
 
+def _run(grad_out, grad_w, x, m, coef, index, index_stride, row_stride, noise, seed, offset, rng, threshold, m2, var,
+         need_dnoise, need_dvar, backend):
+    """The operator's implementation: allocates the gradients (an empty tensor where one is not computed)."""
+    check_index_range(coef, index)
+    dx, dm = torch.empty_like(x), torch.empty_like(x)
+    dm2 = torch.empty_like(x) if m2 is not None else None
+    dnoise = torch.empty_like(x) if noise is not None and need_dnoise else None
+    dvar = torch.empty_like(x) if var is not None and need_dvar else None
+    if x.numel() > 0:
+        impl = dispatch("fused_step_backward", resolve_backend(backend, x))
+        impl(grad_out, grad_w, x, m, coef, index, index_stride, row_stride, noise, to_uint64(seed), to_uint64(offset),
+             rng, threshold, m2, var, dx, dm, dm2, dnoise, dvar)
+    empty = x.new_empty(0)
+    return dx, dm, _or(dm2, empty), _or(dnoise, empty), _or(dvar, empty)
+
+
+def _or(t, empty):
+    return empty if t is None else t
+
+
+def _fake(grad_out, grad_w, x, m, coef, index, index_stride, row_stride, noise, seed, offset, rng, threshold, m2, var,
+          need_dnoise, need_dvar, backend):
+    empty = x.new_empty(0)
+    like = torch.empty_like(x)
+    return (like, torch.empty_like(x), torch.empty_like(x) if m2 is not None else empty,
+            torch.empty_like(x) if noise is not None and need_dnoise else empty,
+            torch.empty_like(x) if var is not None and need_dvar else empty)
+
+
+#: ``pydiff::fused_step_backward``: ``(dx, dm, dm2, dnoise, dvar)``, an empty tensor for each one not computed
+fused_step_backward_op = library.define(
+    "fused_step_backward",
+    "(Tensor grad_out, Tensor? grad_w, Tensor x, Tensor m, Tensor coef, Tensor? index, int index_stride, "
+    "int row_stride, Tensor? noise, SymInt? seed, SymInt offset, Tensor? rng, Tensor? threshold, Tensor? m2, "
+    "Tensor? var, bool need_dnoise, bool need_dvar, str? backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    _run, _fake)
+library.no_backward("fused_step_backward", "the inputs of fused_step's backward (double backward)")
+
+
 def fused_step_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
@@ -151,12 +192,9 @@ def fused_step_backward(
     coef, index, index_stride, row_stride = normalize_rows(coef, index, x.shape[0], x)
     if threshold is not None:
         threshold = _check_threshold(threshold, x)
-    dx, dm = torch.empty_like(x), torch.empty_like(x)
-    dm2 = None if m2 is None else torch.empty_like(x)
-    dnoise = torch.empty_like(x) if noise is not None and noise_grad else None
-    dvar = torch.empty_like(x) if var is not None and var_grad else None
-    if x.numel() > 0:
-        impl = dispatch("fused_step_backward", resolve_backend(backend, x))
-        impl(grad_out, grad_w, x, m, coef, index, index_stride, row_stride, noise, seed, offset, rng, threshold, m2,
-             var, dx, dm, dm2, dnoise, dvar)
-    return dx, dm, dm2, dnoise, dvar
+    args = (grad_out, grad_w, x, m, coef, index, index_stride, row_stride, noise, to_int64(seed), to_int64(offset),
+            rng, threshold, m2, var, bool(noise_grad), bool(var_grad), backend)
+    direct = library.eager(x) and not library.needs_grad(grad_out, grad_w, x, m, noise, m2, var)
+    dx, dm, dm2, dnoise, dvar = (_run if direct else fused_step_backward_op)(*args)
+    return (dx, dm, dm2 if m2 is not None else None, dnoise if noise is not None and noise_grad else None,
+            dvar if var is not None and var_grad else None)
