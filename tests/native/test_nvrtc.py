@@ -1,7 +1,8 @@
 """The CUDA sources compile through NVRTC, with no GPU: every ``csrc/cuda/*.cu`` to PTX for compute_80 and
 compute_90, the kernels the ``cuda-jit`` backend instantiates by name, the 128-bit vector path, and the
 argument-struct layout that ``cuda_jit.py`` mirrors in ctypes (checked by static_asserts the device compiler
-evaluates). Skips when libnvrtc cannot be loaded (``pip install nvidia-cuda-nvrtc-cu12`` provides it).
+evaluates). Skips when libnvrtc cannot be loaded (``pip install nvidia-cuda-nvrtc-cu12`` provides it) or
+cuda_fp16.h cannot be found (a CUDA toolkit, or ``pip install nvidia-cuda-runtime-cu12``).
 """
 import ctypes
 import re
@@ -11,8 +12,8 @@ import torch
 
 from pydiff.ops.backends import _nvrtc
 
-pytestmark = pytest.mark.skipif(_nvrtc.unavailable_reason() is not None,
-                                reason=f"NVRTC unavailable: {_nvrtc.unavailable_reason()}")
+_WHY = _nvrtc.unavailable_reason() or _nvrtc.headers_problem()
+pytestmark = pytest.mark.skipif(_WHY is not None, reason=f"NVRTC unavailable: {_WHY}")
 
 ARCHS = (80, 90)
 
@@ -193,6 +194,15 @@ def test_host_only_code_is_hidden_from_nvrtc():
             # every other system include sits inside an !__CUDACC_RTC__ block
             head = text[: text.index(f"<{inc}>")]
             assert head.count("#if !defined(__CUDACC_RTC__)") > head.count("#endif"), (f, inc)
+
+
+def test_missing_half_headers_are_named(monkeypatch):
+    monkeypatch.setattr(_nvrtc, "cuda_include_dir", lambda: None)
+    monkeypatch.setattr(_nvrtc, "_HEADERS", {})
+    why = _nvrtc.headers_problem()
+    if why is None:
+        pytest.skip("this NVRTC has builtin cuda_fp16.h")
+    assert "nvidia-cuda-runtime-cu12" in why
 
 
 def test_sources_hash_tracks_every_header(tmp_path):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["NvrtcError", "NvrtcUnavailable", "library", "unavailable_reason", "version", "supported_archs",
-           "source_dir", "cuda_include_dir", "sources_hash", "compile_program", "Compiled", "BASE_OPTIONS"]
+           "source_dir", "cuda_include_dir", "headers_problem", "sources_hash", "compile_program", "Compiled", "BASE_OPTIONS"]
 
 # The options of every compile: the nvcc build's (--fmad=false: every product and sum rounds separately,
 # like the reference and the CPU kernels; C++17 for the shared headers).
@@ -206,6 +206,25 @@ def cuda_include_dir() -> Path | None:
         if (c / "cuda_fp16.h").is_file() and (c / "cuda_bf16.h").is_file():
             return c
     return None
+
+
+_HEADERS: dict = {}
+
+
+def headers_problem() -> str | None:
+    """None when NVRTC can include cuda_fp16.h and cuda_bf16.h here (a folder found above, or builtin
+    copies in this NVRTC release), else what to install. The builtin probe compiles once per process."""
+    if cuda_include_dir() is not None:
+        return None
+    if "builtin" not in _HEADERS:
+        try:
+            compile_program("#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n", "probe.cu", min(supported_archs()))
+            _HEADERS["builtin"] = None
+        except NvrtcError:
+            _HEADERS["builtin"] = ("cuda_fp16.h / cuda_bf16.h not found and not builtin in NVRTC "
+                                   f"{'.'.join(map(str, version()))}: pip install nvidia-cuda-runtime-cu12, "
+                                   "or set CUDA_HOME or PYDIFF_CUDA_INCLUDE")
+    return _HEADERS["builtin"]
 
 
 def sources_hash(root: Path | None = None) -> str:

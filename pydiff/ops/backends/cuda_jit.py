@@ -18,8 +18,9 @@ named by the SHA-256 of the source tree (every ``.cu``/``.cuh``/``.h`` of ``csrc
 edited header or another GPU never reuses a stale binary. A first call compiles for about a second per
 kernel configuration (a fused_step with another set of optional inputs is another configuration).
 
-Requirements: CuPy (``pip install pydiff[cupy]``: ``cupy-cuda12x`` and ``nvidia-cuda-nvrtc-cu12``), libnvrtc,
-a CUDA GPU that NVRTC can target. Importing this module never fails and never imports CuPy; without them
+Requirements: CuPy, libnvrtc and the CUDA half-precision headers (``pip install pydiff[cupy]``:
+``cupy-cuda12x``, ``nvidia-cuda-nvrtc-cu12``, ``nvidia-cuda-runtime-cu12``; a CUDA toolkit serves as well),
+and a CUDA GPU that NVRTC can target. Importing this module never fails and never imports CuPy; without them
 ``available()`` is False and ``unavailable_reason()`` says which is missing.
 """
 from __future__ import annotations
@@ -152,7 +153,9 @@ def unavailable_reason() -> str | None:
         ok = bool(torch.cuda.is_available())
     except Exception as exc:  # a broken driver must not break the library
         return f"no CUDA device (torch.cuda.is_available() raised {exc!r})"
-    return None if ok else "no CUDA device"
+    if not ok:
+        return "no CUDA device"
+    return _nvrtc.headers_problem()
 
 
 def available() -> bool:
