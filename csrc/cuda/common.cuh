@@ -176,6 +176,17 @@ inline dim3 grid_2d(int64_t units, int64_t B, int64_t sms) {
   return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y));
 }
 
+// The previous grid rule (a device-independent cap of 2^16 blocks), kept for kernels that have not
+// moved to grid_2d yet.
+inline unsigned blocks_along(int64_t N, int64_t B, int64_t elems_per_thread = 1) {
+  const int64_t need = (N + kThreads * elems_per_thread - 1) / (kThreads * elems_per_thread);
+  const int64_t batches = B < kMaxGridY ? B : kMaxGridY;
+  int64_t cap = (int64_t(1) << 16) / (batches > 0 ? batches : 1);
+  if (cap < 1) cap = 1;
+  int64_t n = need < cap ? need : cap;
+  return static_cast<unsigned>(n < 1 ? 1 : n);
+}
+
 inline unsigned grid_y(int64_t B) { return static_cast<unsigned>(B < kMaxGridY ? B : kMaxGridY); }
 
 // True when p is null or 16-byte aligned.
