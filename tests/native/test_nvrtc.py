@@ -91,11 +91,11 @@ def _entry_body(ptx, mangled):
     return ptx[start: nxt if nxt > 0 else len(ptx)]
 
 
-@pytest.mark.parametrize("file", ["fused_step_f32.cu", "fused_step_f16.cu"])
+@pytest.mark.parametrize("file", ["fused_step_f32.cu", "fused_step_f16.cu", "fused_step_bf16.cu"])
 def test_vector_path_uses_128_bit_accesses(file):
     """VEC kernels load and store 16-byte packs (ld.global.cg.v4 / st.global.v4); the scalar path never does."""
     jit = _jit()
-    d = torch.float32 if "f32" in file else torch.float16
+    d = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[file[len("fused_step_"):-3]]
     vec = jit.fused_step_expression(d, 2, True, False, 0, False, True, True)
     sca = jit.fused_step_expression(d, 2, True, False, 0, False, True, False)
     res = _compile(file, 90, [vec, sca])
@@ -105,6 +105,22 @@ def test_vector_path_uses_128_bit_accesses(file):
     assert len(re.findall(r"ld\.global(?:\.cg)?\.v4\.(?:u32|b32|f32)", body_v)) >= 5
     assert len(re.findall(r"st\.global\.v4\.(?:u32|b32|f32)", body_v)) >= 2
     assert not re.search(r"\.global\.v4\.", body_s)
+
+
+@pytest.mark.parametrize("file,vec,loads,stores", [
+    ("philox_normal.cu", "pydiff::cuda::philox_normal_kernel<__half, {}>", 0, 1),
+    ("reductions.cu", "pydiff::cuda::sumsq_partial_kernel<__nv_bfloat16, {}>", 2, 0),
+    ("reductions.cu", "pydiff::cuda::abs_x0_kernel<__half, true, true, {}>", 3, 2),  # 8 floats: 2 stores
+])
+def test_other_kernels_vector_path(file, vec, loads, stores):
+    res = _compile(file, 80, [vec.format("true"), vec.format("false")])
+    ptx = res.image.decode()
+    body_v = _entry_body(ptx, res.lowered[vec.format("true")])
+    body_s = _entry_body(ptx, res.lowered[vec.format("false")])
+    assert len(re.findall(r"ld\.global(?:\.cg)?\.v4\.", body_v)) >= loads
+    assert len(re.findall(r"st\.global\.v4\.", body_v)) >= stores
+    assert re.search(r"\.global(?:\.cg)?\.v4\.", body_v)
+    assert not re.search(r"\.global(?:\.cg)?\.v4\.", body_s)
 
 
 def _size_asserts(struct, cname):
