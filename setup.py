@@ -15,7 +15,8 @@ Environment switches:
   CUDACXX / CUDA_HOME  where to look for nvcc (else PATH, then /usr/local/cuda/bin).
 
 Metadata lives in pyproject.toml; packages (incl. the top-level ``kernels/`` folder installed as
-``pydiff.kernels``) are declared here.
+``pydiff.kernels``) are declared here. The CUDA sources (``csrc/cuda``, ``csrc/include``) are also installed as
+package data under ``pydiff/csrc``: the ``cuda-jit`` backend compiles them at run time with NVRTC.
 """
 from __future__ import annotations
 
@@ -156,7 +157,11 @@ class CMakeBuild(build_ext):
 def _packages():
     pkgs = ["pydiff"] + [f"pydiff.{p}" for p in find_packages(str(ROOT / "pydiff"))]
     pkgs += ["pydiff.kernels"] + [f"pydiff.kernels.{p}" for p in find_packages(str(ROOT / "kernels"))]
-    return pkgs
+    return pkgs + ["pydiff.csrc"]
+
+
+# the sources NVRTC reads (pydiff/ops/backends/_nvrtc.py finds them at <pydiff>/csrc in an install)
+_CSRC_DATA = ["cuda/*.cu", "cuda/*.cuh", "cuda/*.h", "include/*.h"]
 
 
 _EXTS = [CMakeExtension("pydiff._C", "_C")]
@@ -165,7 +170,8 @@ if _cuda_mode() != "0":
 
 setup(
     packages=_packages(),
-    package_dir={"pydiff.kernels": "kernels"},
+    package_dir={"pydiff.kernels": "kernels", "pydiff.csrc": "csrc"},
+    package_data={"pydiff.csrc": _CSRC_DATA},
     ext_modules=_EXTS,
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

@@ -22,7 +22,9 @@ PYDIFF_BUILD_CUDA=1 PYDIFF_CUDA_ARCHS=90 python3 -m pip install -q --no-build-is
 echo "build took $(( $(date +%s) - t0 )) s"
 echo "== GPU tests (gpu-marked: cuda backend, no-sync loops, graph replay)"
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests -m gpu 2>&1 | tail -15
-echo "== triton and cuda backends against the reference, drop-ins on each backend"
+echo "== cuda-jit (the csrc/cuda kernels compiled by NVRTC, launched by CuPy): $(python3 -c 'from pydiff.ops import backends as r; print(r.unavailable_reason("cuda-jit") or "available")')"
+timeout 300 python3 -m pytest -q -p no:cacheprovider tests/native/test_nvrtc.py tests/ops/test_cuda_jit.py 2>&1 | tail -15
+echo "== triton, cuda and cuda-jit backends against the reference, drop-ins on each backend"
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/ops tests/kernels tests/native \
   tests/diffusers/test_diffusers_parity.py tests/diffusers/test_dpmsolver_dropins.py \
   tests/dpm_solver/test_dpm_solver_adaptive_fp32.py -k "triton or cuda" 2>&1 | tail -15

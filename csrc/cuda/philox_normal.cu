@@ -1,26 +1,52 @@
 // philox_normal on CUDA: out[g] = z(key, ctr_offset, g) (pydiff_math.h), grid-stride, 64-bit; the host
-// fused_step entry; introspection.
+// fused_step entry; introspection (host parts are nvcc-only: NVRTC compiles the kernel alone).
 #include "common.cuh"
 
 namespace pydiff {
 namespace cuda {
 
-template <typename S>
+// VEC (out 16-byte aligned): whole 16-byte packs with one 128-bit store each, the unaligned head and the
+// tail element by element. z depends only on (key, ctr_offset, g), so the path never changes a value.
+template <typename S, bool VEC>
 __global__ void __launch_bounds__(kThreads) philox_normal_kernel(S* out, int64_t numel, PhiloxSource src) {
   uint64_t key, ctr;
   philox_key_ctr(src, key, ctr);  // rng (if any) is read here, on the device
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < numel; g += stride)
-    out[g] = Conv<S>::store(philox_normal_z(key, ctr, static_cast<uint64_t>(g)));
+  if (VEC) {
+    constexpr int V = Pack<S>::kVec;
+    const Split sp = split_sample(0, numel, V);  // head is 0: out itself is aligned
+    for (int64_t q = tid; q < sp.packs; q += stride) {
+      const int64_t g = q * V;
+      float z[V];
+#pragma unroll
+      for (int j = 0; j < V; ++j) z[j] = philox_normal_z(key, ctr, static_cast<uint64_t>(g + j));
+      store_pack(out, g, z);
+    }
+    if (tid < sp.tail) {
+      const int64_t g = sp.packs * V + tid;
+      out[g] = Conv<S>::store(philox_normal_z(key, ctr, static_cast<uint64_t>(g)));
+    }
+  } else {
+    for (int64_t g = tid; g < numel; g += stride)
+      out[g] = Conv<S>::store(philox_normal_z(key, ctr, static_cast<uint64_t>(g)));
+  }
 }
 
+#if !defined(__CUDACC_RTC__)
 void philox_normal(const PhiloxNormalArgs& a, int device, uintptr_t stream) {
   if (a.numel <= 0) return;
   set_device(device);
-  const unsigned blocks = blocks_along(a.numel, 1, 2);
+  const int64_t sms = sm_count(device);
+  const bool vec = aligned16(a.out);
   dispatch_dtype(a.dtype, "philox_normal", [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
-    philox_normal_kernel<S><<<blocks, kThreads, 0, as_stream(stream)>>>(static_cast<S*>(a.out), a.numel, a.philox);
+    constexpr int V = Pack<S>::kVec;
+    const dim3 grid = grid_2d(vec ? (a.numel + V - 1) / V : a.numel, 1, sms);
+    if (vec)
+      philox_normal_kernel<S, true><<<grid.x, kThreads, 0, as_stream(stream)>>>(static_cast<S*>(a.out), a.numel, a.philox);
+    else
+      philox_normal_kernel<S, false><<<grid.x, kThreads, 0, as_stream(stream)>>>(static_cast<S*>(a.out), a.numel, a.philox);
   });
   check(cudaGetLastError(), "philox_normal launch");
 }
@@ -30,7 +56,7 @@ void fused_step(const FusedStepArgs& a, int device, uintptr_t stream) {
   set_device(device);
   dispatch_dtype(a.dtype, "fused_step", [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
-    fused_step_dtype<S>(a, as_stream(stream));
+    fused_step_dtype<S>(a, sm_count(device), as_stream(stream));
   });
   check(cudaGetLastError(), "fused_step launch");
 }
@@ -57,6 +83,8 @@ std::string archs() {
   return "";
 #endif
 }
+
+#endif  // !__CUDACC_RTC__
 
 }  // namespace cuda
 }  // namespace pydiff

@@ -7,12 +7,16 @@ namespace cuda {
 
 constexpr int64_t kMaxPartials = 256;
 
+#if !defined(__CUDACC_RTC__)
+// Blocks per sample of sumsq stage 1. A function of N alone (not of the GPU's SM count), so the summation
+// order, and with it every bit of the result, is the same on every GPU. Mirrored by cuda_jit.py.
 int64_t sumsq_num_partials(int64_t N) {
   const int64_t per_block = kThreads * 8;  // at least ~8 elements per thread
   int64_t p = (N + per_block - 1) / per_block;
   if (p < 1) p = 1;
   return p < kMaxPartials ? p : kMaxPartials;
 }
+#endif
 
 // Block-wide sum of one float per thread; the result is valid in thread 0. Fixed reduction order.
 __device__ __forceinline__ float block_sum(float v, float* smem) {
@@ -31,8 +35,25 @@ __device__ __forceinline__ float block_sum(float v, float* smem) {
   return v;
 }
 
-// Stage 1: grid (P, samples); partials[(s*B + b)*P + blockIdx.x].
+// Adds the squares of a (and of b or the Philox noise) at element g to s0 (and s1).
 template <typename S>
+__device__ __forceinline__ void sumsq_elem(const S* pa, const S* pb, bool philox, uint64_t key, uint64_t ctr,
+                                           int64_t g, float& s0, float& s1) {
+  const float v = Conv<S>::load(pa[g]);
+  s0 += v * v;
+  if (pb) {
+    const float u = Conv<S>::load(pb[g]);
+    s1 += u * u;
+  } else if (philox) {
+    const float z = philox_normal_z(key, ctr, static_cast<uint64_t>(g));
+    s1 += z * z;
+  }
+}
+
+// Stage 1: grid (P, samples); partials[(s*B + b)*P + blockIdx.x]. VEC (a and b 16-byte aligned): 16-byte
+// packs between a scalar head and tail (split_sample). The order of the additions is fixed by N, P and the
+// alignment, so the result is reproducible run to run.
+template <typename S, bool VEC>
 __global__ void __launch_bounds__(kThreads) sumsq_partial_kernel(const SumsqArgs a, float* partials, int64_t P) {
   __shared__ float smem[kThreads / 32];
   const S* pa = static_cast<const S*>(a.a);
@@ -42,20 +63,38 @@ __global__ void __launch_bounds__(kThreads) sumsq_partial_kernel(const SumsqArgs
   const bool second = pb != nullptr || philox;
   uint64_t key = 0, ctr = 0;
   if (philox) philox_key_ctr(a.philox, key, ctr);  // rng (if any) is read here, on the device
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = P * kThreads;
   for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
     float s0 = 0.0f, s1 = 0.0f;
     const int64_t base = b * N;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < N; i += stride) {
-      const float v = Conv<S>::load(pa[base + i]);
-      s0 += v * v;
-      if (pb) {
-        const float u = Conv<S>::load(pb[base + i]);
-        s1 += u * u;
-      } else if (philox) {
-        const float z = philox_normal_z(key, ctr, static_cast<uint64_t>(base + i));
-        s1 += z * z;
+    if (VEC) {
+      constexpr int V = Pack<S>::kVec;
+      const Split sp = split_sample(base, N, V);
+      if (tid < sp.head) sumsq_elem(pa, pb, philox, key, ctr, base + tid, s0, s1);
+      const int64_t body = base + sp.head;
+      for (int64_t q = tid; q < sp.packs; q += stride) {
+        const int64_t g = body + q * V;
+        float va[V];
+        load_pack(pa, g, va);
+#pragma unroll
+        for (int j = 0; j < V; ++j) s0 += va[j] * va[j];
+        if (pb) {
+          float vb[V];
+          load_pack(pb, g, vb);
+#pragma unroll
+          for (int j = 0; j < V; ++j) s1 += vb[j] * vb[j];
+        } else if (philox) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            const float z = philox_normal_z(key, ctr, static_cast<uint64_t>(g + j));
+            s1 += z * z;
+          }
+        }
       }
+      if (tid < sp.tail) sumsq_elem(pa, pb, philox, key, ctr, body + sp.packs * V + tid, s0, s1);
+    } else {
+      for (int64_t i = tid; i < N; i += stride) sumsq_elem(pa, pb, philox, key, ctr, base + i, s0, s1);
     }
     s0 = block_sum(s0, smem);
     if (threadIdx.x == 0) partials[b * P + blockIdx.x] = s0;
@@ -79,6 +118,7 @@ __global__ void sumsq_final_kernel(const float* partials, int64_t P, int64_t B, 
   }
 }
 
+#if !defined(__CUDACC_RTC__)
 void sumsq(const SumsqArgs& a, void* partials, int device, uintptr_t stream) {
   if (a.B == 0) return;
   set_device(device);
@@ -93,52 +133,97 @@ void sumsq(const SumsqArgs& a, void* partials, int device, uintptr_t stream) {
   float* part = static_cast<float*>(partials);
   dispatch_dtype(a.dtype, "sumsq", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    sumsq_partial_kernel<T><<<dim3(static_cast<unsigned>(P), grid_y(a.B)), kThreads, 0, st>>>(a, part, P);
+    const dim3 grid(static_cast<unsigned>(P), grid_y(a.B));
+    if (aligned16(a.a) && aligned16(a.b))
+      sumsq_partial_kernel<T, true><<<grid, kThreads, 0, st>>>(a, part, P);
+    else
+      sumsq_partial_kernel<T, false><<<grid, kThreads, 0, st>>>(a, part, P);
   });
   check(cudaGetLastError(), "sumsq stage 1 launch");
   sumsq_final_kernel<<<dim3(grid_y(a.B), static_cast<unsigned>(S)), 32, 0, st>>>(part, P, a.B,
                                                                                static_cast<float*>(a.out));
   check(cudaGetLastError(), "sumsq stage 2 launch");
 }
+#endif  // !__CUDACC_RTC__
 
+// |x0| at element g into abs_out[g] (float32).
 template <typename S, bool HAS_M, bool M2>
+__device__ __forceinline__ void abs_x0_elem(const S* x, const S* m, const S* m2, const Row<float>& r, int64_t g,
+                                            float* abs_out) {
+  const float x0 = dyn_x0<HAS_M, M2>(r, Conv<S>::load(x[g]), HAS_M ? Conv<S>::load(m[g]) : 0.0f,
+                                     M2 ? Conv<S>::load(m2[g]) : 0.0f);
+  abs_out[g] = abs_t(x0);
+}
+
+// VEC (x, m, m2 and abs_out 16-byte aligned): one 16-byte pack of each input, V/4 float4 stores.
+template <typename S, bool HAS_M, bool M2, bool VEC>
 __global__ void __launch_bounds__(kThreads) abs_x0_kernel(const DynThreshArgs a, float* abs_out) {
   const S* x = static_cast<const S*>(a.x);
   const S* m = static_cast<const S*>(a.m);
   const S* m2 = static_cast<const S*>(a.m2);
   const int64_t N = a.N;
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = blockIdx.y; b < a.B; b += gridDim.y) {
     Row<float> r;
     if (HAS_M) r = load_row(static_cast<const float*>(a.coef), a.R, a.index, a.index_stride, a.row_stride, b);
     const int64_t base = b * N;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < N; i += stride) {
-      const int64_t g = base + i;
-      const float x0 = dyn_x0<HAS_M, M2>(r, Conv<S>::load(x[g]), HAS_M ? Conv<S>::load(m[g]) : 0.0f,
-                                         M2 ? Conv<S>::load(m2[g]) : 0.0f);
-      abs_out[g] = abs_t(x0);
+    if (VEC) {
+      constexpr int V = Pack<S>::kVec;
+      const Split sp = split_sample(base, N, V);
+      if (tid < sp.head) abs_x0_elem<S, HAS_M, M2>(x, m, m2, r, base + tid, abs_out);
+      const int64_t body = base + sp.head;
+      for (int64_t q = tid; q < sp.packs; q += stride) {
+        const int64_t g = body + q * V;
+        float vx[V], vm[V], vm2[V], o[V];
+        load_pack(x, g, vx);
+        if (HAS_M) load_pack(m, g, vm);
+        if (M2) load_pack(m2, g, vm2);
+#pragma unroll
+        for (int j = 0; j < V; ++j)
+          o[j] = abs_t(dyn_x0<HAS_M, M2>(r, vx[j], HAS_M ? vm[j] : 0.0f, M2 ? vm2[j] : 0.0f));
+#pragma unroll
+        for (int j = 0; j < V; j += 4)
+          store_pack(abs_out, g + j, *reinterpret_cast<const float(*)[4]>(o + j));
+      }
+      if (tid < sp.tail) abs_x0_elem<S, HAS_M, M2>(x, m, m2, r, body + sp.packs * V + tid, abs_out);
+    } else {
+      for (int64_t i = tid; i < N; i += stride) abs_x0_elem<S, HAS_M, M2>(x, m, m2, r, base + i, abs_out);
     }
   }
 }
 
+#if !defined(__CUDACC_RTC__)
 void abs_x0(const DynThreshArgs& a, void* abs_out, int device, uintptr_t stream) {
   if (a.B == 0 || a.N == 0) return;
   if (!abs_out) throw std::invalid_argument("dynamic_threshold: abs buffer is null");
   set_device(device);
-  const dim3 grid(blocks_along(a.N, a.B), grid_y(a.B));
+  const int64_t sms = sm_count(device);
   float* v = static_cast<float*>(abs_out);
   cudaStream_t st = as_stream(stream);
+  const bool vec = aligned16(a.x) && aligned16(a.m) && aligned16(a.m2) && aligned16(abs_out);
   dispatch_dtype(a.dtype, "dynamic_threshold", [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
+    constexpr int V = Pack<S>::kVec;
+    const dim3 grid = grid_2d(vec ? (a.N + V - 1) / V : a.N, a.B, sms);
+    auto launch = [&](auto has_m, auto m2) {
+      constexpr bool HM = decltype(has_m)::value, M2 = decltype(m2)::value;
+      if (vec)
+        abs_x0_kernel<S, HM, M2, true><<<grid, kThreads, 0, st>>>(a, v);
+      else
+        abs_x0_kernel<S, HM, M2, false><<<grid, kThreads, 0, st>>>(a, v);
+    };
     if (!a.m)
-      abs_x0_kernel<S, false, false><<<grid, kThreads, 0, st>>>(a, v);
+      launch(std::false_type{}, std::false_type{});
     else if (a.m2)
-      abs_x0_kernel<S, true, true><<<grid, kThreads, 0, st>>>(a, v);
+      launch(std::true_type{}, std::true_type{});
     else
-      abs_x0_kernel<S, true, false><<<grid, kThreads, 0, st>>>(a, v);
+      launch(std::true_type{}, std::false_type{});
   });
   check(cudaGetLastError(), "dynamic_threshold launch");
 }
+
+#endif  // !__CUDACC_RTC__
 
 // s_b = threshold_scale(quantile_interp(v[lo], v[hi], wt, any NaN), max_val) (pydiff_math.h).
 __global__ void dyn_thresh_finish_kernel(const float* vlo, const float* vhi, const uint8_t* any_nan, int64_t B,
@@ -148,6 +233,7 @@ __global__ void dyn_thresh_finish_kernel(const float* vlo, const float* vhi, con
     out[b] = threshold_scale(quantile_interp(vlo[b], vhi[b], wt, any_nan[b] != 0), max_val);
 }
 
+#if !defined(__CUDACC_RTC__)
 void dyn_thresh_finish(int64_t B, const void* vlo, const void* vhi, const void* any_nan, double wt, double max_val,
                        void* out, int device, uintptr_t stream) {
   if (B <= 0) return;
@@ -158,6 +244,8 @@ void dyn_thresh_finish(int64_t B, const void* vlo, const void* vhi, const void* 
       static_cast<float>(wt), static_cast<float>(max_val), static_cast<float*>(out));
   check(cudaGetLastError(), "dynamic_threshold finish launch");
 }
+
+#endif  // !__CUDACC_RTC__
 
 }  // namespace cuda
 }  // namespace pydiff

@@ -7,9 +7,8 @@
 // Reference: Salmon, Moraes, Dror, Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC'11.
 #pragma once
 
-#include <stdint.h>
-
 #include "pydiff_hd.h"
+#include "pydiff_stdint.h"
 
 namespace pydiff {
 

@@ -7,7 +7,7 @@
 // are in the compute type T (double for float64 data, float otherwise); index and rng are int64.
 #pragma once
 
-#include <stdint.h>
+#include "pydiff_stdint.h"
 
 namespace pydiff {
 

@@ -15,12 +15,16 @@
 // (-ffp-contract=off, nvcc --fmad=false).
 #pragma once
 
-#include <stdint.h>
+// NVRTC (__CUDACC_RTC__) has no C/C++ library headers: its math functions are builtins, and the
+// integer types come from pydiff_stdint.h.
+#if !defined(__CUDACC_RTC__)
 #include <string.h>
-
+#endif
 #if !defined(__CUDACC__)
 #include <cmath>
 #endif
+
+#include "pydiff_stdint.h"
 
 #include "philox.h"
 #include "pydiff_abi.h"

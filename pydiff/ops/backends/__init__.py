@@ -9,12 +9,16 @@ backend     implementation                              devices              dty
 reference   plain PyTorch (``pydiff/ops/*.py``)         any                  float16, bfloat16, float32, float64
 cpu         C++/OpenMP, ``pydiff._C`` (csrc/cpu)        cpu                  float16, bfloat16, float32, float64
 cuda        CUDA C++, ``pydiff._C_cuda`` (csrc/cuda)    cuda                 float16, bfloat16, float32
+cuda-jit    the same csrc/cuda sources compiled at run  cuda                 float16, bfloat16, float32
+            time by NVRTC, launched by CuPy
+            (``pip install pydiff[cupy]``)
 triton      Triton, ``pydiff.kernels`` (kernels/)       cuda; cpu under      float16, bfloat16, float32
                                                         ``TRITON_INTERPRET=1``
 ==========  ==========================================  ===================  ==================================
 
 Automatic choice (``backend=None`` and no ``PYDIFF_BACKEND``): CPU tensors -> cpu -> reference; CUDA tensors ->
-triton -> cuda -> reference (float64 -> reference). ``backend_report()`` says for every backend whether it is
+cuda -> cuda-jit -> triton -> reference (float64 -> reference): the ahead-of-time kernels when the build has
+them, else the same kernels compiled on first use, else Triton. ``backend_report()`` says for every backend whether it is
 available here and, if not, why: no backend is ever dropped silently.
 """
 from __future__ import annotations
@@ -42,9 +46,10 @@ INFO = {
     "cpu": BackendInfo("cpu", "pydiff.ops.backends.cpu", ("cpu",), _ALL),
     "cuda": BackendInfo("cuda", "pydiff.ops.backends.cuda", ("cuda",), _HALF_AND_SINGLE),
     "triton": BackendInfo("triton", "pydiff.ops.backends.triton", ("cuda", "cpu"), _HALF_AND_SINGLE),
+    "cuda-jit": BackendInfo("cuda-jit", "pydiff.ops.backends.cuda_jit", ("cuda",), _HALF_AND_SINGLE),
 }
 BACKENDS = tuple(INFO)
-AUTOMATIC_ORDER = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
+AUTOMATIC_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "cuda-jit", "triton")}
 OPS = ("fused_step", "sumsq", "dynamic_threshold", "philox_normal", "fused_step_backward")
 
 _MODULES: dict = {}
@@ -114,7 +119,7 @@ def test_device(name: str) -> torch.device | None:
     if not backend_available(name):
         return None
     has_cuda = torch.cuda.is_available()
-    for dev in (("cuda", "cpu") if name in ("cuda", "triton") else ("cpu",)):
+    for dev in (("cuda", "cpu") if name in ("cuda", "cuda-jit", "triton") else ("cpu",)):
         if (dev != "cuda" or has_cuda) and runs_on(name, dev):
             return torch.device(dev)
     return None

@@ -12,6 +12,9 @@ float16/bfloat16/float32 only (compute type float32).
   per sample with ``torch.kthvalue``, and a second kernel applies the quantile rule and the clamp
   (pydiff_math.h, the same code as the cpu backend) -- no host sync.
 
+Misuse is an error that names the cause: a CPU tensor (ValueError), a GPU older than every architecture
+the module was compiled for (RuntimeError naming both and the fixes: ``PYDIFF_CUDA_ARCHS`` or ``cuda-jit``).
+
 Importing this module never fails: without the compiled extension or a GPU ``available()`` is False and
 ``unavailable_reason()`` says why.
 """
@@ -47,8 +50,36 @@ def _code(dtype: torch.dtype) -> int:
     return _native.dtype_code(_CODES, dtype, "cuda")
 
 
-def _dev_stream(t: torch.Tensor):
+_ARCH_OK: dict = {}  # device ordinal -> None (runs) or the reason it cannot
+
+
+def _arch_problem(dev: int) -> str | None:
+    """Why the compiled kernels cannot run on device ``dev``, or None. nvcc embeds SASS for each listed
+    architecture and PTX for them, which newer GPUs compile at load; a GPU older than all of them has none."""
+    if dev not in _ARCH_OK:
+        why = None
+        try:
+            built = sorted(int(a.split("-")[0]) for a in str(_C_cuda.archs()).replace(";", ",").split(",")
+                           if a.strip().split("-")[0].isdigit())
+        except Exception:  # an unparsable list: let the launch report what it finds
+            built = []
+        major, minor = torch.cuda.get_device_capability(dev)
+        arch = 10 * major + minor
+        if built and arch < min(built):
+            why = (f"the cuda backend: this GPU ({torch.cuda.get_device_name(dev)}) is sm_{arch}, but pydiff._C_cuda "
+                   f"was compiled for {', '.join(f'sm_{a}' for a in built)}; rebuild with PYDIFF_CUDA_ARCHS={arch} "
+                   f"or use backend='cuda-jit'")
+        _ARCH_OK[dev] = why
+    return _ARCH_OK[dev]
+
+
+def _dev_stream(t: torch.Tensor, what: str = "x"):
+    if t.device.type != "cuda":
+        raise ValueError(f"the cuda backend runs on CUDA tensors; {what} is on {t.device}")
     dev = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    why = _arch_problem(dev)
+    if why is not None:
+        raise RuntimeError(why)
     return dev, torch.cuda.current_stream(dev).cuda_stream
 
 
@@ -67,7 +98,7 @@ def fused_step(x, m, coef, index, index_stride, row_stride, out, w_out, hist, no
 def sumsq(a, b, seed, offset, rng) -> torch.Tensor:
     B, N = _native.batch_and_numel(a)
     S = _native.num_sources(b, seed, rng)
-    dev, stream = _dev_stream(a)
+    dev, stream = _dev_stream(a, "a")
     out = torch.empty(S, B, dtype=torch.float32, device=a.device)
     partials = torch.empty(max(S * B * _C_cuda.sumsq_num_partials(N), 1), dtype=torch.float32, device=a.device)
     p = _native.ptr
@@ -96,7 +127,7 @@ def dynamic_threshold(x, m, coef, index, index_stride, row_stride, m2, lo, hi, w
 
 
 def philox_normal(out, seed, offset, rng) -> None:
-    dev, stream = _dev_stream(out)
+    dev, stream = _dev_stream(out, "out")
     _C_cuda.philox_normal(_code(out.dtype), out.numel(), out.data_ptr(), _native.seed_arg(seed), int(offset),
                           _native.ptr(rng), dev, stream)
 
