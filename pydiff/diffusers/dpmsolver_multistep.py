@@ -83,13 +83,13 @@ class TracedPlan(NamedTuple):
 
 
 def traced_plan(rows: np.ndarray, timesteps: np.ndarray, device) -> TracedPlan:
-    ts = np.asarray(timesteps)
-    index_of = {}
-    for v in dict.fromkeys(ts.tolist()):
-        cand = np.flatnonzero(ts == v)
-        index_of[v] = int(cand[1] if len(cand) > 1 else cand[0])
+    ts = np.asarray(timesteps).tolist()
+    positions = {}
+    for k, v in enumerate(ts):
+        positions.setdefault(v, []).append(k)
+    index_of = {v: (p[1] if len(p) > 1 else p[0]) for v, p in positions.items()}
     finite = tuple(tuple(r) for r in finite_rows(rows).tolist())
-    start = index_of[ts[0].item()] if len(ts) else 0
+    start = index_of[ts[0]] if ts else 0
     return TracedPlan(TracedTables(rows, device), finite, rows.shape[1], index_of, start)
 
 

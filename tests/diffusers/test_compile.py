@@ -248,3 +248,21 @@ def test_generator_compiles_with_graph_breaks():
         sched = make("DDPMScheduler", {})
         got = torch.compile(loop(sched, model, generator=torch.Generator().manual_seed(3)), backend="aot_eager")(x)
     assert ulps(got, expected) <= 4
+
+
+def test_traced_step_index_is_the_host_rule():
+    """The first step's index a traced DPM-Solver step uses for a Python integer timestep is ``host_step_index``'s
+    (diffusers' ``index_for_timestep``: the second position of a repeated value, the last step for an absent
+    one); for a timestep tensor it is the schedule's first step, as for an accelerator tensor in eager mode."""
+    from pydiff.diffusers.dpmsolver_multistep import host_step_index, traced_step_index
+
+    sched = pd.DPMSolverMultistepScheduler()
+    sched.set_timesteps(timesteps=[999, 800, 800, 500, 200, 1])
+    values = sched._pydiff_ts_host.tolist()
+    assert values.count(800) == 2
+    for v in values + [12345]:
+        assert traced_step_index(sched, v) == host_step_index(sched, v)
+    assert traced_step_index(sched, 800) == 2
+    assert traced_step_index(sched, torch.tensor(500)) == 0
+    sched.set_begin_index(3)
+    assert traced_step_index(sched, 999) == 3
