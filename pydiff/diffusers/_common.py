@@ -176,6 +176,10 @@ def step_noise(scheduler, shape, generator, device, dtype, io, variance_noise=No
         return io.kernel(variance_noise), None, 0, None
     source = check_noise_source(scheduler.pydiff_noise)
     if source == "diffusers":
+        if generator is None and compiling():
+            # randn_tensor's draw without a generator; torch.randn's generator= overload (even None) rejects the
+            # symbolic sizes of a dynamic-shape trace
+            return io.kernel(torch.randn(shape, device=device, dtype=dtype)), None, 0, None
         return io.kernel(draw(shape, generator=generator, device=device, dtype=dtype)), None, 0, None
     if isinstance(generator, (list, tuple)):
         if len(generator) != io.shape[0]:

@@ -266,3 +266,24 @@ def test_traced_step_index_is_the_host_rule():
     assert traced_step_index(sched, torch.tensor(500)) == 0
     sched.set_begin_index(3)
     assert traced_step_index(sched, 999) == 3
+
+
+def test_dynamic_batch_size():
+    """``dynamic=True``: one graph for every batch size (symbolic sizes reach the noise draw and the op)."""
+    cls = "DDPMScheduler"
+    model = TinyModel()
+    torch._dynamo.reset()
+    backend = CountingBackend()
+    sched = make(cls, {})
+    compiled = torch.compile(loop(sched, model), backend=backend, fullgraph=True, dynamic=True)
+    eager = make(cls, {})
+    with torch.no_grad():
+        for batch in (2, 3):
+            x = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(batch))
+            sched.set_timesteps(STEPS)
+            eager.set_timesteps(STEPS)
+            torch.manual_seed(4)
+            got = compiled(x)
+            torch.manual_seed(4)
+            assert ulps(got, loop(eager, model)(x)) <= 4
+    assert backend.graphs == 1
