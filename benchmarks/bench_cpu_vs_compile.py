@@ -8,9 +8,11 @@ arXiv:2010.02502, eq. 12)::
 
 with no noise, a given noise tensor ``z`` (both read it), and Philox (the fused step draws ``z`` in-kernel
 from (seed, offset); the compiled update still reads a stored ``z``). Every ISA level this CPU runs is
-timed. Plain script:
+timed. ``copy_us`` is a floor measured in the same run: ``out.copy_(x); w.copy_(eps)`` with torch, which
+moves the same bytes as the no-noise step (read two tensors, write two) and does no arithmetic; a step
+near it is bound by memory, not by its arithmetic. Plain script:
 
-    python benchmarks/bench_cpu_vs_compile.py [--threads 2] [--shape 8 4 128 128] [--json out.json]
+    python benchmarks/bench_cpu_vs_compile.py [--threads 2] [--shape 8 4 128 128] [--clip 1.0] [--json out.json]
 
 Each entry is the median (``--stat min``: the minimum) over ``--rounds`` of the mean time of ``--inner``
 back-to-back calls, in microseconds.
@@ -69,13 +71,17 @@ def _time(fn, rounds: int, inner: int, stat: str) -> float:
     return STAT[stat](samples) * 1e6
 
 
-def ddim_torch(x, eps, sa, sb, sap, d):
+def ddim_torch(x, eps, sa, sb, sap, d, clip):
     x0 = (x - sb * eps) / sa
+    if clip is not None:
+        x0 = x0.clamp(-clip, clip)
     return sap * x0 + d * eps, x0
 
 
-def ddim_torch_noise(x, eps, z, sa, sb, sap, d, std):
+def ddim_torch_noise(x, eps, z, sa, sb, sap, d, std, clip):
     x0 = (x - sb * eps) / sa
+    if clip is not None:
+        x0 = x0.clamp(-clip, clip)
     return sap * x0 + d * eps + std * z, x0
 
 
@@ -89,6 +95,9 @@ def main(argv=None):
     ap.add_argument("--stat", choices=sorted(STAT), default="median",
                     help="statistic over rounds; 'min' is the robust one on a machine shared with other jobs "
                          "(an OpenMP barrier waiting for a descheduled thread costs a whole time slice)")
+    ap.add_argument("--clip", type=float, default=None,
+                    help="clip x0 to [-CLIP, CLIP] on both sides (diffusers' clip_sample); default: no clip "
+                         "(CLIP = +inf in the row, which the kernels recognise and skip)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if not cpu_backend.available():
@@ -101,7 +110,10 @@ def main(argv=None):
     sa, sb, sap = a_t ** 0.5, (1 - a_t) ** 0.5, a_prev ** 0.5
     std = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
     d = (1 - a_prev - std ** 2) ** 0.5
-    row = coef_row(P=1.0, Q=-sb, S=1.0 / sa, B0=sap, D=d, C=std)
+    clip = args.clip
+    if clip is not None and not clip > 0:
+        raise SystemExit(f"--clip must be a positive number, got {clip}")
+    row = coef_row(P=1.0, Q=-sb, S=1.0 / sa, B0=sap, D=d, C=std, **({} if clip is None else {"CLIP": clip}))
     compiled = torch.compile(ddim_torch, dynamic=False)
     compiled_noise = torch.compile(ddim_torch_noise, dynamic=False)
     isas = list(C.supported_isas())
@@ -114,13 +126,19 @@ def main(argv=None):
         z = torch.randn(shape, generator=gen).to(dt)
         coef = torch.tensor(row, dtype=torch.float64 if dt == torch.float64 else torch.float32).reshape(1, -1)
         out, w = torch.empty_like(x), torch.empty_like(x)
+
+        def copy_floor():
+            out.copy_(x)
+            w.copy_(eps)
+
+        t_copy = _time(copy_floor, args.rounds, args.inner, args.stat)
         for noise in ("none", "tensor", "philox"):
             if noise == "none":
-                ref = lambda: compiled(x, eps, sa, sb, sap, d)  # noqa: E731
+                ref = lambda: compiled(x, eps, sa, sb, sap, d, clip)  # noqa: E731
             else:
-                ref = lambda: compiled_noise(x, eps, z, sa, sb, sap, d, std)  # noqa: E731
+                ref = lambda: compiled_noise(x, eps, z, sa, sb, sap, d, std, clip)  # noqa: E731
             t_ref = _time(ref, args.rounds, args.inner, args.stat)
-            entry = {"dtype": dt_name, "noise": noise, "compiled_us": round(t_ref, 1)}
+            entry = {"dtype": dt_name, "noise": noise, "copy_us": round(t_copy, 1), "compiled_us": round(t_ref, 1)}
             for isa in isas:
                 C.set_isa(isa)
                 nz = z if noise == "tensor" else None
@@ -134,12 +152,12 @@ def main(argv=None):
             results.append(entry)
     meta = {
         "machine": _cpu_name(), "threads": args.threads, "torch": torch.__version__, "commit": _commit(),
-        "shape": list(shape), "build": C.build_info(), "stat": args.stat, "rounds": args.rounds,
+        "shape": list(shape), "clip": clip, "build": C.build_info(), "stat": args.stat, "rounds": args.rounds,
         "inner": args.inner,
     }
     print(f"machine: {meta['machine']}  threads: {args.threads}  torch {meta['torch']}  commit {meta['commit']}  "
-          f"shape {shape}  {args.stat} of {args.rounds} rounds x {args.inner} calls")
-    cols = ["dtype", "noise", "compiled_us"] + [f"fused_{i}_us" for i in isas] + [f"speedup_{i}" for i in isas]
+          f"shape {shape}  clip {clip}  {args.stat} of {args.rounds} rounds x {args.inner} calls")
+    cols = ["dtype", "noise", "copy_us", "compiled_us"] + [f"fused_{i}_us" for i in isas] + [f"speedup_{i}" for i in isas]
     print(" ".join(f"{c:>16}" for c in cols))
     for e in results:
         print(" ".join(f"{str(e[c]):>16}" for c in cols))

@@ -22,7 +22,7 @@ import torch
 
 from .ops import available_backends, backend_available, runs_on
 
-SAMPLERS = ("ddim", "ddpm", "dpm2m", "dpm3m")
+SAMPLERS = ("ddim", "ddpm", "dpm2m", "dpm3m", "score_sde_ve")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 
 
@@ -52,6 +52,8 @@ def _schedulers(sampler: str):
     if sampler in ("dpm2m", "dpm3m"):  # DPM-Solver++ multistep, order 2 or 3 (the production default family)
         cfg = dict(solver_order=int(sampler[3]), algorithm_type="dpmsolver++")
         return diffusers.DPMSolverMultistepScheduler(**cfg), pd.DPMSolverMultistepScheduler(**cfg), {}
+    if sampler == "score_sde_ve":  # one predictor-corrector step: step_correct then step_pred (M = 1)
+        return diffusers.ScoreSdeVeScheduler(), pd.ScoreSdeVeScheduler(), {}
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
 
 
@@ -82,8 +84,12 @@ def step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=Non
     ref, ours, x, m, kw = _setup(sampler, shape, dtype, device)
     k = steps // 2
 
+    pc = sampler == "score_sde_ve"
+
     def prepare(s):
         s.set_timesteps(steps, device=device)
+        if pc:
+            s.set_sigmas(steps)
         if multistep:  # run to the middle of the schedule so the history holds solver_order outputs
             for i in range(k):
                 s.step(m, s.timesteps[i], x)
@@ -93,6 +99,10 @@ def step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=Non
             def call():
                 s._step_index = k  # replay the same mid-schedule step (the arithmetic is the same every time)
                 return s.step(m, s.timesteps[k], x).prev_sample
+            return call
+        if pc:
+            def call():
+                return _pc_step(s, m, t, x, torch.Generator(device="cpu").manual_seed(1))
             return call
 
         def call():
@@ -139,6 +149,12 @@ def whole_run_callables(sampler: str, shape, dtype: torch.dtype, device, backend
         def call():
             s.set_timesteps(steps, device=device)
             x = x0
+            if sampler == "score_sde_ve":
+                s.set_sigmas(steps)
+                gen = torch.Generator(device="cpu").manual_seed(1)
+                for t in s.timesteps:
+                    x = _pc_step(s, m, t, x, gen)
+                return x
             extra = {} if sampler != "ddpm" else {"generator": torch.Generator(device="cpu").manual_seed(1)}
             for t in s.timesteps:
                 x = s.step(m, t, x, **kw, **extra).prev_sample
@@ -156,6 +172,12 @@ def whole_run_callables(sampler: str, shape, dtype: torch.dtype, device, backend
         _check_agrees(f"pydiff {sampler} whole run on backend {b}", fn(), expect, dtype)
         out[f"pydiff-{b}"] = fn
     return out
+
+
+def _pc_step(s, m, t, x, generator):
+    """One predictor-corrector step as diffusers' ScoreSdeVePipeline drives the scheduler (one corrector step)."""
+    x = s.step_correct(m, x, generator=generator).prev_sample
+    return s.step_pred(m, t, x, generator=generator).prev_sample
 
 
 def _check_agrees(what, got, expect, dtype):

@@ -350,3 +350,156 @@ def continuous_timesteps(schedule, steps: int, t_start: float, t_end: float, ski
     if not t_start > t_end:
         raise ValueError(f"t_start ({t_start}) must be greater than t_end ({t_end})")
     return time_grid(schedule, skip_type, t_start, t_end, steps)
+
+
+# ----------------------------------------------------------------------------- score SDEs (Song et al. 2021)
+class ScoreSDESchedule:
+    """The coefficients of a score SDE ``dx = f(t) x dt + g(t) dw`` on ``t in [0, T]`` (Song, Sohl-Dickstein,
+    Kingma, Kumar, Ermon, Poole, arXiv:2011.13456, section 3.4 and appendix B), with its marginal
+    ``p_t(x | x0) = N(m(t) x0, std(t)^2 I)`` and its ``N``-step discretisation.
+
+    Every method takes ``t`` as a float64 array or a torch tensor and computes in its precision (``_ops``):
+    the plans evaluate them in float64, the score_sde face on the caller's tensors. ``drift_coef(t)`` is the
+    scalar ``f(t)`` (the drift is ``f(t) x``); ``diffusion(t)`` is ``g(t)``.
+    """
+
+    T = 1.0
+
+    def __init__(self, N: int):
+        _check_int("N", N, 1)
+        self.N = int(N)
+
+    def drift_coef(self, t):
+        raise NotImplementedError
+
+    def diffusion(self, t):
+        raise NotImplementedError
+
+    def mean_coef(self, t):
+        raise NotImplementedError
+
+    def marginal_std(self, t):
+        raise NotImplementedError
+
+    def time_index(self, t):
+        """The discretisation step of time ``t``: ``floor(t (N - 1) / T)``, in ``t``'s precision (score_sde
+        truncates a float32 product; for ``t >= 0`` truncation is the floor)."""
+        if isinstance(t, torch.Tensor):
+            return (t * (self.N - 1) / self.T).long()
+        return np.floor(np.asarray(t, dtype=np.float64) * (self.N - 1) / self.T).astype(np.int64)
+
+    def euler_discretize(self, t):
+        """``(f_i, G_i)`` of the Euler-Maruyama step over ``dt = T/N`` (score_sde's default ``discretize``):
+        ``x_{i+1} = x_i + f_i x_i + G_i z`` with ``f_i = f(t) dt``, ``G_i = g(t) sqrt(dt)``."""
+        dt = 1.0 / self.N
+        return self.drift_coef(t) * dt, self.diffusion(t) * math.sqrt(dt)
+
+
+class VPSDESchedule(ScoreSDESchedule):
+    """Variance-preserving SDE: ``beta(t) = b0 + (b1 - b0) t``, ``f = -beta/2``, ``g = sqrt(beta)``;
+    ``log m(t) = -(b1 - b0) t^2/4 - b0 t/2`` (``VPLinear.log_alpha``), ``std = sqrt(1 - m^2)``.
+    Discrete (DDPM, Ho et al. 2020): ``beta_i = linspace(b0/N, b1/N, N)``, ``alpha_i = 1 - beta_i``; the step
+    ``x_{i+1} = sqrt(alpha_i) x_i + sqrt(beta_i) z`` gives ``f_i = sqrt(alpha_i) - 1``, ``G_i = sqrt(beta_i)``
+    (score_sde's ``VPSDE.discretize``)."""
+
+    def __init__(self, beta_0: float = 0.1, beta_1: float = 20.0, N: int = 1000):
+        super().__init__(N)
+        self.beta_0, self.beta_1 = float(beta_0), float(beta_1)
+        self._lin = VPLinear(self.beta_0, self.beta_1)
+
+    def beta(self, t):
+        return self.beta_0 + t * (self.beta_1 - self.beta_0)
+
+    def log_mean_coef(self, t):
+        return self._lin.log_alpha(t)
+
+    def mean_coef(self, t):
+        lm = self.log_mean_coef(t)
+        return _ops(lm).exp(lm)
+
+    def drift_coef(self, t):
+        return -0.5 * self.beta(t)
+
+    def diffusion(self, t):
+        b = self.beta(t)
+        return _ops(b).sqrt(b)
+
+    def marginal_std(self, t):
+        lm = self.log_mean_coef(t)
+        return _ops(lm).sqrt(1.0 - _ops(lm).exp(2.0 * lm))
+
+    @property
+    def discrete_betas(self) -> np.ndarray:
+        return np.linspace(self.beta_0 / self.N, self.beta_1 / self.N, self.N, dtype=np.float64)
+
+    @property
+    def discrete_alphas(self) -> np.ndarray:
+        return 1.0 - self.discrete_betas
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        return np.cumprod(self.discrete_alphas)
+
+    def ddpm_discretize(self, i):
+        """``(f_i, G_i)`` of the DDPM step ``i`` (an int array)."""
+        beta = self.discrete_betas[np.asarray(i)]
+        return np.sqrt(1.0 - beta) - 1.0, np.sqrt(beta)
+
+
+class SubVPSDESchedule(VPSDESchedule):
+    """sub-VP SDE (Song et al. 2021, eq. 29): VP's drift, ``g = sqrt(beta(t) (1 - e^{-2 int_0^t beta}))``;
+    ``m(t)`` as VP, ``std = 1 - m(t)^2`` (the marginal variance is ``(1 - m^2)^2``, below VP's ``1 - m^2``).
+    ``int_0^t beta = b0 t + (b1 - b0) t^2 / 2 = -2 log m(t)``, so the discount is ``1 - m^4``. Its
+    discretisation is Euler-Maruyama (score_sde defines no other); its discrete betas are VP's, kept for
+    the Langevin corrector's ``alpha`` (see ``pydiff.score_sde.sampling``)."""
+
+    def diffusion(self, t):
+        discount = 1.0 - _ops(t).exp(4.0 * self.log_mean_coef(t))
+        v = self.beta(t) * discount
+        return _ops(v).sqrt(v)
+
+    def marginal_std(self, t):
+        lm = self.log_mean_coef(t)
+        return 1.0 - _ops(lm).exp(2.0 * lm)
+
+
+class VESDESchedule(ScoreSDESchedule):
+    """Variance-exploding SDE: ``sigma(t) = smin (smax/smin)^t``, ``f = 0``,
+    ``g = sigma(t) sqrt(2 log(smax/smin))`` (so that ``d sigma^2/dt = g^2``), ``m = 1``, ``std = sigma(t)``.
+    Discrete (SMLD/NCSN, Song & Ermon 2019): ``sigma_i = exp(linspace(log smin, log smax, N))``, the step
+    ``x_{i+1} = x_i + sqrt(sigma_i^2 - sigma_{i-1}^2) z`` with ``sigma_{-1} = 0``."""
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
+        super().__init__(N)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    def sigma(self, t):
+        # score_sde's form smin * (smax/smin)**t, in t's precision (a float32 power for float32 t)
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def mean_coef(self, t):
+        return t * 0.0 + 1.0
+
+    def drift_coef(self, t):
+        return t * 0.0
+
+    def diffusion(self, t):
+        return self.sigma(t) * math.sqrt(2.0 * (math.log(self.sigma_max) - math.log(self.sigma_min)))
+
+    def marginal_std(self, t):
+        return self.sigma(t)
+
+    @property
+    def discrete_sigmas(self) -> np.ndarray:
+        return np.exp(np.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.N, dtype=np.float64))
+
+    def adjacent_sigmas(self, i):
+        """``(sigma_i, sigma_{i-1})`` for int steps ``i``, with ``sigma_{-1} = 0``."""
+        i = np.asarray(i)
+        s = self.discrete_sigmas
+        return s[i], np.where(i == 0, 0.0, s[np.maximum(i - 1, 0)])
+
+    def smld_discretize(self, i):
+        """``(f_i, G_i) = (0, sqrt(sigma_i^2 - sigma_{i-1}^2))`` of the SMLD step ``i``."""
+        s, adj = self.adjacent_sigmas(i)
+        return np.zeros_like(s), np.sqrt(s * s - adj * adj)

@@ -34,3 +34,14 @@ def test_bench_rejects_bad_options(argv, message, capsys):
         main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_score_sde_ve_pc_rows(tmp_path):
+    """The VE predictor-corrector pair (step_correct + step_pred) is a sampler the bench knows: one step and a
+    whole run, diffusers against the drop-in, each checked against diffusers before it is timed."""
+    path = tmp_path / "rows.json"
+    assert main(["bench", "--sampler", "score_sde_ve", "--shape", "2x3x8x8", "--min-time", "0.01", "--whole-run",
+                 "3", "--backend", "reference", "--json", str(path)]) == 0
+    impls = {(r["sampler"], r["impl"]) for r in json.loads(path.read_text())}
+    assert impls == {("score_sde_ve", "diffusers"), ("score_sde_ve", "pydiff-reference"),
+                     ("score_sde_ve/run3", "diffusers"), ("score_sde_ve/run3", "pydiff-reference")}

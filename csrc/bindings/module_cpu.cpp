@@ -3,6 +3,7 @@
 
 #include <cstdlib>
 
+#include "backward_bindings.h"
 #include "common_bindings.h"
 #include "ops_cpu.h"
 
@@ -84,6 +85,27 @@ PYBIND11_MODULE(_C, mod) {
       },
       py::arg("dtype"), py::arg("numel"), py::arg("out"), py::arg("seed"), py::arg("offset"), py::arg("rng") = 0,
       py::arg("num_threads") = 0, "fill out[g] with the Philox normal z(key, ctr_offset, g)");
+
+  mod.def(
+      "fused_step_backward",
+      [](int dtype, int64_t B, int64_t N, uintptr_t grad_out, uintptr_t grad_w, uintptr_t x, uintptr_t m,
+         uintptr_t coef, int64_t R, uintptr_t index, int64_t index_stride, int64_t row_stride, uintptr_t noise,
+         std::optional<uint64_t> seed, uint64_t offset, uintptr_t rng, uintptr_t threshold, uintptr_t m2,
+         uintptr_t var, uintptr_t dx, uintptr_t dm, uintptr_t dm2, uintptr_t dnoise, uintptr_t dvar, int num_threads) {
+        const FusedStepBackwardArgs a =
+            make_fused_step_backward_args(dtype, B, N, grad_out, grad_w, x, m, coef, R, index, index_stride,
+                                          row_stride, noise, seed, offset, rng, threshold, m2, var, dx, dm, dm2,
+                                          dnoise, dvar);
+        check_fused_step_backward(a, /*allow_f64=*/true);
+        py::gil_scoped_release release;
+        cpu::fused_step_backward(a, num_threads);
+      },
+      py::arg("dtype"), py::arg("B"), py::arg("N"), py::arg("grad_out"), py::arg("grad_w"), py::arg("x"),
+      py::arg("m"), py::arg("coef"), py::arg("R"), py::arg("index"), py::arg("index_stride"),
+      py::arg("row_stride"), py::arg("noise"), py::arg("seed"), py::arg("offset"), py::arg("rng"),
+      py::arg("threshold"), py::arg("m2"), py::arg("var"), py::arg("dx"), py::arg("dm"), py::arg("dm2"),
+      py::arg("dnoise"), py::arg("dvar"), py::arg("num_threads") = 0,
+      "gradients of fused_step (pydiff/ops/fused_step_backward.py) into dx, dm, dm2, dnoise, dvar; 0 = None");
 
   mod.def("isa", &cpu::active_isa, "the ISA level whose kernels run (baseline, avx2, avx512)");
   mod.def("compiled_isas", &cpu::compiled_isas, "the ISA levels compiled into this module, best first");

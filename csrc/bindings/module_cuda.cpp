@@ -2,6 +2,7 @@
 // the CUDA device ordinal and a cudaStream_t as an int. Compiled by the host compiler; only
 // csrc/cuda/*.cu include CUDA headers. cudart is linked statically, so importing this module needs no
 // GPU driver (device_count() is then 0). The rng tensor is device memory and is never read here.
+#include "backward_bindings.h"
 #include "common_bindings.h"
 #include "ops_cuda.h"
 
@@ -86,6 +87,28 @@ PYBIND11_MODULE(_C_cuda, mod) {
       },
       py::arg("dtype"), py::arg("numel"), py::arg("out"), py::arg("seed"), py::arg("offset"), py::arg("rng"),
       py::arg("device"), py::arg("stream"), "fill out[g] with the Philox normal z(key, ctr_offset, g)");
+
+  mod.def(
+      "fused_step_backward",
+      [](int dtype, int64_t B, int64_t N, uintptr_t grad_out, uintptr_t grad_w, uintptr_t x, uintptr_t m,
+         uintptr_t coef, int64_t R, uintptr_t index, int64_t index_stride, int64_t row_stride, uintptr_t noise,
+         std::optional<uint64_t> seed, uint64_t offset, uintptr_t rng, uintptr_t threshold, uintptr_t m2,
+         uintptr_t var, uintptr_t dx, uintptr_t dm, uintptr_t dm2, uintptr_t dnoise, uintptr_t dvar, int device,
+         uintptr_t stream) {
+        const FusedStepBackwardArgs a =
+            make_fused_step_backward_args(dtype, B, N, grad_out, grad_w, x, m, coef, R, index, index_stride,
+                                          row_stride, noise, seed, offset, rng, threshold, m2, var, dx, dm, dm2,
+                                          dnoise, dvar);
+        check_fused_step_backward(a, /*allow_f64=*/false);
+        py::gil_scoped_release release;
+        cuda::fused_step_backward(a, device, stream);
+      },
+      py::arg("dtype"), py::arg("B"), py::arg("N"), py::arg("grad_out"), py::arg("grad_w"), py::arg("x"),
+      py::arg("m"), py::arg("coef"), py::arg("R"), py::arg("index"), py::arg("index_stride"),
+      py::arg("row_stride"), py::arg("noise"), py::arg("seed"), py::arg("offset"), py::arg("rng"),
+      py::arg("threshold"), py::arg("m2"), py::arg("var"), py::arg("dx"), py::arg("dm"), py::arg("dm2"),
+      py::arg("dnoise"), py::arg("dvar"), py::arg("device"), py::arg("stream"),
+      "enqueue the gradients of fused_step on `stream` (pointers as data_ptr() ints, 0 = None)");
 
   mod.def("device_count", &cuda::device_count, "CUDA devices visible to this module's runtime (0 without a driver)");
   mod.def("runtime_version", &cuda::runtime_version);

@@ -53,3 +53,12 @@ void select_isa(const std::string& name);
 
 }  // namespace cpu
 }  // namespace pydiff
+
+// fused_step_backward (csrc/cpu/fused_step_backward.cpp; its per-level loops are looked up by active_isa(),
+// outside the KernelTable). FusedStepBackwardArgs is defined in pydiff_math.h.
+namespace pydiff {
+struct FusedStepBackwardArgs;
+namespace cpu {
+void fused_step_backward(const FusedStepBackwardArgs& a, int num_threads);
+}  // namespace cpu
+}  // namespace pydiff

@@ -39,3 +39,11 @@ std::string archs();
 
 }  // namespace cuda
 }  // namespace pydiff
+
+// fused_step_backward (csrc/cuda/fused_step_backward.cu); FusedStepBackwardArgs is defined in pydiff_math.h.
+namespace pydiff {
+struct FusedStepBackwardArgs;
+namespace cuda {
+void fused_step_backward(const FusedStepBackwardArgs& a, int device, uintptr_t stream);
+}  // namespace cuda
+}  // namespace pydiff

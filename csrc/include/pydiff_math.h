@@ -228,6 +228,9 @@ struct StepFlags {
   static constexpr int NOISE = NOISE_;
   static constexpr bool THR = THR_;
   static constexpr bool WOUT = WOUT_;
+  // true: the static clip is known to be +inf (a kernel's run-time check of the row), and the clamp,
+  // the identity then (the quiet NaN w stays w, +-inf stay), is left out
+  static constexpr bool NOCLIP = false;
 };
 
 // The data pointers of one fused_step (storage type S), indexed by the flat element g.
@@ -263,16 +266,23 @@ PYDIFF_HD T fused_step_value(const Row<T>& r, T s, T x, T m, T m2, T v, const T*
   T w = convert_w(r, x, me);
   if (F::THR)
     w = nan_clamp(w, -s, s) / s;
-  else
+  else if (!F::NOCLIP)
     w = nan_clamp(w, -r.c[kCLIP], r.c[kCLIP]);
   w_ref = w;
   T acc = r.c[kA] * x + r.c[kD] * me + r.c[kB0] * w;
   PYDIFF_UNROLL
   for (int k = 0; k < F::K; ++k) acc = acc + r.c[kB1 + k] * h[k];
-  // e = exp(VA + VB*v); without var e = 1 and the products by e*e and e are exact, so they are left out
-  const T e = F::VAR ? exp_t(r.c[kVA] + r.c[kVB] * v) : T(1);
-  if (F::M2) acc = F::VAR ? acc + r.c[kG] * (e * e) * m2 : acc + r.c[kG] * m2;
-  if (F::NOISE != kNoNoise) acc = F::VAR ? acc + r.c[kC] * e * z : acc + r.c[kC] * z;
+  // e = exp(VA + VB*v); without var e = 1 and the products by e*e and e are exact, so they are left out.
+  // `if constexpr`: without var, exp_t is never named, so T may also be a vector of floats (the CPU
+  // kernels run this function on whole AVX registers, csrc/cpu/fused_step_impl.h)
+  if constexpr (F::VAR) {
+    const T e = exp_t(r.c[kVA] + r.c[kVB] * v);
+    if (F::M2) acc = acc + r.c[kG] * (e * e) * m2;
+    if (F::NOISE != kNoNoise) acc = acc + r.c[kC] * e * z;
+  } else {
+    if (F::M2) acc = acc + r.c[kG] * m2;
+    if (F::NOISE != kNoNoise) acc = acc + r.c[kC] * z;
+  }
   return r.c[kO] * acc;
 }
 
@@ -388,6 +398,172 @@ PYDIFF_HD T quantile_interp(T vlo, T vhi, T wt, bool any_nan) {
 template <typename T>
 PYDIFF_HD T threshold_scale(T q, T max_val) {
   return nan_min(nan_max(q, T(1)), max_val);
+}
+
+}  // namespace pydiff
+
+// ---------------------------------------------------------------------------------------------- fused_step_backward
+//
+// The vector-Jacobian product of fused_step (pydiff/ops/fused_step_backward.py has the derivation). With
+// g = O*grad_out and dw = B0*g + grad_w:
+//   dw'  = (-bound <= w' <= bound) ? dw * scale : 0     (bound, scale = s, 1/s with a threshold, else CLIP, 1;
+//                                                        a NaN w' or bound gives 0; dw/s is a division)
+//   dm_e = D*g + S*Q*dw',  dx = A*g + S*P*dw',  dm = dm_e or M1*dm_e,  dm2 = M2*dm_e + G*e*e*g
+//   dz   = C*e*g,          dv = VB*g*(2*G*e*e*m2 + C*e*z)
+// The history gradients O*Bk*grad_out are left to the caller.
+
+namespace pydiff {
+
+// Normalized arguments of fused_step_backward (the forward's inputs, the output gradients, the results).
+struct FusedStepBackwardArgs {
+  int dtype = kFloat32;
+  int64_t B = 0, N = 0;
+  const void* grad_out = nullptr;   // (B, N) data: dL/dx'
+  const void* grad_w = nullptr;     // optional (B, N) data: dL/dw of the w_out output
+  const void* x = nullptr;
+  const void* m = nullptr;
+  const void* m2 = nullptr;         // optional
+  const void* var = nullptr;        // optional
+  const void* coef = nullptr;       // (R, kNCoef) T
+  int64_t R = 0;
+  const int64_t* index = nullptr;
+  int64_t index_stride = 0, row_stride = 0;
+  const void* noise = nullptr;      // optional noise tensor of the forward
+  PhiloxSource philox;              // or the forward's Philox key (z regenerated)
+  const void* threshold = nullptr;  // optional (B,) T, a constant
+  void* dx = nullptr;               // (B, N) data, always
+  void* dm = nullptr;               // (B, N) data, always
+  void* dm2 = nullptr;              // optional (only with m2)
+  void* dnoise = nullptr;           // optional (only with a noise tensor)
+  void* dvar = nullptr;             // optional (only with var)
+};
+
+// Compile-time shape of one backward: m2, var, noise kind, threshold, grad_w. Which gradients are written
+// (dm2, dnoise, dvar may be null) is a run-time, loop-invariant test: it only selects stores.
+template <bool M2_, bool VAR_, int NOISE_, bool THR_, bool GW_>
+struct BackFlags {
+  static constexpr bool M2 = M2_;
+  static constexpr bool VAR = VAR_;
+  static constexpr int NOISE = NOISE_;
+  static constexpr bool THR = THR_;
+  static constexpr bool GW = GW_;
+};
+
+template <typename T>
+struct BackGrads {
+  T dx, dm, dm2, dnoise, dvar;
+};
+
+// The backward at one element on loaded values (go = grad_out, gw = grad_w, z the forward's noise value).
+template <class F, typename T>
+PYDIFF_HD BackGrads<T> fused_step_backward_value(const Row<T>& r, T s, T go, T gw, T x, T m, T m2, T v, T z) {
+  const T g = r.c[kO] * go;
+  const T me = model_eff<F::M2>(r, m, m2);
+  const T wp = convert_w(r, x, me);
+  const T bound = F::THR ? s : r.c[kCLIP];
+  const bool inside = (-bound <= wp) && (wp <= bound);  // false for NaN
+  T dw = r.c[kB0] * g;
+  if (F::GW) dw = dw + gw;
+  if (F::THR) dw = dw / s;
+  const T dwp = inside ? dw : T(0);
+  const T dme = r.c[kD] * g + r.c[kS] * r.c[kQ] * dwp;
+  BackGrads<T> d;
+  d.dx = r.c[kA] * g + r.c[kS] * r.c[kP] * dwp;
+  d.dm = F::M2 ? r.c[kM1] * dme : dme;
+  const T e = F::VAR ? exp_t(r.c[kVA] + r.c[kVB] * v) : T(1);
+  // without var e = 1 and the products by e are exact, so they are left out (as in fused_step_value)
+  const T gee = F::VAR ? r.c[kG] * e * e : r.c[kG];
+  const T ce = F::VAR ? r.c[kC] * e : r.c[kC];
+  d.dm2 = F::M2 ? r.c[kM2] * dme + gee * g : T(0);
+  d.dnoise = ce * g;
+  T term = T(0);
+  if (F::M2) term = T(2) * r.c[kG] * e * e * m2;
+  if (F::NOISE != kNoNoise) term = F::M2 ? term + ce * z : ce * z;
+  d.dvar = F::VAR ? r.c[kVB] * g * term : T(0);
+  return d;
+}
+
+// The data pointers of one backward (storage type S).
+template <typename S>
+struct BackPtrs {
+  const S* go;
+  const S* gw;
+  const S* x;
+  const S* m;
+  const S* m2;
+  const S* var;
+  const S* noise;
+  S* dx;
+  S* dm;
+  S* dm2;
+  S* dnoise;
+  S* dvar;
+};
+
+// fused_step_backward at flat element g: reads every input of g, then writes the gradients of g (so an output
+// may be the very tensor of an input, e.g. dx written over grad_out).
+template <class F, typename T, class Conv, typename S>
+PYDIFF_HD void fused_step_backward_at(const BackPtrs<S>& p, int64_t g, const Row<T>& r, T s, uint64_t key,
+                                      uint64_t ctr) {
+  const T go = Conv::load(p.go[g]);
+  const T gw = F::GW ? Conv::load(p.gw[g]) : T(0);
+  const T x = Conv::load(p.x[g]);
+  const T m = Conv::load(p.m[g]);
+  const T m2 = F::M2 ? Conv::load(p.m2[g]) : T(0);
+  const T v = F::VAR ? Conv::load(p.var[g]) : T(0);
+  // z only enters dv (dz = C*e*g does not depend on it): nothing to load or regenerate without var
+  T z = T(0);
+  if (F::NOISE == kNoiseTensor && F::VAR) z = Conv::load(p.noise[g]);
+  if (F::NOISE == kNoisePhilox && F::VAR) z = static_cast<T>(philox_normal_z(key, ctr, static_cast<uint64_t>(g)));
+  const BackGrads<T> d = fused_step_backward_value<F>(r, s, go, gw, x, m, m2, v, z);
+  p.dx[g] = Conv::store(d.dx);
+  p.dm[g] = Conv::store(d.dm);
+  if (F::M2 && p.dm2) p.dm2[g] = Conv::store(d.dm2);
+  if (F::NOISE == kNoiseTensor && p.dnoise) p.dnoise[g] = Conv::store(d.dnoise);
+  if (F::VAR && p.dvar) p.dvar[g] = Conv::store(d.dvar);
+}
+
+// Calls f(BackFlags<...>{}) for a run-time configuration (CPU and CUDA launchers).
+template <bool M2, bool VAR, int NOISE, bool THR, class Fn>
+inline void dispatch_back_gw(bool gw, Fn&& f) {
+  if (gw)
+    f(BackFlags<M2, VAR, NOISE, THR, true>{});
+  else
+    f(BackFlags<M2, VAR, NOISE, THR, false>{});
+}
+template <bool M2, bool VAR, int NOISE, class Fn>
+inline void dispatch_back_thr(bool thr, bool gw, Fn&& f) {
+  if (thr)
+    dispatch_back_gw<M2, VAR, NOISE, true>(gw, f);
+  else
+    dispatch_back_gw<M2, VAR, NOISE, false>(gw, f);
+}
+template <bool M2, bool VAR, class Fn>
+inline void dispatch_back_noise(int noise, bool thr, bool gw, Fn&& f) {
+  if (noise == kNoiseTensor) {
+    dispatch_back_thr<M2, VAR, kNoiseTensor>(thr, gw, f);
+  } else if (VAR && noise == kNoisePhilox) {
+    dispatch_back_thr<M2, VAR, VAR ? kNoisePhilox : kNoNoise>(thr, gw, f);
+  } else {
+    dispatch_back_thr<M2, VAR, kNoNoise>(thr, gw, f);
+  }
+}
+template <class Fn>
+inline void dispatch_back_flags(const FusedStepBackwardArgs& a, Fn&& f) {
+  const bool thr = a.threshold != nullptr, gw = a.grad_w != nullptr;
+  // Philox noise only matters through dv: without var it is the no-noise configuration (fewer instances)
+  const int noise = a.noise ? kNoiseTensor : (a.philox.on && a.var ? kNoisePhilox : kNoNoise);
+  if (a.m2) {
+    if (a.var)
+      dispatch_back_noise<true, true>(noise, thr, gw, f);
+    else
+      dispatch_back_noise<true, false>(noise, thr, gw, f);
+  } else {
+    if (a.var)
+      dispatch_back_noise<false, true>(noise, thr, gw, f);
+    else
+      dispatch_back_noise<false, false>(noise, thr, gw, f);
+  }
 }
 
 }  // namespace pydiff

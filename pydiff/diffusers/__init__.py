@@ -16,6 +16,8 @@ from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpmsolver_multistep import DPMSolverMultistepScheduler
 from .dpmsolver_singlestep import DPMSolverSinglestepScheduler
+from .score_sde_ve import ScoreSdeVeScheduler  # noqa: F401  (its module is set to this one in its class body)
+from .score_sde_vp import ScoreSdeVpScheduler  # noqa: F401  (likewise)
 
 __all__ = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"]
 

@@ -10,7 +10,8 @@ so it performs no ``.item()``, no host sync and no host-to-device copy per step.
 * ``ddim_ddpm``: DDIM and DDPM rows;
 * ``dpm_solver``: the DPM-Solver(++) update rules (both faces use them);
 * ``dpm_solver_plan``: the authors'-API plan compiler (grids, orders, stages);
-* ``dpm_solver_diffusers``: the rows of diffusers' DPM-Solver schedulers.
+* ``dpm_solver_diffusers``: the rows of diffusers' DPM-Solver schedulers;
+* ``score_sde``: the score-SDE time grid, model labels, predictor and Langevin rows.
 """
 from .ddim_ddpm import (DDPM_VARIANCE_TYPES, PREDICTION_TYPES, ddim_rows, ddim_rows_from, ddim_scalars, ddpm_rows,
                         ddpm_rows_from, ddpm_scalars)

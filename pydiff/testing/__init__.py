@@ -8,4 +8,6 @@ derived separately.
   DPM-Solver++ (arXiv:2211.01095) with the step-selection rules of the authors' ``dpm_solver_pytorch.py``.
 * ``gaussian``: closed-form Gaussian data: exact model predictions of every parameterization and the exact
   probability-flow ODE solution.
+* ``score_sde``: a literal float64 transcription of score_sde_pytorch's predictors, correctors and
+  predictor-corrector loop (Song et al., arXiv:2011.13456), drawing noise in the reference's order.
 """

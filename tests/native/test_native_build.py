@@ -394,6 +394,43 @@ def test_nan_clip_bound_gives_nan(cpu, dtype, thr):
     assert torch.equal(out[1], expect.to(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_infinite_clip_leaves_every_bit(cpu, each_isa, dtype):
+    """Rows with CLIP = +inf (the default, no clip) take a kernel path without the clamp; clamping by +-inf
+    is the identity, so every level gives the formula's bits there and the same bits as baseline, with
+    NaN, +-inf and -0.0 inputs, finite-CLIP rows in the same call, and a length that leaves vector tails."""
+    gen = torch.Generator().manual_seed(31)
+    shape = (4, 1013)
+    T = torch.float64 if dtype == torch.float64 else torch.float32
+    mk = lambda: torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)  # noqa: E731
+    x, m, m2, z = mk(), mk(), mk(), mk()
+    special = torch.tensor([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e-30, 60000.0, -60000.0], dtype=torch.float64)
+    x[:, :8] = special.to(dtype)
+    m[:, 8:16] = special.to(dtype)
+    hist = (mk(), mk())
+    coef = _coef(4, gen, T)
+    coef[0::2, COL["CLIP"]] = math.inf
+    coef[3, COL["S"]] = 1e30  # finite CLIP rows clip some values
+    cases = [((), {}), ((), {"z": z}), (hist, {"m2": m2}), (hist[:1], {"m2": m2, "z": z})]
+
+    def run():
+        res = []
+        for h, o in cases:
+            out, w = torch.empty_like(x), torch.empty_like(x)
+            cpu.fused_step(x, m, coef, None, 0, 1, out, w, h, o.get("z"), None, 0, None, None, o.get("m2"), None)
+            res.append((out, w))
+        return res
+    results = each_isa(run)
+    for isa, res in results.items():
+        for (h, o), (out, w), (b_out, b_w) in zip(cases, res, results["baseline"]):
+            assert torch.equal(_bits(out), _bits(b_out)) and torch.equal(_bits(w), _bits(b_w)), isa
+            e_out, e_w = _formula(x, m, coef, h, m2=o.get("m2"), z=o.get("z"))
+            for got, exp in ((out, e_out), (w, e_w)):
+                nan = torch.isnan(exp)
+                assert torch.equal(torch.isnan(got), nan), isa
+                assert torch.equal(_bits(got)[~nan], _bits(exp)[~nan]), isa
+
+
 def test_fused_step_large_threads_and_chunks(cpu):
     """N = 70085: several 16384-element chunks and a ragged tail, every thread count gives the same bits."""
     gen = torch.Generator().manual_seed(3)

@@ -45,7 +45,7 @@ INFO = {
 }
 BACKENDS = tuple(INFO)
 AUTOMATIC_ORDER = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
-OPS = ("fused_step", "sumsq", "dynamic_threshold", "philox_normal")
+OPS = ("fused_step", "sumsq", "dynamic_threshold", "philox_normal", "fused_step_backward")
 
 _MODULES: dict = {}
 _IMPORT_ERRORS: dict = {}

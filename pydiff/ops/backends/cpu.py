@@ -71,3 +71,17 @@ def dynamic_threshold(x, m, coef, index, index_stride, row_stride, m2, lo, hi, w
 def philox_normal(out, seed, offset, rng) -> None:
     _C.philox_normal(_code(out.dtype), out.numel(), out.data_ptr(), _native.seed_arg(seed), int(offset),
                      _native.ptr(rng), _threads())
+
+
+def fused_step_backward(grad_out, grad_w, x, m, coef, index, index_stride, row_stride, noise, seed, offset, rng,
+                        threshold, m2, var, dx, dm, dm2, dnoise, dvar) -> None:
+    B, N = _native.batch_and_numel(x)
+    p = _native.ptr
+    _C.fused_step_backward(
+        _code(x.dtype), B, N, p(grad_out), p(grad_w), p(x), p(m), p(coef), coef.shape[0], p(index),
+        int(index_stride), int(row_stride), p(noise), _native.seed_arg(seed), int(offset), p(rng), p(threshold),
+        p(m2), p(var), p(dx), p(dm), p(dm2), p(dnoise), p(dvar), _threads(),
+    )
+
+
+__all__ += ["fused_step_backward"]

@@ -19,3 +19,8 @@ def available() -> bool:
 
 def unavailable_reason():
     return None
+
+
+from ..fused_step_backward import fused_step_backward_reference as fused_step_backward  # noqa: E402
+
+__all__ += ["fused_step_backward"]

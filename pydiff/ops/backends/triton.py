@@ -338,3 +338,43 @@ def philox4x32_10_raw(ctr: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     if n:
         km.philox_raw_kernel[((n + 127) // 128,)](ctr, key, out, n, BLOCK=128, **_OPTIONS)
     return out
+
+
+def fused_step_backward(grad_out, grad_w, x, m, coef, index, index_stride, row_stride, noise, seed, offset, rng,
+                        threshold, m2, var, dx, dm, dm2, dnoise, dvar) -> None:
+    """The backward of ``fused_step`` (pydiff/ops/fused_step_backward.py): writes dx, dm (dm2, dnoise, dvar)."""
+    mods = _mods("fused_step_backward")
+    kb = importlib.import_module(f"{_PACKAGE}.fused_step_backward")  # loaded from the same tree as the others
+    _check_data("x", x)
+    _check_f32("coef", coef)
+    _check_f32("threshold", threshold)
+    _check_index(index)
+    _check_rng(rng)
+    if noise is not None and (seed is not None or rng is not None):
+        raise ValueError("give at most one of noise, seed and rng")
+    numel = x.numel()
+    B = x.shape[0]
+    if numel == 0:
+        return
+    N = numel // B
+    has_philox, seed_lo, seed_hi, off_lo, off_hi = _philox_words(mods, seed, offset, rng)
+    write_dvar = dvar is not None and var is not None
+    block = kb.BLOCK_SIZE
+    grid = ((N + block - 1) // block, min(B, kb.MAX_GRID_Y))
+    kb.fused_step_backward_kernel[grid](
+        grad_out, x if grad_w is None else grad_w, x, m, x if m2 is None else m2, x if var is None else var,
+        x if noise is None else noise, coef, coef if index is None else index, coef if rng is None else rng,
+        coef if threshold is None else threshold,
+        dx, dm, dx if dm2 is None else dm2, dx if dnoise is None else dnoise, dx if dvar is None else dvar,
+        N, B, coef.shape[0],
+        seed_lo, seed_hi, off_lo, off_hi,
+        HAS_INDEX=index is not None, INDEX_STRIDE=int(index_stride), ROW_STRIDE=int(row_stride),
+        HAS_GW=grad_w is not None, HAS_M2=m2 is not None, HAS_VAR=var is not None, HAS_NOISE=noise is not None,
+        HAS_PHILOX=has_philox, HAS_RNG=rng is not None, HAS_THRESHOLD=threshold is not None,
+        WRITE_DM2=dm2 is not None and m2 is not None, WRITE_DNOISE=dnoise is not None and noise is not None,
+        WRITE_DVAR=write_dvar, NEED_Z=write_dvar and (noise is not None or has_philox),
+        BLOCK=block, num_warps=kb.NUM_WARPS, **_OPTIONS,
+    )
+
+
+__all__ += ["fused_step_backward"]

@@ -1,0 +1,221 @@
+// fused_step_backward on the CPU (pydiff/ops/fused_step_backward.py, pydiff_math.h's fused_step_backward_at).
+//
+// This file is compiled twice (CMakeLists.txt):
+// * once per ISA level with -DPYDIFF_ISA_NS (like kernels.cpp): the element loops, OpenMP over (sample, chunk)
+//   tasks, the row loaded once per task, one `#pragma omp simd` loop per configuration of BackFlags (40 of
+//   them: m2 x var x noise kind x threshold x grad_w, Philox only with var);
+// * once without it, into the module: the entry point, which checks the rows, resolves the Philox key and
+//   runs the loops of the level the forward uses (cpu::active_isa()).
+// The loops read every input of an element before writing its gradients, so `omp simd` holds even when an
+// output is the storage of an input. fp16/bf16 in the AVX2/AVX-512 builds convert blocks (convert_block.h),
+// as the forward does.
+#include "ops_cpu.h"
+
+#if defined(PYDIFF_ISA_NS)
+
+#include "convert_block.h"
+#include "kernel_common.h"
+
+namespace pydiff {
+namespace cpu {
+namespace PYDIFF_ISA_NS {
+namespace {
+
+template <int DT, class F>
+void backward_run(const FusedStepBackwardArgs& a, uint64_t key, uint64_t ctr, int nt) {
+  using Tr = Traits<DT>;
+  using S = typename Tr::S;
+  using T = typename Tr::T;
+  BackPtrs<S> p;
+  p.go = static_cast<const S*>(a.grad_out);
+  p.gw = static_cast<const S*>(a.grad_w);
+  p.x = static_cast<const S*>(a.x);
+  p.m = static_cast<const S*>(a.m);
+  p.m2 = static_cast<const S*>(a.m2);
+  p.var = static_cast<const S*>(a.var);
+  p.noise = static_cast<const S*>(a.noise);
+  p.dx = static_cast<S*>(a.dx);
+  p.dm = static_cast<S*>(a.dm);
+  p.dm2 = static_cast<S*>(a.dm2);
+  p.dnoise = static_cast<S*>(a.dnoise);
+  p.dvar = static_cast<S*>(a.dvar);
+  const T* coef = static_cast<const T*>(a.coef);
+  const T* thr = static_cast<const T*>(a.threshold);
+  const int64_t B = a.B, N = a.N, R = a.R;
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  const int64_t tasks = B * chunks;
+  const int64_t* index = a.index;
+  const int64_t index_stride = a.index_stride, row_stride = a.row_stride;
+
+#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParallelMin && nt > 1)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t b = t / chunks;
+    const int64_t c0 = (t - b * chunks) * kChunk;
+    const int64_t g0 = b * N + c0;
+    const int64_t g1 = g0 + imin(kChunk, N - c0);
+    const BackPtrs<S> q = p;  // task-local: loop-invariant pointers for the vectoriser
+    const Row<T> r = load_row(coef, R, index, index_stride, row_stride, b);
+    const T s = F::THR ? thr[b] : T(0);
+#pragma omp simd
+    for (int64_t g = g0; g < g1; ++g) fused_step_backward_at<F, T, Tr>(q, g, r, s, key, ctr);
+  }
+}
+
+#if defined(PYDIFF_BLOCK_CONVERT)
+// fp16/bf16 in the AVX2 and AVX-512 builds (as fused_step_impl.h): blocks of every input are converted to
+// float32 stack buffers with vector intrinsics, the element function runs on the buffers, and the gradients
+// are converted back; a whole block is read before any of it is written. 512 elements: the up to 12 buffers
+// (2 KiB each) stay in L1.
+constexpr int64_t kBlockElems = 512;
+
+template <int DT, class F>
+void backward_run_blocked(const FusedStepBackwardArgs& a, uint64_t key, uint64_t ctr, int nt) {
+  using T = float;
+  using S = uint16_t;
+  const S* go = static_cast<const S*>(a.grad_out);
+  const S* gw = static_cast<const S*>(a.grad_w);
+  const S* x = static_cast<const S*>(a.x);
+  const S* m = static_cast<const S*>(a.m);
+  const S* m2 = static_cast<const S*>(a.m2);
+  const S* var = static_cast<const S*>(a.var);
+  const S* noise = static_cast<const S*>(a.noise);
+  S* dx = static_cast<S*>(a.dx);
+  S* dm = static_cast<S*>(a.dm);
+  S* dm2 = static_cast<S*>(a.dm2);
+  S* dnoise = static_cast<S*>(a.dnoise);
+  S* dvar = static_cast<S*>(a.dvar);
+  const T* coef = static_cast<const T*>(a.coef);
+  const T* thr = static_cast<const T*>(a.threshold);
+  const int64_t B = a.B, N = a.N, R = a.R;
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  const int64_t tasks = B * chunks;
+  const int64_t* index = a.index;
+  const int64_t index_stride = a.index_stride, row_stride = a.row_stride;
+  constexpr bool ZT = F::NOISE == kNoiseTensor && F::VAR;  // the noise tensor is read (for dv)
+  constexpr bool ZP = F::NOISE == kNoisePhilox && F::VAR;
+  constexpr bool DN = F::NOISE == kNoiseTensor;
+  constexpr int64_t K = kBlockElems;
+
+#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParallelMin && nt > 1)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t b = t / chunks;
+    const int64_t c0 = (t - b * chunks) * kChunk;
+    const int64_t g0 = b * N + c0;
+    const int64_t g1 = g0 + imin(kChunk, N - c0);
+    const Row<T> r = load_row(coef, R, index, index_stride, row_stride, b);
+    const T s = F::THR ? thr[b] : T(0);
+    alignas(64) T bgo[K], bgw[F::GW ? K : 1], bx[K], bm[K], bm2[F::M2 ? K : 1], bv[F::VAR ? K : 1], bz[ZT ? K : 1];
+    alignas(64) T bdx[K], bdm[K], bdm2[F::M2 ? K : 1], bdn[DN ? K : 1], bdv[F::VAR ? K : 1];
+    for (int64_t gb = g0; gb < g1; gb += K) {
+      const int64_t n = imin(K, g1 - gb);
+      load_block<DT>(go + gb, bgo, n);
+      if (F::GW) load_block<DT>(gw + gb, bgw, n);
+      load_block<DT>(x + gb, bx, n);
+      load_block<DT>(m + gb, bm, n);
+      if (F::M2) load_block<DT>(m2 + gb, bm2, n);
+      if (F::VAR) load_block<DT>(var + gb, bv, n);
+      if (ZT) load_block<DT>(noise + gb, bz, n);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        T z = T(0);
+        if (ZT) z = bz[i];
+        if (ZP) z = philox_normal_z(key, ctr, static_cast<uint64_t>(gb + i));
+        const BackGrads<T> d = fused_step_backward_value<F>(r, s, bgo[i], F::GW ? bgw[i] : T(0), bx[i], bm[i],
+                                                            F::M2 ? bm2[i] : T(0), F::VAR ? bv[i] : T(0), z);
+        bdx[i] = d.dx;
+        bdm[i] = d.dm;
+        if (F::M2) bdm2[i] = d.dm2;
+        if (DN) bdn[i] = d.dnoise;
+        if (F::VAR) bdv[i] = d.dvar;
+      }
+      store_block<DT>(bdx, dx + gb, n);
+      store_block<DT>(bdm, dm + gb, n);
+      if (F::M2 && dm2) store_block<DT>(bdm2, dm2 + gb, n);
+      if (DN && dnoise) store_block<DT>(bdn, dnoise + gb, n);
+      if (F::VAR && dvar) store_block<DT>(bdv, dvar + gb, n);
+    }
+  }
+}
+#endif
+
+template <int DT>
+void backward_dt(const FusedStepBackwardArgs& a, uint64_t key, uint64_t ctr, int nt) {
+#if defined(PYDIFF_BLOCK_CONVERT)
+  if constexpr (DT == kFloat16 || DT == kBFloat16) {
+    dispatch_back_flags(a, [&](auto flags) { backward_run_blocked<DT, decltype(flags)>(a, key, ctr, nt); });
+  } else
+#endif
+  {
+    dispatch_back_flags(a, [&](auto flags) { backward_run<DT, decltype(flags)>(a, key, ctr, nt); });
+  }
+}
+
+}  // namespace
+
+void fused_step_backward_kernel(const FusedStepBackwardArgs& a, uint64_t key, uint64_t ctr, int nt) {
+  switch (a.dtype) {
+    case kFloat32: backward_dt<kFloat32>(a, key, ctr, nt); break;
+    case kFloat64: backward_dt<kFloat64>(a, key, ctr, nt); break;
+    case kFloat16: backward_dt<kFloat16>(a, key, ctr, nt); break;
+    default: backward_dt<kBFloat16>(a, key, ctr, nt); break;
+  }
+}
+
+}  // namespace PYDIFF_ISA_NS
+}  // namespace cpu
+}  // namespace pydiff
+
+#else  // the module's entry point
+
+#include <string>
+
+#include "pydiff_math.h"
+
+namespace pydiff {
+namespace cpu {
+
+using BackwardKernel = void (*)(const FusedStepBackwardArgs&, uint64_t, uint64_t, int);
+
+namespace isa_baseline {
+void fused_step_backward_kernel(const FusedStepBackwardArgs& a, uint64_t key, uint64_t ctr, int nt);
+}
+#if defined(PYDIFF_HAVE_AVX2)
+namespace isa_avx2 {
+void fused_step_backward_kernel(const FusedStepBackwardArgs& a, uint64_t key, uint64_t ctr, int nt);
+}
+#endif
+#if defined(PYDIFF_HAVE_AVX512)
+namespace isa_avx512 {
+void fused_step_backward_kernel(const FusedStepBackwardArgs& a, uint64_t key, uint64_t ctr, int nt);
+}
+#endif
+
+namespace {
+
+// The loops of the active level (select_isa may switch it at run time, so it is looked up per call: one
+// string comparison, ~20 ns).
+BackwardKernel backward_kernel() {
+  const std::string isa = active_isa();
+#if defined(PYDIFF_HAVE_AVX512)
+  if (isa == "avx512") return &isa_avx512::fused_step_backward_kernel;
+#endif
+#if defined(PYDIFF_HAVE_AVX2)
+  if (isa == "avx2") return &isa_avx2::fused_step_backward_kernel;
+#endif
+  return &isa_baseline::fused_step_backward_kernel;
+}
+
+}  // namespace
+
+void fused_step_backward(const FusedStepBackwardArgs& a, int num_threads) {
+  if (a.B == 0 || a.N == 0) return;
+  check_row_range("fused_step_backward", a.index, a.index_stride, a.row_stride, a.R, a.B);
+  uint64_t key = 0, ctr = 0;
+  if (a.philox.on) philox_key_ctr(a.philox, key, ctr);  // the rng tensor is host memory here
+  backward_kernel()(a, key, ctr, resolve_threads(num_threads));
+}
+
+}  // namespace cpu
+}  // namespace pydiff
+
+#endif

@@ -1,0 +1,59 @@
+// fused_step_backward on CUDA (pydiff/ops/fused_step_backward.py): the launch geometry of fused_step (2-D grid,
+// blocks along the sample x samples, grid-stride, 64-bit indices), the row loaded once per (block, sample)
+// with pydiff_math.h's index rule (an out-of-range row is all NaN: the sample's gradients are NaN, coef is
+// never read outside its rows), the Philox key read from the rng tensor on the device (no host sync). Each
+// thread runs pydiff_math.h's fused_step_backward_at, the same code as the CPU loops; one kernel per
+// BackFlags configuration and storage type.
+#include "common.cuh"
+
+namespace pydiff {
+namespace cuda {
+namespace {
+
+template <typename S, class F>
+__global__ void __launch_bounds__(kThreads) fused_step_backward_kernel(const FusedStepBackwardArgs a) {
+  BackPtrs<S> p;
+  p.go = static_cast<const S*>(a.grad_out);
+  p.gw = static_cast<const S*>(a.grad_w);
+  p.x = static_cast<const S*>(a.x);
+  p.m = static_cast<const S*>(a.m);
+  p.m2 = static_cast<const S*>(a.m2);
+  p.var = static_cast<const S*>(a.var);
+  p.noise = static_cast<const S*>(a.noise);
+  p.dx = static_cast<S*>(a.dx);
+  p.dm = static_cast<S*>(a.dm);
+  p.dm2 = static_cast<S*>(a.dm2);
+  p.dnoise = static_cast<S*>(a.dnoise);
+  p.dvar = static_cast<S*>(a.dvar);
+  const float* coef = static_cast<const float*>(a.coef);
+  const float* thr = static_cast<const float*>(a.threshold);
+  uint64_t key = 0, ctr = 0;
+  if (F::NOISE == kNoisePhilox) philox_key_ctr(a.philox, key, ctr);
+  const int64_t N = a.N;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t b = blockIdx.y; b < a.B; b += gridDim.y) {
+    const Row<float> r = load_row(coef, a.R, a.index, a.index_stride, a.row_stride, b);
+    const float s = F::THR ? thr[b] : 0.0f;
+    const int64_t base = b * N;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < N; i += stride)
+      fused_step_backward_at<F, float, Conv<S>>(p, base + i, r, s, key, ctr);
+  }
+}
+
+}  // namespace
+
+void fused_step_backward(const FusedStepBackwardArgs& a, int device, uintptr_t stream) {
+  if (a.B == 0 || a.N == 0) return;
+  set_device(device);
+  const dim3 grid(blocks_along(a.N, a.B), grid_y(a.B));
+  dispatch_dtype(a.dtype, "fused_step_backward", [&](auto* tag) {
+    using S = std::remove_pointer_t<decltype(tag)>;
+    dispatch_back_flags(a, [&](auto flags) {
+      fused_step_backward_kernel<S, decltype(flags)><<<grid, kThreads, 0, as_stream(stream)>>>(a);
+    });
+  });
+  check(cudaGetLastError(), "fused_step_backward launch");
+}
+
+}  // namespace cuda
+}  // namespace pydiff
