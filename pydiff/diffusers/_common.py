@@ -26,6 +26,25 @@ from ..ops import int64_to_seed, philox_normal
 
 logger = logging.getLogger("pydiff.diffusers")
 
+#: True while TorchDynamo traces the step (``torch.compile``, ``torch.export``). A traced step may not read a
+#: tensor on the host (``.item()``, ``.tolist()``, NumPy: each is a graph break), build a table (NumPy) or log
+#: (Python logging is a graph break): it reads what ``set_timesteps`` prepared (``TracedTables``) and lets the
+#: kernel pick the row of a timestep tensor (``fused_step(index=)``), as it does for an accelerator timestep.
+compiling = torch.compiler.is_compiling
+
+_grad_enabled = torch.is_grad_enabled
+
+
+def needs_grad(*tensors) -> bool:
+    """True when autograd records and one of ``tensors`` requires grad (``pydiff.ops.library.needs_grad`` for
+    tensors known not to be None: a plain loop, 0.3 us where the generator form takes 1 us on every step)."""
+    if not _grad_enabled():
+        return False
+    for t in tensors:
+        if t.requires_grad:
+            return True
+    return False
+
 
 def fallback(scheduler, reason: str, key: str | None = None) -> None:
     """Record why a call went to the parent diffusers implementation, and say so where a user sees it.
@@ -131,7 +150,7 @@ def philox_key(generator, device):
     """
     gdev = generator.device if generator is not None else torch.device(device)
     words = torch.randint(-(1 << 63), (1 << 63) - 1, (2,), generator=generator, device=gdev, dtype=torch.int64)
-    if words.device.type == "cpu":
+    if words.device.type == "cpu" and not compiling():  # traced: the words stay a tensor (no host read)
         a, b = words.tolist()
         return int64_to_seed(a), int64_to_seed(b), None
     return None, 0, words.to(device)
@@ -157,6 +176,10 @@ def step_noise(scheduler, shape, generator, device, dtype, io, variance_noise=No
         return io.kernel(variance_noise), None, 0, None
     source = check_noise_source(scheduler.pydiff_noise)
     if source == "diffusers":
+        if generator is None and compiling():
+            # randn_tensor's draw without a generator; torch.randn's generator= overload (even None) rejects the
+            # symbolic sizes of a dynamic-shape trace
+            return io.kernel(torch.randn(shape, device=device, dtype=dtype)), None, 0, None
         return io.kernel(draw(shape, generator=generator, device=device, dtype=dtype)), None, 0, None
     if isinstance(generator, (list, tuple)):
         if len(generator) != io.shape[0]:
@@ -286,13 +309,17 @@ def timestep_arg(timestep, num_rows: int, device: torch.device):
     """Classify a timestep: ``("int", t)``, ``("device", int64 tensor of shape (1,))`` or ``(None, reason)``.
 
     A Python/NumPy integer or a CPU tensor becomes an int with no sync. A one-element integer tensor on the
-    data's (non-CPU) device stays there: the kernel reads its table row through ``fused_step(index=)``.
+    data's (non-CPU) device stays there: the kernel reads its table row through ``fused_step(index=)``. While
+    TorchDynamo traces (``compiling``), every one-element integer tensor takes that path (moved to the data's
+    device if needed): reading it on the host would be a graph break.
     """
     if isinstance(timestep, torch.Tensor):
         if timestep.numel() != 1:
             return None, "a timestep tensor with more than one element"
         if timestep.is_floating_point() or timestep.is_complex():
             return None, "a floating-point timestep"
+        if compiling():
+            return "device", timestep.reshape(1).to(device=device, dtype=torch.int64)
         if timestep.device.type == "cpu" or timestep.device != device:
             timestep = int(timestep.reshape(()).item())  # a CPU read: no device sync
         else:
@@ -314,6 +341,28 @@ def guarded_table(rows: np.ndarray) -> np.ndarray:
     """
     nan = np.full((1, rows.shape[1]), np.nan)
     return np.concatenate([nan, rows, nan])
+
+
+class TracedTables:
+    """A row table as a traced step reads it: guarded (``guarded_table``) torch copies in float32 and float64, made
+    once by ``set_timesteps`` (NumPy and table building cannot run inside a traced step).
+
+    ``view(device, dtype)`` is the table in the compute dtype of ``dtype`` without its leading NaN row (index
+    ``-1`` is the trailing NaN row, as for ``TableCache.device_view``). The copies live on the device given to
+    ``set_timesteps`` (the CPU by default); a step on another device copies the table inside the graph.
+    """
+
+    __slots__ = ("t32", "t64")
+
+    def __init__(self, rows: np.ndarray, device=None):
+        t64 = torch.from_numpy(guarded_table(rows.reshape(-1, rows.shape[-1])))
+        dev = torch.device("cpu") if device is None else torch.device(device)
+        self.t64 = t64.to(dev)
+        self.t32 = t64.to(device=dev, dtype=torch.float32)
+
+    def view(self, device, dtype) -> torch.Tensor:
+        t = self.t64 if dtype == torch.float64 else self.t32
+        return t.to(device)[1:]
 
 
 class TableCache:

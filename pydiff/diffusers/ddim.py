@@ -10,12 +10,12 @@ import torch
 from diffusers import DDIMScheduler as _DiffusersDDIM
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
-from ..ops import fused_step
+from ..ops import COL, NCOEF, fused_step
 from ..plans import PREDICTION_TYPES
 from ..plans.ddim_ddpm import DDIMEtaRows, ddim_timestep_table
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import (DropinMixin, StepIO, TableCache, check_num_inference_steps, clip_bound, fallback, select_rows,
-                      step_noise, threshold_scale, timestep_arg, validated_init)
+from ._common import (DropinMixin, StepIO, TableCache, check_num_inference_steps, clip_bound, compiling, fallback,
+                      needs_grad, select_rows, step_noise, threshold_scale, timestep_arg, validated_init)
 
 
 def _eta_arg(eta) -> float:
@@ -28,6 +28,45 @@ def _eta_arg(eta) -> float:
     if not math.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     return eta
+
+
+class TracedEtaRows:
+    """``DDIMEtaRows`` as torch tensors, so that a traced step (``torch.compile``) makes any eta's row in the graph.
+
+    ``row(t, eta)`` is ``DDIMEtaRows.row`` written in torch ops: ``std = eta sqrt(var_t)`` and ``direction =
+    sqrt(1 - a_prev - std^2)`` in float32, ``row = r0 + direction (r1 - r0)`` in float64 with columns C and CLIP
+    set. ``t`` a Python int or a one-element int64 tensor; the parts are framed by NaN rows, so an off-range
+    tensor timestep (clamped onto the frame) or an eta too large for the step (``sqrt`` of a negative number)
+    gives a NaN row, hence NaN outputs: the traced step cannot check on the host.
+    """
+
+    __slots__ = ("r0", "dr", "a_prev", "sqrt_var", "n")
+
+    def __init__(self, parts: DDIMEtaRows, device=None):
+        dev = torch.device("cpu") if device is None else torch.device(device)
+        nan_row = np.full((1, NCOEF), np.nan)
+        nan = np.full(1, np.nan, dtype=np.float32)
+        self.r0 = torch.from_numpy(np.concatenate([nan_row, parts._r0, nan_row])).to(dev)
+        self.dr = torch.from_numpy(np.concatenate([nan_row, parts._dr, nan_row])).to(dev)
+        self.a_prev = torch.from_numpy(np.concatenate([nan, parts._a_prev.astype(np.float32), nan])).to(dev)
+        self.sqrt_var = torch.from_numpy(np.concatenate([nan, parts._sqrt_var.astype(np.float32), nan])).to(dev)
+        self.n = len(parts._a_prev)
+
+    def row(self, t, eta: float, device) -> torch.Tensor:
+        """The float64 ``(NCOEF,)`` row of timestep ``t`` for ``eta``, on ``device``."""
+        if isinstance(t, torch.Tensor):  # a (1,) index: a gather in the graph (a 0-d one would be a host read)
+            i = t.to(self.r0.device).reshape(1).clamp(-1, self.n) + 1
+        else:
+            i = [t + 1]
+        std = self.sqrt_var[i] * eta  # float32 times the eta rounded to float32, as DDIMEtaRows
+        direction = torch.sqrt(1 - self.a_prev[i] - std * std)
+        r0 = self.r0[i]
+        row = r0 + direction.double()[:, None] * self.dr[i]
+        cols = torch.arange(NCOEF, device=row.device)
+        row = torch.where(cols == COL["C"], std.double()[:, None], row)
+        # CLIP of r1 - r0 is inf - inf when not clipping: take r0's
+        row = torch.where(cols == COL["CLIP"], r0[:, COL["CLIP"], None], row)
+        return row.reshape(NCOEF).to(device)
 
 
 class DDIMScheduler(DropinMixin, _DiffusersDDIM):
@@ -81,6 +120,27 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
             self._pydiff_tables = TableCache()
             self._pydiff_seen = OrderedDict()  # keys used once, most recent last
             self._pydiff_parts = OrderedDict()
+        self._pydiff_traced = self._traced(device)
+
+    def _traced(self, device) -> dict:
+        """``{use_clipped_model_output: TracedEtaRows}`` for this grid, what a traced step reads (built here: a
+        traced step cannot run NumPy). ``use_clipped_model_output=True`` rows differ only when clipping or
+        thresholding; otherwise one object serves both. Kept for the 2 most recent grids and devices: a pipeline
+        calling ``set_timesteps(n)`` per image rebuilds nothing (the eager step builds the same ``DDIMEtaRows``
+        on its first call; here it is built a step earlier, not twice)."""
+        cfg = self.config
+        key = (None if device is None else str(device),) + self._pydiff_grid
+        cache = self.__dict__.setdefault("_pydiff_traced_parts", OrderedDict())
+        traced = cache.get(key)
+        if traced is None:
+            variants = (False, True) if (cfg.thresholding or math.isfinite(clip_bound(cfg))) else (False,)
+            with np.errstate(invalid="ignore"):  # DDIMEtaRows' r1 - r0 is inf - inf in CLIP when not clipping
+                traced = {u: TracedEtaRows(self._eta_rows(u), device) for u in variants}
+            traced.setdefault(True, traced[False])
+            cache[key] = traced
+            if len(cache) > 2:
+                cache.popitem(last=False)
+        return traced
 
     def _pydiff_unsupported(self):
         """Why this configuration is not fused: every DDIM configuration is."""
@@ -141,6 +201,12 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
             fallback(self, io.mixed, key="mixed dtypes")
             return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
                                 variance_noise, return_dict)
+        if self.config.thresholding and needs_grad(io.x, io.m):
+            # dynamic_threshold has no backward; diffusers' thresholding (torch.quantile) has one
+            fallback(self, "thresholding while autograd records (pydiff's dynamic_threshold has no backward)",
+                     key="thresholding under autograd")
+            return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
+                                variance_noise, return_dict)
         eta = _eta_arg(eta)
         if eta > 0 and variance_noise is not None and generator is not None:
             raise ValueError(
@@ -153,7 +219,12 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
             return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
                                 variance_noise, return_dict)
         self.last_fallback_reason = None
-        coef, index = self._coef(kind, t, eta, bool(use_clipped_model_output), sample.device, io.dtype)
+        if compiling():  # the row in the graph, from tensors set_timesteps made (no NumPy, no table building)
+            cdtype = torch.float64 if io.dtype == torch.float64 else torch.float32
+            row = self._pydiff_traced[bool(use_clipped_model_output)].row(t, eta, sample.device)
+            coef, index = row.to(cdtype), None
+        else:
+            coef, index = self._coef(kind, t, eta, bool(use_clipped_model_output), sample.device, io.dtype)
         backend = self.pydiff_backend
         threshold = threshold_scale(self, io.x, io.m, coef, index)
         noise, seed, offset, rng = None, None, 0, None

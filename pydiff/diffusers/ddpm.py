@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 
 import numpy as np
+import torch
 from diffusers import DDPMScheduler as _DiffusersDDPM
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 
@@ -11,8 +13,8 @@ from ..ops import COL, fused_step
 from ..plans import DDPM_VARIANCE_TYPES, PREDICTION_TYPES
 from ..plans.ddim_ddpm import ddpm_timestep_table
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import (DropinMixin, StepIO, TableCache, check_num_inference_steps, clip_bound, fallback, select_rows,
-                      step_noise, threshold_scale, timestep_arg, validated_init)
+from ._common import (DropinMixin, StepIO, TableCache, TracedTables, check_num_inference_steps, clip_bound, compiling,
+                      fallback, needs_grad, select_rows, step_noise, threshold_scale, timestep_arg, validated_init)
 
 _VARIANCE_TYPES = DDPM_VARIANCE_TYPES + ("learned", "learned_range")
 
@@ -61,6 +63,30 @@ class DDPMScheduler(DropinMixin, _DiffusersDDPM):
         if not isinstance(self.__dict__.get("_pydiff_tables"), TableCache):
             self._pydiff_tables = TableCache()
         self._pydiff_key = self.timesteps.cpu().numpy().tobytes()  # one read per set_timesteps, none per step
+        self._pydiff_traced = self._traced(device)
+
+    def _traced(self, device):
+        """``(TracedTables, on-schedule timesteps)`` of this schedule, what a traced step reads (None when the
+        configuration is not fused or its rows are not finite: such a step falls back, and the eager step raises
+        the table's error as before). Built here because a traced step cannot run NumPy; the rows are the ones
+        the eager step uses (its table cache), so this moves their cost from the first step to set_timesteps.
+        The device copies are kept for the 2 most recent schedules and devices."""
+        if self._pydiff_unsupported() is not None:
+            return None
+        key = self._pydiff_key
+        cache = self.__dict__.setdefault("_pydiff_traced_tables", OrderedDict())
+        ckey = (None if device is None else str(device), key)
+        traced = cache.get(ckey)
+        if traced is None:
+            try:
+                rows = self._pydiff_tables.rows(key, self._build_rows)
+            except ValueError:
+                return None
+            on = frozenset(np.flatnonzero(np.isfinite(rows[:, COL["S"]])).tolist())
+            traced = cache[ckey] = (TracedTables(rows, device), on)
+            if len(cache) > 2:
+                cache.popitem(last=False)
+        return traced
 
     def _build_rows(self) -> np.ndarray:
         cfg = self.config
@@ -94,7 +120,14 @@ class DDPMScheduler(DropinMixin, _DiffusersDDPM):
         if io.mixed:
             fallback(self, io.mixed, key="mixed dtypes")
             return super().step(model_output, timestep, sample, generator, return_dict)
+        if self.config.thresholding and needs_grad(io.x, io.m):
+            # dynamic_threshold has no backward; diffusers' thresholding (torch.quantile) has one
+            fallback(self, "thresholding while autograd records (pydiff's dynamic_threshold has no backward)",
+                     key="thresholding under autograd")
+            return super().step(model_output, timestep, sample, generator, return_dict)
         kind, t = timestep_arg(timestep, self.config.num_train_timesteps, sample.device)
+        if compiling():
+            return self._traced_step(io, kind, t, model_output, timestep, sample, generator, return_dict)
         on_schedule = self.custom_timesteps or self.num_inference_steps
         key = self.__dict__.get("_pydiff_key") if on_schedule else "every t"
         rows = self._pydiff_tables.rows(key, self._build_rows)
@@ -109,10 +142,13 @@ class DDPMScheduler(DropinMixin, _DiffusersDDPM):
         self.last_fallback_reason = None
         table = self._pydiff_tables.device_view(key, rows, sample.device, io.dtype)
         coef, index = select_rows(kind, t, table)
+        return self._fused(io, coef, index, kind == "device" or t > 0, model_output, generator, return_dict)
+
+    def _fused(self, io, coef, index, noisy, model_output, generator, return_dict):
         backend = self.pydiff_backend
         threshold = threshold_scale(self, io.x, io.m, coef, index)
         noise, seed, offset, rng = None, None, 0, None
-        if kind == "device" or t > 0:
+        if noisy:
             # diffusers draws the noise like the model output (its shape and dtype), then broadcasts
             noise, seed, offset, rng = step_noise(self, model_output.shape, generator, model_output.device,
                                                   model_output.dtype, io)
@@ -124,3 +160,19 @@ class DDPMScheduler(DropinMixin, _DiffusersDDPM):
         if not return_dict:
             return prev_sample, pred_x0
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)
+
+    def _traced_step(self, io, kind, t, model_output, timestep, sample, generator, return_dict):
+        """The step while TorchDynamo traces: the tables ``set_timesteps`` prepared, the row picked by the kernel
+        from the timestep tensor (as for a GPU timestep: off the schedule it is a NaN row, and the noise is drawn
+        on every step, the last one included, where its coefficient is 0)."""
+        traced = self.__dict__.get("_pydiff_traced")
+        if traced is None or not (self.custom_timesteps or self.num_inference_steps):
+            kind, t = None, "no fused table for a traced step (set_timesteps was not called, or its rows are not finite)"
+        elif kind == "int" and t not in traced[1]:
+            kind, t = None, f"timestep {t} is not on the schedule"
+        if kind is None:
+            fallback(self, t, key="an integer timestep off the schedule" if t.startswith("timestep ") else None)
+            return super().step(model_output, timestep, sample, generator, return_dict)
+        self.last_fallback_reason = None
+        coef, index = select_rows(kind, t, traced[0].view(sample.device, io.dtype))
+        return self._fused(io, coef, index, kind == "device" or t > 0, model_output, generator, return_dict)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -13,9 +14,10 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..ops import fused_step
 from ..plans.dpm_solver_diffusers import multistep_order, multistep_table, row_is_finite
+from ..plans.rows import finite_rows
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import (DropinMixin, StepIO, TableCache, check_num_inference_steps, check_single_timestep, fallback,
-                      step_noise, threshold_scale, validated_init)
+from ._common import (DropinMixin, StepIO, TableCache, TracedTables, check_num_inference_steps, check_single_timestep,
+                      compiling, fallback, needs_grad, step_noise, threshold_scale, validated_init)
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++", "deis")  # deis -> dpmsolver++
@@ -64,7 +66,47 @@ def host_step_index(scheduler, timestep) -> int:
     return int(cand[1] if len(cand) > 1 else cand[0])
 
 
-def history_buffer(scheduler, io: StepIO, keep: int):
+class TracedPlan(NamedTuple):
+    """What a traced step (``torch.compile``) reads instead of the NumPy plan: made by ``set_timesteps``.
+
+    ``tables``: the rows (``TracedTables``, indexed ``(order - 1) * n + i`` like ``table_view``); ``finite``:
+    per order, per step, whether the row is finite (``row_is_finite``); ``n``: the number of steps;
+    ``index_of``: diffusers' ``index_for_timestep`` of every timestep value of the schedule (the second position
+    of a value that occurs twice); ``start``: that of the schedule's first timestep.
+    """
+
+    tables: TracedTables
+    finite: tuple
+    n: int
+    index_of: dict
+    start: int
+
+
+def traced_plan(rows: np.ndarray, timesteps: np.ndarray, device) -> TracedPlan:
+    ts = np.asarray(timesteps).tolist()
+    positions = {}
+    for k, v in enumerate(ts):
+        positions.setdefault(v, []).append(k)
+    index_of = {v: (p[1] if len(p) > 1 else p[0]) for v, p in positions.items()}
+    finite = tuple(tuple(r) for r in finite_rows(rows).tolist())
+    start = index_of[ts[0]] if ts else 0
+    return TracedPlan(TracedTables(rows, device), finite, rows.shape[1], index_of, start)
+
+
+def traced_step_index(scheduler, timestep) -> int:
+    """``host_step_index`` while TorchDynamo traces: ``begin_index`` when set, else the index of a Python integer
+    timestep, and for a timestep tensor (CPU ones included: reading one is a graph break) the schedule's first
+    timestep's, as for an accelerator tensor in eager mode (pipelines that start mid-schedule set
+    ``begin_index``)."""
+    if scheduler.begin_index is not None:
+        return scheduler.begin_index
+    plan = scheduler._pydiff_traced
+    if isinstance(timestep, (int, np.integer)) and not isinstance(timestep, bool):
+        return plan.index_of.get(int(timestep), plan.n - 1)
+    return plan.start
+
+
+def history_buffer(scheduler, io: StepIO, keep: int, fresh: bool = False):
     """The tensor to write this step's converted output into, and the updated ``model_outputs`` list.
 
     ``model_outputs`` (diffusers' list, oldest first) stays the source of truth, so fused steps and diffusers'
@@ -75,6 +117,10 @@ def history_buffer(scheduler, io: StepIO, keep: int):
     may list the caller's ``model_output`` there). Buffers are in the step's output layout (``StepIO``), so
     a channels_last run keeps channels_last history without copies.
 
+    ``fresh`` (autograd records this step): a new buffer every step. An autograd graph refers to the history
+    tensors that entered it, so overwriting one would corrupt the gradient; a buffer that requires grad (from a
+    recorded step) is never overwritten either.
+
     Returns ``(target, kernel view of target, new list)``; ``(None, None, new list)`` without history
     (``keep = 0``: the kernel writes no ``w``).
     """
@@ -83,7 +129,8 @@ def history_buffer(scheduler, io: StepIO, keep: int):
     target = None
     if keep >= 1:
         cand = outs[-keep]
-        if cand is not None and any(cand is t for t in owned) and io.matches(cand):
+        if (not fresh and cand is not None and not cand.requires_grad and any(cand is t for t in owned)
+                and io.matches(cand)):
             target = cand
             target_k = io.kernel(cand)
         else:
@@ -102,8 +149,9 @@ def commit_history(scheduler, target, new_outputs) -> None:
         t is target or any(t is o for o in scheduler._pydiff_owned))]
 
 
-def fused_reason(scheduler):
-    """Why ``step`` cannot run fused (None when it can): the configuration, or no plan from ``set_timesteps``.
+def fused_reason(scheduler, traced: bool):
+    """Why ``step`` cannot run fused (None when it can): the configuration, or no plan from ``set_timesteps``
+    (``traced``: for a step TorchDynamo traces, the ``TracedPlan``).
 
     Raises diffusers' error when ``set_timesteps`` was never called."""
     if scheduler.num_inference_steps is None:
@@ -111,13 +159,18 @@ def fused_reason(scheduler):
             "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
         )
     reason = scheduler._pydiff_unsupported()
-    if reason is None and getattr(scheduler, "_pydiff_rows", None) is None:
+    # a traced step reads the plan's torch form (a NumPy array in a traced function becomes a graph input)
+    plan = scheduler.__dict__.get("_pydiff_traced") if traced else getattr(scheduler, "_pydiff_rows", None)
+    if reason is None and plan is None:
         reason = "no fused plan (the timesteps were not set by this class's set_timesteps)"
     return reason
 
 
-def table_view(scheduler, device, dtype):
-    """The (3 n, NCOEF) row table on ``device`` in the compute dtype of ``dtype`` (uploaded once)."""
+def table_view(scheduler, device, dtype, traced: bool = False):
+    """The (3 n, NCOEF) row table on ``device`` in the compute dtype of ``dtype`` (uploaded once; ``traced``: the
+    ``TracedPlan``'s copy, for a step TorchDynamo traces)."""
+    if traced:
+        return scheduler._pydiff_traced.tables.view(device, dtype)
     rows = scheduler._pydiff_rows
     return scheduler._pydiff_tables.device_view("rows", rows.reshape(-1, rows.shape[-1]), device, dtype)
 
@@ -153,11 +206,13 @@ def reset_fused_state(scheduler, device, build_table) -> None:
 
     Rows are kept per (sigmas, order list, config) for the 4 most recent schedules: a pipeline that calls
     ``set_timesteps(n)`` for every image builds them once, and its first step finds the table on the device
-    (the first step after a rebuild measured 0.04 ms more than the others, for the upload)."""
+    (the first step after a rebuild measured 0.04 ms more than the others, for the upload). With them, the
+    plan's ``TracedPlan`` (what a step traced by ``torch.compile`` reads), made once per entry and device."""
     scheduler._pydiff_ts_host = scheduler.timesteps.numpy().copy()
     scheduler.timesteps = scheduler.timesteps.to(device=device)
     scheduler._pydiff_owned = []
     scheduler._pydiff_rows = None
+    scheduler._pydiff_traced = None
     scheduler._pydiff_tables = TableCache()
     if scheduler._pydiff_unsupported() is not None:
         return
@@ -166,12 +221,16 @@ def reset_fused_state(scheduler, device, build_table) -> None:
            repr(sorted(scheduler.config.items())))
     entry = plans.get(key)
     if entry is None:
-        entry = plans[key] = (build_table(), TableCache())
+        entry = plans[key] = (build_table(), TableCache(), {})
         if len(plans) > 4:
             plans.popitem(last=False)
     else:
         plans.move_to_end(key)
-    scheduler._pydiff_rows, scheduler._pydiff_tables = entry
+    scheduler._pydiff_rows, scheduler._pydiff_tables, traced = entry
+    dkey = None if device is None else str(device)
+    if dkey not in traced:
+        traced[dkey] = traced_plan(scheduler._pydiff_rows, scheduler._pydiff_ts_host, device)
+    scheduler._pydiff_traced = traced[dkey]
     preload_table(scheduler, device)
 
 
@@ -293,7 +352,8 @@ class DPMSolverMultistepScheduler(DropinMixin, _DiffusersDPMMS):
     def step(self, model_output, timestep, sample, generator=None, variance_noise=None, return_dict: bool = True):
         check_single_timestep(timestep)
         args = (model_output, timestep, sample, generator, variance_noise, return_dict)
-        reason = fused_reason(self)
+        traced = compiling()
+        reason = fused_reason(self, traced)
         if reason is not None:
             return self._parent_step(reason, *args)
         io = StepIO(model_output, sample)
@@ -305,21 +365,27 @@ class DPMSolverMultistepScheduler(DropinMixin, _DiffusersDPMMS):
                 not isinstance(variance_noise, torch.Tensor) or variance_noise.shape != io.shape):
             return self._parent_step("a variance_noise of another shape than the sample", *args)
         if self._step_index is None:
-            self._step_index = host_step_index(self, timestep)
-        i, n = self._step_index, len(self._pydiff_ts_host)
+            self._step_index = traced_step_index(self, timestep) if traced else host_step_index(self, timestep)
+        i = self._step_index
+        n = self._pydiff_traced.n if traced else len(self._pydiff_ts_host)
         if i >= n:
             return self._parent_step(f"step index {i} past the last step", *args, key="a step past the last one")
         order = self._order(i, n)
-        row = self._pydiff_rows[order - 1, i]
-        if not row_is_finite(row):
+        finite = self._pydiff_traced.finite[order - 1][i] if traced else row_is_finite(self._pydiff_rows[order - 1, i])
+        if not finite:
             return self._parent_step(f"non-finite coefficients at step {i} (order {order})", *args,
                                      key="non-finite coefficients")
         hist = [self.model_outputs[-k] for k in range(1, order)]  # m_{i-1}, m_{i-2}
         if not history_ok(hist, io):
             return self._parent_step("the history does not match the sample (shape, dtype or device)", *args)
+        grad = needs_grad(io.x, io.m, *hist)
+        if cfg.thresholding and grad:
+            # dynamic_threshold has no backward; diffusers' thresholding (torch.quantile) has one
+            return self._parent_step("thresholding while autograd records (pydiff's dynamic_threshold has no "
+                                     "backward)", *args, key="thresholding under autograd")
         self.last_fallback_reason = None
 
-        coef = table_view(self, sample.device, io.dtype)[(order - 1) * n + i]
+        coef = table_view(self, sample.device, io.dtype, traced)[(order - 1) * n + i]
         backend = self.pydiff_backend
         threshold = threshold_scale(self, io.x, io.m, coef, None)
         noise, seed, offset, rng = None, None, 0, None
@@ -329,7 +395,7 @@ class DPMSolverMultistepScheduler(DropinMixin, _DiffusersDPMMS):
             # diffusers draws float32 noise of the (converted, broadcast) output's shape
             noise, seed, offset, rng = step_noise(self, io.shape, generator, io.device, torch.float32, io,
                                                   variance_noise, draw=randn_tensor)
-        target, target_k, new_outputs = history_buffer(self, io, cfg.solver_order - 1)
+        target, target_k, new_outputs = history_buffer(self, io, cfg.solver_order - 1, fresh=grad)
         prev_sample, prev_k = io.empty()
         fused_step(io.x, io.m, coef, out=prev_k, w_out=target_k, hist=[io.kernel(h) for h in hist], noise=noise,
                    seed=seed, offset=offset, rng=rng, threshold=threshold, backend=backend)

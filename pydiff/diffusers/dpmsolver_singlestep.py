@@ -8,10 +8,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..ops import fused_step
 from ..plans.dpm_solver_diffusers import row_is_finite, singlestep_table
 from ..schedules import BETA_SCHEDULES
-from ._common import (DropinMixin, StepIO, check_num_inference_steps, check_single_timestep, fallback, step_noise,
-                      threshold_scale, validated_init)
+from ._common import (DropinMixin, StepIO, check_num_inference_steps, check_single_timestep, compiling, fallback,
+                      needs_grad, step_noise, threshold_scale, validated_init)
 from .dpmsolver_multistep import (check_solver_order, commit_history, fused_reason, history_buffer, history_ok,
-                                  host_step_index, reset_fused_state, scheduler_sigmas, table_view, unsupported_common)
+                                  host_step_index, reset_fused_state, scheduler_sigmas, table_view, traced_step_index,
+                                  unsupported_common)
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver++", "deis")  # deis -> dpmsolver++ (diffusers)
@@ -101,7 +102,8 @@ class DPMSolverSinglestepScheduler(DropinMixin, _DiffusersDPMSS):
     def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
         check_single_timestep(timestep)
         args = (model_output, timestep, sample, generator, return_dict)
-        reason = fused_reason(self)
+        traced = compiling()
+        reason = fused_reason(self, traced)
         if reason is not None:
             return self._parent_step(reason, *args)
         io = StepIO(model_output, sample)
@@ -109,16 +111,17 @@ class DPMSolverSinglestepScheduler(DropinMixin, _DiffusersDPMSS):
             return self._parent_step(io.mixed, *args, key="mixed dtypes")
         cfg = self.config
         if self._step_index is None:
-            self._step_index = host_step_index(self, timestep)
+            self._step_index = traced_step_index(self, timestep) if traced else host_step_index(self, timestep)
         i = self._step_index
-        if i >= len(self.order_list) or i >= self._pydiff_rows.shape[1]:
+        n = self._pydiff_traced.n if traced else self._pydiff_rows.shape[1]
+        if i >= len(self.order_list) or i >= n:
             return self._parent_step(f"step index {i} past the last step", *args, key="a step past the last one")
         # diffusers: the order of the list, lowered while the history is short (a run that starts mid-block)
         order = self.order_list[i]
         while order > 1 and self.model_outputs[-order + 1] is None:
             order -= 1
-        row = self._pydiff_rows[order - 1, i]
-        if not row_is_finite(row):
+        finite = self._pydiff_traced.finite[order - 1][i] if traced else row_is_finite(self._pydiff_rows[order - 1, i])
+        if not finite:
             return self._parent_step(f"non-finite coefficients at step {i} (order {order})", *args,
                                      key="non-finite coefficients")
         hist = [self.model_outputs[-k] for k in range(1, order)]  # m_{i-1}, m_{i-2}
@@ -126,9 +129,14 @@ class DPMSolverSinglestepScheduler(DropinMixin, _DiffusersDPMSS):
             hist.append(self.sample)  # the block's starting sample
         if not history_ok(hist, io):
             return self._parent_step("the history does not match the sample (shape, dtype or device)", *args)
+        grad = needs_grad(io.x, io.m, *hist)
+        if cfg.thresholding and grad:
+            # dynamic_threshold has no backward; diffusers' thresholding (torch.quantile) has one
+            return self._parent_step("thresholding while autograd records (pydiff's dynamic_threshold has no "
+                                     "backward)", *args, key="thresholding under autograd")
         self.last_fallback_reason = None
 
-        coef = table_view(self, sample.device, io.dtype)[(order - 1) * self._pydiff_rows.shape[1] + i]
+        coef = table_view(self, sample.device, io.dtype, traced)[(order - 1) * n + i]
         backend = self.pydiff_backend
         threshold = threshold_scale(self, io.x, io.m, coef, None)
         noise, seed, offset, rng = None, None, 0, None
@@ -136,7 +144,7 @@ class DPMSolverSinglestepScheduler(DropinMixin, _DiffusersDPMSS):
             # diffusers draws noise like the converted (promoted, broadcast) model output
             noise, seed, offset, rng = step_noise(self, io.shape, generator, io.device, io.dtype, io,
                                                   draw=randn_tensor)
-        target, target_k, new_outputs = history_buffer(self, io, cfg.solver_order - 1)
+        target, target_k, new_outputs = history_buffer(self, io, cfg.solver_order - 1, fresh=grad)
         prev_sample, prev_k = io.empty()
         fused_step(io.x, io.m, coef, out=prev_k, w_out=target_k, hist=[io.kernel(h) for h in hist], noise=noise,
                    seed=seed, offset=offset, rng=rng, threshold=threshold, backend=backend)
