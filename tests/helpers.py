@@ -22,12 +22,22 @@ def backend_device(name):
     return registry.test_device(name)
 
 
-def backend_params(names=("cpu", "triton", "cuda")):
+ALL_BACKENDS = registry.BACKENDS
+
+
+def backend_params(names=None, op=None):
+    """pytest params for backends (default: every compiled one in the registry); GPU-only ones marked ``gpu``,
+    unavailable ones (or, with ``op``, ones without that op yet) skipped with the registry's reason."""
+    if names is None:
+        names = tuple(b for b in registry.BACKENDS if b != "reference")
     out = []
     for n in names:
-        marks = [pytest.mark.gpu] if n == "cuda" else []
+        gpu_only = "cuda" in registry.INFO[n].devices and "cpu" not in registry.INFO[n].devices
+        marks = [pytest.mark.gpu] if gpu_only else []
         if backend_device(n) is None:
             marks.append(pytest.mark.skip(reason=f"backend {n}: {registry.unavailable_reason(n) or 'no device'}"))
+        elif op is not None and not registry.implements(n, op):
+            marks.append(pytest.mark.skip(reason=f"backend {n} has no {op} yet"))
         out.append(pytest.param(n, marks=marks, id=n))
     return out
 

@@ -44,3 +44,28 @@ def test_ddim_step_replays_in_cuda_graph():
     g.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(static_out, expect)
+
+
+@pytest.mark.parametrize("cls", [pd.DDIMScheduler])
+def test_reduce_overhead_loop_replays_without_recompiles(cls):
+    """torch.compile(mode="reduce-overhead") of a 20-step loop (model included): CUDA-graph replays, no recompile
+    on later calls, the eager result."""
+    torch._dynamo.reset()
+    sched = cls()
+    sched.set_timesteps(20, device="cuda")
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1, device="cuda")
+
+    def run(x):
+        for t in sched.timesteps:
+            x = sched.step(torch.tanh(conv(x)) * 0.3, t, x).prev_sample
+        return x
+
+    x = torch.randn(1, 4, 32, 32, device="cuda")
+    with torch.no_grad():
+        expect = run(x.clone())
+        compiled = torch.compile(run, mode="reduce-overhead", fullgraph=True)
+        compiled(x.clone())
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for _ in range(3):
+                got = compiled(x.clone())
+    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)

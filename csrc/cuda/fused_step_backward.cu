@@ -42,6 +42,7 @@ __global__ void __launch_bounds__(kThreads) fused_step_backward_kernel(const Fus
 
 }  // namespace
 
+#if !defined(__CUDACC_RTC__)  // host code: the ahead-of-time build only (NVRTC sees the kernels)
 void fused_step_backward(const FusedStepBackwardArgs& a, int device, uintptr_t stream) {
   if (a.B == 0 || a.N == 0) return;
   set_device(device);
@@ -54,6 +55,7 @@ void fused_step_backward(const FusedStepBackwardArgs& a, int device, uintptr_t s
   });
   check(cudaGetLastError(), "fused_step_backward launch");
 }
+#endif  // !__CUDACC_RTC__
 
 }  // namespace cuda
 }  // namespace pydiff

@@ -16,11 +16,13 @@ from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpmsolver_multistep import DPMSolverMultistepScheduler
 from .dpmsolver_singlestep import DPMSolverSinglestepScheduler
-from .score_sde_ve import ScoreSdeVeScheduler  # noqa: F401  (its module is set to this one in its class body)
-from .score_sde_vp import ScoreSdeVpScheduler  # noqa: F401  (likewise)
+from .score_sde_ve import ScoreSdeVeScheduler
+from .score_sde_vp import ScoreSdeVpScheduler
 
-__all__ = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"]
+__all__ = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+           "ScoreSdeVeScheduler", "ScoreSdeVpScheduler"]
 
-for _cls in (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler):
+for _cls in (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler,
+             ScoreSdeVeScheduler, ScoreSdeVpScheduler):
     _cls.__module__ = __name__
 del _cls

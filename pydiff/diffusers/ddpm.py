@@ -5,7 +5,6 @@ import warnings
 from collections import OrderedDict
 
 import numpy as np
-import torch
 from diffusers import DDPMScheduler as _DiffusersDDPM
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 

@@ -15,17 +15,20 @@ _RESOLVED: dict = {}
 _IMPLS: dict = {}
 
 
-def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
-    """The backend that runs an op on ``tensor`` (see ``pydiff.ops.backends``)."""
+def resolve_backend(backend: str | None, tensor: torch.Tensor, op: str = "fused_step") -> str:
+    """The backend that runs ``op`` on ``tensor`` (see ``pydiff.ops.backends``).
+
+    A backend that does not implement ``op`` (an op that has not reached every backend yet) is skipped by the
+    automatic choice and refused, with that reason, when named explicitly."""
     # TRITON_INTERPRET is not in the key: triton reads it once, at import, so it cannot change later
-    key = (backend, os.environ.get("PYDIFF_BACKEND"), tensor.device.type, tensor.dtype)
+    key = (backend, os.environ.get("PYDIFF_BACKEND"), tensor.device.type, tensor.dtype, op)
     hit = _RESOLVED.get(key)
     if hit is None:
-        hit = _RESOLVED[key] = _resolve(backend, tensor)
+        hit = _RESOLVED[key] = _resolve(backend, tensor, op)
     return hit
 
 
-def _resolve(backend, tensor):
+def _resolve(backend, tensor, op):
     source = "backend"
     if backend is None:
         backend, source = os.environ.get("PYDIFF_BACKEND") or None, "PYDIFF_BACKEND"
@@ -42,9 +45,12 @@ def _resolve(backend, tensor):
         if why is not None:
             raise RuntimeError(f"{source}={backend!r} is not available here: {why}; "
                                f"available: {reg.available_backends()}")
+        if not reg.implements(backend, op):
+            raise NotImplementedError(f"{source}={backend!r} does not implement {op} yet; backends that do: "
+                                      f"{[b for b in reg.available_backends() if reg.implements(b, op)]}")
         return backend
     for name in reg.AUTOMATIC_ORDER.get(dev, ()):
-        if reg.runs_on(name, dev, dtype) and reg.backend_available(name):
+        if reg.runs_on(name, dev, dtype) and reg.backend_available(name) and reg.implements(name, op):
             return name
     return "reference"
 

@@ -64,7 +64,7 @@ def dynamic_threshold_reference(x, m, coef, index, index_stride, row_stride, m2,
 def _run(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, max_val, backend):
     if coef is not None:
         check_index_range(coef, index)
-    impl = dispatch("dynamic_threshold", resolve_backend(backend, x))
+    impl = dispatch("dynamic_threshold", resolve_backend(backend, x, "dynamic_threshold"))
     return impl(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, max_val)
 
 

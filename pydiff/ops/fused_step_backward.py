@@ -107,7 +107,7 @@ def _run(grad_out, grad_w, x, m, coef, index, index_stride, row_stride, noise, s
     dnoise = torch.empty_like(x) if noise is not None and need_dnoise else None
     dvar = torch.empty_like(x) if var is not None and need_dvar else None
     if x.numel() > 0:
-        impl = dispatch("fused_step_backward", resolve_backend(backend, x))
+        impl = dispatch("fused_step_backward", resolve_backend(backend, x, "fused_step_backward"))
         impl(grad_out, grad_w, x, m, coef, index, index_stride, row_stride, noise, to_uint64(seed), to_uint64(offset),
              rng, threshold, m2, var, dx, dm, dm2, dnoise, dvar)
     empty = x.new_empty(0)

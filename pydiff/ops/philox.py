@@ -84,7 +84,8 @@ def philox_normal_reference(out: torch.Tensor, seed, offset: int, rng) -> None:
 
 
 def _run(out, seed, offset, rng, backend):
-    dispatch("philox_normal", resolve_backend(backend, out))(out, to_uint64(seed), to_uint64(offset), rng)
+    impl = dispatch("philox_normal", resolve_backend(backend, out, "philox_normal"))
+    impl(out, to_uint64(seed), to_uint64(offset), rng)
 
 
 def _fake(out, seed, offset, rng, backend):

@@ -31,7 +31,8 @@ def sumsq_reference(a, b, seed, offset, rng):
 
 
 def _run(a, b, seed, offset, rng, backend):
-    return dispatch("sumsq", resolve_backend(backend, a))(a, b, to_uint64(seed), to_uint64(offset), rng)
+    impl = dispatch("sumsq", resolve_backend(backend, a, "sumsq"))
+    return impl(a, b, to_uint64(seed), to_uint64(offset), rng)
 
 
 def _fake(a, b, seed, offset, rng, backend):

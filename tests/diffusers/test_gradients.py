@@ -16,19 +16,6 @@ STEPS = 5
 SHAPE = (2, 3, 6, 6)
 
 
-def _has_fused_backward() -> bool:
-    try:
-        from pydiff.ops.fused_step_backward import fused_step_backward_op  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-#: the gradient of a fused step is the fused backward operator's (what fused_step_functional's backward calls)
-needs_backward = pytest.mark.skipif(not _has_fused_backward(),
-                                    reason="the fused backward operator fused_step_backward_op is not in this checkout")
-
-
 class TinyModel(torch.nn.Module):
     """A small conv net with parameters, whose output depends on the timestep."""
 
@@ -100,7 +87,6 @@ def case_id(case):
     return "-".join([cls.replace("Scheduler", "")] + [f"{k}={v}" for k, v in {**config, **step_kw}.items()])
 
 
-@needs_backward
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
 def test_loop_gradients_match_diffusers(case):
     cls, config, step_kw, noise_kw = case
@@ -175,7 +161,6 @@ def test_thresholding_under_autograd_runs_diffusers_step(cls):
     assert sched.last_fallback_reason is None
 
 
-@needs_backward
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_gradcheck_one_ddim_step(backend):
     sched = pd.DDIMScheduler(clip_sample=False)
@@ -192,7 +177,6 @@ def test_gradcheck_one_ddim_step(backend):
     assert torch.autograd.gradcheck(step, (x, m))
 
 
-@needs_backward
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_gradcheck_two_multistep_steps(backend):
     """The second DPM-Solver++ 2M step reads the first one's converted output from the history: gradients flow
@@ -212,7 +196,6 @@ def test_gradcheck_two_multistep_steps(backend):
     assert torch.autograd.gradcheck(two_steps, (x, m))
 
 
-@needs_backward
 def test_compiled_forward_and_backward_equal_eager():
     """torch.compile and autograd together: the compiled loop's gradients (AOTAutograd traces the backward
     through the fused backward op) equal the eager ones."""

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from helpers import DTYPES, TOL, backend_device, backend_params, supports_dtype
+from helpers import ALL_BACKENDS, DTYPES, TOL, backend_device, backend_params, supports_dtype
 from pydiff.ops import COL, K_MAX, NCOEF, coef_row, dynamic_threshold, fused_step, philox_normal, sumsq
 from pydiff.ops.dynamic_threshold import dynamic_threshold_reference, quantile_rank
 from pydiff.ops.philox import philox_normal_reference
@@ -138,7 +138,7 @@ def test_fused_step_every_history_count(backend, k):
     assert torch.equal(out, torch.full(shape, float(expect), device=device))
 
 
-@pytest.mark.parametrize("backend", backend_params(("reference", "cpu", "triton", "cuda")))
+@pytest.mark.parametrize("backend", backend_params(ALL_BACKENDS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_fused_step_aliasing(backend, dtype):
     """An output may be an input: out=x and w_out=m, m2 or a history tensor (in-place multistep updates)."""
@@ -164,7 +164,7 @@ def test_fused_step_aliasing(backend, dtype):
         torch.testing.assert_close(w_target, ref_w, **TOL[dtype])
 
 
-@pytest.mark.parametrize("backend", backend_params(("reference", "cpu", "triton", "cuda")))
+@pytest.mark.parametrize("backend", backend_params(ALL_BACKENDS))
 def test_fused_step_rejects_partial_overlap(backend):
     device = backend_device(backend)
     buf = torch.randn(10, device=device)
@@ -178,7 +178,7 @@ def test_fused_step_rejects_partial_overlap(backend):
         fused_step(y, y, coef, out=both, w_out=both, backend=backend)
 
 
-@pytest.mark.parametrize("backend", backend_params(("reference", "cpu", "triton", "cuda")))
+@pytest.mark.parametrize("backend", backend_params(ALL_BACKENDS))
 def test_fused_step_propagates_nan(backend):
     device = backend_device(backend)
     x = torch.ones(2, 9, device=device)
@@ -188,7 +188,7 @@ def test_fused_step_propagates_nan(backend):
     assert out[1, 4].isnan() and not out[0].isnan().any() and (out[0] == 0.5).all()
 
 
-@pytest.mark.parametrize("backend", backend_params(("reference", "cpu", "triton", "cuda")))
+@pytest.mark.parametrize("backend", backend_params(ALL_BACKENDS))
 def test_nan_clip_bound_gives_nan(backend):
     """A NaN clip bound (or threshold) is NaN, never a silent pass-through (torch.clamp semantics)."""
     device = backend_device(backend)
@@ -202,7 +202,7 @@ def test_nan_clip_bound_gives_nan(backend):
     assert not out[0].isnan().any() and out[1].isnan().all()
 
 
-@pytest.mark.parametrize("backend", backend_params(("reference", "cpu", "triton", "cuda")))
+@pytest.mark.parametrize("backend", backend_params(ALL_BACKENDS))
 def test_index_rule(backend):
     """Negative rows wrap (also on a view); a CPU index out of [-R, R) raises IndexError before any kernel."""
     device = backend_device(backend)
@@ -280,7 +280,7 @@ def test_dynamic_threshold_reference_is_torch_quantile():
             torch.testing.assert_close(got, expect, rtol=1e-14, atol=1e-14)
 
 
-@pytest.mark.parametrize("backend", backend_params(("reference", "cpu", "triton", "cuda")))
+@pytest.mark.parametrize("backend", backend_params(ALL_BACKENDS))
 def test_dynamic_threshold_nan_and_inf(backend):
     """Any NaN in a sample gives NaN; inf values give inf where the interpolation would give inf - inf."""
     device = backend_device(backend)
@@ -323,7 +323,7 @@ def test_philox_normal_matches_reference(backend, dtype, shape):
         torch.testing.assert_close(got, ref, **TOL[torch.float32 if dtype == torch.float64 else dtype])
 
 
-@pytest.mark.parametrize("backend", backend_params(("reference", "cpu", "triton", "cuda")))
+@pytest.mark.parametrize("backend", backend_params(ALL_BACKENDS))
 def test_rng_tensor_is_seed_and_offset(backend):
     """rng = [seed bits, base] with host offset o draws what seed=seed, offset=base+o draws (mod 2^64)."""
     from pydiff.ops import seed_to_int64
@@ -342,7 +342,7 @@ def test_rng_tensor_is_seed_and_offset(backend):
                                    want.reshape(3, -1).square().sum(1), rtol=2e-6, atol=2e-6)
 
 
-@pytest.mark.parametrize("backend", backend_params(("reference", "cpu", "triton", "cuda")))
+@pytest.mark.parametrize("backend", backend_params(ALL_BACKENDS))
 def test_fused_step_noise_is_philox_normal(backend):
     """The in-kernel noise is exactly philox_normal's tensor: C=1 and nothing else gives z itself."""
     device = backend_device(backend)

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from helpers import DTYPES, TOL, backend_device, backend_params, supports_dtype
+from helpers import ALL_BACKENDS, DTYPES, TOL, backend_device, backend_params, supports_dtype
 from pydiff.ops import COL, NCOEF, coef_row
 from pydiff.ops import backends as registry
 from pydiff.ops._validate import normalize_rows
@@ -190,7 +190,7 @@ FEATURES = {
 def _backend_cases():
     """The full cross for cpu (and cuda); the Triton interpreter gets every feature in float32 on the small
     shapes and the other dtypes on a subset."""
-    for bp in backend_params():
+    for bp in backend_params(op="fused_step_backward"):
         triton = bp.values[0] == "triton"
         for dtype in DTYPES:
             for shape in SHAPES:
@@ -222,7 +222,7 @@ def test_backend_matches_reference(backend, dtype, shape, mode, feature):
         torch.testing.assert_close(value, ref[name], **tol, msg=f"d{name}")
 
 
-@pytest.mark.parametrize("backend", backend_params(("reference", "cpu", "triton", "cuda")))
+@pytest.mark.parametrize("backend", backend_params(ALL_BACKENDS, op="fused_step_backward"))
 def test_public_function(backend):
     """The public wrapper: which gradients come back, and that they are the normalized op's."""
     device = backend_device(backend)
@@ -240,7 +240,7 @@ def test_public_function(backend):
     assert dm2 is None and dn is None and dv is None
 
 
-@pytest.mark.parametrize("backend", backend_params(("reference", "cpu", "triton", "cuda")))
+@pytest.mark.parametrize("backend", backend_params(ALL_BACKENDS, op="fused_step_backward"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_optional_gradients_may_be_skipped(backend, dtype):
     """dm2, dnoise and dvar may be None with their inputs present: the other gradients are unchanged."""
@@ -257,7 +257,7 @@ def test_optional_gradients_may_be_skipped(backend, dtype):
         assert torch.equal(value, full[name])
 
 
-@pytest.mark.parametrize("backend", backend_params(("reference", "cpu", "triton", "cuda")))
+@pytest.mark.parametrize("backend", backend_params(ALL_BACKENDS, op="fused_step_backward"))
 def test_output_may_be_an_input(backend):
     """Every input element is read before its gradients are written: dx may be grad_out, dm may be m."""
     device = backend_device(backend)
@@ -276,7 +276,7 @@ def test_output_may_be_an_input(backend):
     torch.testing.assert_close(dv, ref["var"], **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("backend", backend_params(("triton", "cuda")))
+@pytest.mark.parametrize("backend", backend_params(("triton", "cuda", "cuda-jit"), op="fused_step_backward"))
 def test_out_of_range_row_gives_nan_on_accelerators(backend):
     """The index rule: a row outside [-R, R) reads as NaN, so that sample's gradients are all NaN."""
     device = backend_device(backend)

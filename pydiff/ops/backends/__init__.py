@@ -125,6 +125,11 @@ def test_device(name: str) -> torch.device | None:
     return None
 
 
+def implements(name: str, op: str) -> bool:
+    """Whether backend ``name`` (available) has a kernel for ``op``."""
+    return callable(getattr(load(name), op, None))
+
+
 def implementation(name: str, op: str):
     """The normalized implementation of ``op`` on backend ``name``."""
     return getattr(load(name), op)
