@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -54,6 +55,16 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def _has_cpu_flag(flag: str) -> bool:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return flag in line.split()
+    except OSError:
+        pass
+    return False
 
 
 STAT = {"median": statistics.median, "min": min}
@@ -154,9 +165,13 @@ def main(argv=None):
         "machine": _cpu_name(), "threads": args.threads, "torch": torch.__version__, "commit": _commit(),
         "shape": list(shape), "clip": clip, "build": C.build_info(), "stat": args.stat, "rounds": args.rounds,
         "inner": args.inner,
+        # the avx512 level's bf16 stores use vcvtneps2bf16 where the CPU has AVX512-BF16, unless
+        # PYDIFF_CPU_AVX512BF16=0 keeps the integer rounding
+        "avx512bf16": _has_cpu_flag("avx512_bf16") and os.environ.get("PYDIFF_CPU_AVX512BF16") != "0",
     }
     print(f"machine: {meta['machine']}  threads: {args.threads}  torch {meta['torch']}  commit {meta['commit']}  "
-          f"shape {shape}  clip {clip}  {args.stat} of {args.rounds} rounds x {args.inner} calls")
+          f"shape {shape}  clip {clip}  {args.stat} of {args.rounds} rounds x {args.inner} calls  "
+          f"avx512bf16 {meta['avx512bf16']}")
     cols = ["dtype", "noise", "copy_us", "compiled_us"] + [f"fused_{i}_us" for i in isas] + [f"speedup_{i}" for i in isas]
     print(" ".join(f"{c:>16}" for c in cols))
     for e in results:

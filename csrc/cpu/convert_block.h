@@ -1,12 +1,13 @@
-// Block conversions fp16/bf16 <-> float32 with explicit vector intrinsics, for the AVX2 (+F16C) and
-// AVX-512 builds of the kernel TUs. GCC 12 keeps the per-element conversions of convert.h scalar inside
-// the fused element loop (and does not vectorise `_Float16` <-> float either), so the half-precision
-// fused_step converts blocks of each input into float32 buffers here, runs the float32 element loop on
-// the buffers, and converts the outputs back.
+// Vector conversions fp16/bf16 <-> float32 with explicit intrinsics, for the AVX2 (+F16C) and AVX-512
+// builds of the kernel TUs. GCC 12 keeps the per-element conversions of convert.h scalar inside the
+// fused element loop (and does not vectorise `_Float16` <-> float either), so the half-precision
+// fused_step converts whole vectors here (fused_run_vec) or blocks into float32 buffers (load_block /
+// store_block, for the configurations whose element function exists as scalar code only).
 //
 // Every function gives the same bits as the scalar conversions of convert.h (round to nearest even
-// independent of MXCSR, overflow -> inf, NaN -> sign | 0x7E00 for fp16 and 0x7FC0 for bf16); the tail
-// of a block that does not fill a vector uses those scalar conversions.
+// independent of MXCSR, overflow -> inf, NaN -> sign | 0x7E00 for fp16 and 0x7FC0 for bf16; the fp16
+// raw stores with canonical_nan after them); the tail of a block that does not fill a vector uses those
+// scalar conversions.
 #pragma once
 
 #include <stdint.h>
@@ -32,27 +33,52 @@ namespace pydiff {
 namespace cpu {
 namespace PYDIFF_ISA_NS {
 
-// One vector of float32 lanes (GCC's vector extensions give it the arithmetic and comparison operators,
-// so pydiff_math.h's element function runs on it unchanged), and the conversions of one vector.
+// One vector of float32 lanes, a plain GCC vector type: its arithmetic and comparison operators let
+// pydiff_math.h's element function run on it unchanged, and unlike __m256/__m512 it carries no
+// may_alias / alignment attributes, which GCC drops (-Wignored-attributes) when it is a template
+// argument (Row<VecF>). The intrinsics take and give it through same-size vector casts.
 #if PYDIFF_BLOCK_CONVERT == 512
-using VecF = __m512;
+typedef float VecF __attribute__((vector_size(64)));
+using HalfVec = __m256i;  // kVecLanes 16-bit storage values
 #else
-using VecF = __m256;
+typedef float VecF __attribute__((vector_size(32)));
+using HalfVec = __m128i;
 #endif
 constexpr int kVecLanes = static_cast<int>(sizeof(VecF) / sizeof(float));
-// kVecLanes values from src / to dst (no alignment needed).
+
+// kVecLanes values from src / to dst (no alignment needed), the bits of convert.h.
 template <int DT>
 inline VecF load_vec(const uint16_t* src);
 template <int DT>
 inline void store_vec(VecF v, uint16_t* dst);
+// store_vec(w, dw) and store_vec(o, do_) with one test for both of the rare lanes (NaN; for bf16 with
+// vcvtneps2bf16 also denormals) that need a second conversion: the test and fix-up are a branch, not a
+// blend, and one per pair, not per vector (each test and branch cost ~8% of an fp16 step).
+template <int DT>
+inline void store_vec2(VecF w, uint16_t* dw, VecF o, uint16_t* do_);
+
+// fp16 stores of the fused_step vector loop (fused_step_impl.h) leave the NaN payload of vcvtps2ph and
+// fix it after the task, from the stored bits: store_vec_raw converts and stores v and returns the
+// stored halves, nan_track(acc, h) keeps the largest magnitude, nan_seen(acc) says whether one was a
+// NaN, and canonical_nan rewrites the NaN halves of a range to convert.h's sign | 0x7E00. The fp16 DDIM
+// step (8x4x128x128, one thread, AVX-512): 121 us with a test and branch per pair, 115 us so.
+inline HalfVec store_vec_raw_f16(VecF v, uint16_t* dst);
+inline HalfVec nan_track_zero();
+inline void nan_track(HalfVec& acc, HalfVec h);
+inline bool nan_seen_f16(HalfVec acc);
+inline void canonical_nan_f16(uint16_t* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if ((p[i] & 0x7FFF) > 0x7C00) p[i] = static_cast<uint16_t>((p[i] & 0x8000) | 0x7E00);
+}
+
 #if PYDIFF_BLOCK_CONVERT == 512
-inline VecF vec_set1(float v) { return _mm512_set1_ps(v); }
-inline VecF vec_loadu(const float* p) { return _mm512_loadu_ps(p); }
-inline void vec_storeu(float* p, VecF v) { _mm512_storeu_ps(p, v); }
+inline VecF vec_set1(float v) { return (VecF)_mm512_set1_ps(v); }
+inline VecF vec_loadu(const float* p) { return (VecF)_mm512_loadu_ps(p); }
+inline void vec_storeu(float* p, VecF v) { _mm512_storeu_ps(p, (__m512)v); }
 #else
-inline VecF vec_set1(float v) { return _mm256_set1_ps(v); }
-inline VecF vec_loadu(const float* p) { return _mm256_loadu_ps(p); }
-inline void vec_storeu(float* p, VecF v) { _mm256_storeu_ps(p, v); }
+inline VecF vec_set1(float v) { return (VecF)_mm256_set1_ps(v); }
+inline VecF vec_loadu(const float* p) { return (VecF)_mm256_loadu_ps(p); }
+inline void vec_storeu(float* p, VecF v) { _mm256_storeu_ps(p, (__m256)v); }
 #endif
 
 // dst[i] = float(src[i]), i < n.
@@ -64,74 +90,162 @@ inline void store_block(const float* src, uint16_t* dst, int64_t n);
 
 #if PYDIFF_BLOCK_CONVERT == 512
 
-template <>
-inline VecF load_vec<kFloat16>(const uint16_t* src) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+inline __m256i ph_from_ps(__m512 v) { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// vcvtps2ph keeps the top NaN payload bits; convert.h (and c10::Half) give sign | 0x7E00
+inline __m256i ph_fix_nan(__m512 v, __m256i h) {
+  const __m256i sign = _mm256_set1_epi16(static_cast<short>(0x8000));
+  const __m256i qnan = _mm256_set1_epi16(0x7E00);
+  return _mm256_mask_blend_epi16(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), h,
+                                 _mm256_or_si256(_mm256_and_si256(h, sign), qnan));
 }
 
 template <>
-inline void store_vec<kFloat16>(VecF v, uint16_t* dst) {
-  const __m256i sign = _mm256_set1_epi16(static_cast<short>(0x8000));
-  const __m256i qnan = _mm256_set1_epi16(0x7E00);
-  __m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  // vcvtps2ph keeps the top NaN payload bits; convert.h (and c10::Half) give sign | 0x7E00
-  // (a branch, not a blend: NaN is rare, and the blend costs ~10% of an fp16 step)
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  if (__builtin_expect(nan != 0, 0)) h = _mm256_mask_blend_epi16(nan, h, _mm256_or_si256(_mm256_and_si256(h, sign), qnan));
+inline VecF load_vec<kFloat16>(const uint16_t* src) {
+  return (VecF)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+}
+
+template <>
+inline void store_vec<kFloat16>(VecF v_, uint16_t* dst) {
+  const __m512 v = (__m512)v_;
+  __m256i h = ph_from_ps(v);
+  if (__builtin_expect(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0, 0)) h = ph_fix_nan(v, h);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), h);
 }
+
+inline HalfVec store_vec_raw_f16(VecF v, uint16_t* dst) {
+  const __m256i h = ph_from_ps((__m512)v);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), h);
+  return h;
+}
+inline HalfVec nan_track_zero() { return _mm256_setzero_si256(); }
+inline void nan_track(HalfVec& acc, HalfVec h) {
+  acc = _mm256_max_epu16(acc, _mm256_and_si256(h, _mm256_set1_epi16(0x7FFF)));
+}
+inline bool nan_seen_f16(HalfVec acc) { return _mm256_cmpgt_epu16_mask(acc, _mm256_set1_epi16(0x7C00)) != 0; }
 
 template <>
 inline VecF load_vec<kBFloat16>(const uint16_t* src) {
   const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+  return (VecF)_mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
 }
 
-template <>
-inline void store_vec<kBFloat16>(VecF v, uint16_t* dst) {
+// convert.h's float_to_bf16 with integer operations: round to nearest even, NaN -> 0x7FC0.
+inline __m256i bf16_from_ps_exact(__m512 v) {
   const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1), qnan = _mm512_set1_epi32(0x7FC0);
   const __m512i u = _mm512_castps_si512(v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
   __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, bias), lsb), 16);
   r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), qnan);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(r));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+#if defined(__AVX512BF16__)
+// vcvtneps2bf16 (fused_step_bf16_avx512bf16.cpp, run where CPUID reports AVX512-BF16) rounds to
+// nearest even like float_to_bf16 but flushes denormal inputs to signed zero and keeps NaN payload
+// bits; vfpclassps flags those lanes (QNaN 0x01, SNaN 0x80, denormal 0x20), and the integer path
+// converts their vectors. The bf16 DDIM step (8x4x128x128, one thread): 161 us with the integer
+// conversion, 119 us so.
+constexpr int kBf16Special = 0x01 | 0x80 | 0x20;
+inline __m256i bf16_from_ps_fast(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+inline bool bf16_special2(__m512 w, __m512 o) {
+  return (_mm512_fpclass_ps_mask(w, kBf16Special) | _mm512_fpclass_ps_mask(o, kBf16Special)) != 0;
+}
+#else
+// the rounding of bf16_from_ps_exact without its NaN select, for vectors without NaN
+inline __m256i bf16_from_ps_fast(__m512 v) {
+  const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, bias), lsb), 16));
+}
+inline bool bf16_special2(__m512 w, __m512 o) { return _mm512_cmp_ps_mask(w, o, _CMP_UNORD_Q) != 0; }
+#endif
+
+template <>
+inline void store_vec<kBFloat16>(VecF v, uint16_t* dst) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), bf16_from_ps_exact((__m512)v));
+}
+
+template <>
+inline void store_vec2<kBFloat16>(VecF w_, uint16_t* dw, VecF o_, uint16_t* do_) {
+  const __m512 w = (__m512)w_, o = (__m512)o_;
+  __m256i hw, ho;
+  if (__builtin_expect(bf16_special2(w, o), 0)) {
+    hw = bf16_from_ps_exact(w);
+    ho = bf16_from_ps_exact(o);
+  } else {
+    hw = bf16_from_ps_fast(w);
+    ho = bf16_from_ps_fast(o);
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dw), hw);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(do_), ho);
 }
 
 #else  // 256
 
-template <>
-inline VecF load_vec<kFloat16>(const uint16_t* src) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+inline __m128i ph_from_ps(__m256 v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// vcvtps2ph keeps the top NaN payload bits; convert.h (and c10::Half) give sign | 0x7E00
+inline __m128i ph_fix_nan(__m256 v, __m128i h) {
+  const __m128i sign = _mm_set1_epi16(static_cast<short>(0x8000));
+  const __m128i qnan = _mm_set1_epi16(0x7E00);
+  const __m256i nan32 = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  const __m128i nan16 = _mm_packs_epi32(_mm256_castsi256_si128(nan32), _mm256_extracti128_si256(nan32, 1));
+  return _mm_blendv_epi8(h, _mm_or_si128(_mm_and_si128(h, sign), qnan), nan16);
 }
 
 template <>
-inline void store_vec<kFloat16>(VecF v, uint16_t* dst) {
-  const __m128i sign = _mm_set1_epi16(static_cast<short>(0x8000));
-  const __m128i qnan = _mm_set1_epi16(0x7E00);
-  __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  // vcvtps2ph keeps the top NaN payload bits; convert.h (and c10::Half) give sign | 0x7E00
-  const __m256i nan32 = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  const __m128i nan16 = _mm_packs_epi32(_mm256_castsi256_si128(nan32), _mm256_extracti128_si256(nan32, 1));
-  h = _mm_blendv_epi8(h, _mm_or_si128(_mm_and_si128(h, sign), qnan), nan16);
+inline VecF load_vec<kFloat16>(const uint16_t* src) {
+  return (VecF)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+}
+
+template <>
+inline void store_vec<kFloat16>(VecF v_, uint16_t* dst) {
+  const __m256 v = (__m256)v_;
+  __m128i h = ph_from_ps(v);
+  if (__builtin_expect(_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0, 0)) h = ph_fix_nan(v, h);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), h);
+}
+
+inline HalfVec store_vec_raw_f16(VecF v, uint16_t* dst) {
+  const __m128i h = ph_from_ps((__m256)v);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), h);
+  return h;
+}
+inline HalfVec nan_track_zero() { return _mm_setzero_si128(); }
+inline void nan_track(HalfVec& acc, HalfVec h) { acc = _mm_max_epu16(acc, _mm_and_si128(h, _mm_set1_epi16(0x7FFF))); }
+// some lane > 0x7C00 (inf): there max(acc, 0x7C01) == acc
+inline bool nan_seen_f16(HalfVec acc) {
+  return _mm_movemask_epi8(_mm_cmpeq_epi16(_mm_max_epu16(acc, _mm_set1_epi16(0x7C01)), acc)) != 0;
 }
 
 template <>
 inline VecF load_vec<kBFloat16>(const uint16_t* src) {
   const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+  return (VecF)_mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
 }
 
-template <>
-inline void store_vec<kBFloat16>(VecF v, uint16_t* dst) {
+// convert.h's float_to_bf16 with integer operations: round to nearest even, NaN -> 0x7FC0 when nan.
+inline __m128i bf16_from_ps(__m256 v, bool nan) {
   const __m256i bias = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1), qnan = _mm256_set1_epi32(0x7FC0);
   const __m256i u = _mm256_castps_si256(v);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
   __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, bias), lsb), 16);
-  r = _mm256_blendv_epi8(r, qnan, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  if (nan) r = _mm256_blendv_epi8(r, qnan, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
   // r <= 0xFFFF, so the unsigned-saturating pack is exact
-  const __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), h);
+  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+
+template <>
+inline void store_vec<kBFloat16>(VecF v, uint16_t* dst) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), bf16_from_ps((__m256)v, true));
+}
+
+template <>
+inline void store_vec2<kBFloat16>(VecF w_, uint16_t* dw, VecF o_, uint16_t* do_) {
+  const __m256 w = (__m256)w_, o = (__m256)o_;
+  const bool nan = _mm256_movemask_ps(_mm256_cmp_ps(w, o, _CMP_UNORD_Q)) != 0;
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dw), bf16_from_ps(w, __builtin_expect(nan, 0)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(do_), bf16_from_ps(o, nan));
 }
 
 #endif

@@ -6,10 +6,13 @@
 // tensor (identical storage), and every element is read before it is written, so the iterations are
 // independent despite the aliasing.
 //
-// fp16/bf16 in the AVX2 and AVX-512 builds (convert_block.h): per task, blocks of kBlockElems elements of
-// every input are converted to float32 stack buffers with vector intrinsics, the same element function
-// runs on the buffers, and out / w_out are converted back; the whole block is read before any of it is
-// written, so the aliasing above stays safe. The baseline build converts per element (convert.h).
+// fp16/bf16 in the AVX2 and AVX-512 builds (convert_block.h): without var and Philox, the element
+// function runs on whole vectors converted in registers (fused_run_vec); otherwise, per task, blocks of
+// kBlockElems elements of every input are converted to float32 stack buffers, the same element function
+// runs on the buffers, and out / w_out are converted back (fused_run_blocked); the whole block is read
+// before any of it is written, so the aliasing above stays safe. The baseline build converts per
+// element (convert.h). bf16 at the avx512 level runs a second compilation of this file with
+// vcvtneps2bf16 where the CPU has AVX512-BF16 (fused_step_bf16_avx512bf16.cpp).
 #pragma once
 
 #include <limits>
@@ -188,6 +191,7 @@ void fused_run_vec(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
     with_clip<F>(r, [&](auto flags) {
     using G = decltype(flags);
     int64_t g = g0;
+    HalfVec nan = nan_track_zero();
     for (; g + kVecLanes <= g1; g += kVecLanes) {
       const VecF x = load_vec<DT>(q.x + g);
       const VecF m = load_vec<DT>(q.m + g);
@@ -198,8 +202,19 @@ void fused_run_vec(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
       const VecF z = F::NOISE == kNoiseTensor ? load_vec<DT>(q.noise + g) : zero;
       VecF w;
       const VecF o = fused_step_value<G>(rv, sv, x, m, m2, zero, h, z, w);
-      if (F::WOUT) store_vec<DT>(w, q.w_out + g);
-      store_vec<DT>(o, q.out + g);
+      if constexpr (DT == kFloat16) {
+        // o = O*(... + B0*w ...), so a NaN w gives a NaN o, and tracking o finds the NaN of both
+        if (F::WOUT) store_vec_raw_f16(w, q.w_out + g);
+        nan_track(nan, store_vec_raw_f16(o, q.out + g));
+      } else if (F::WOUT) {
+        store_vec2<DT>(w, q.w_out + g, o, q.out + g);
+      } else {
+        store_vec<DT>(o, q.out + g);
+      }
+    }
+    if (DT == kFloat16 && __builtin_expect(nan_seen_f16(nan), 0)) {
+      canonical_nan_f16(q.out + g0, g - g0);
+      if (F::WOUT) canonical_nan_f16(q.w_out + g0, g - g0);
     }
     for (; g < g1; ++g) fused_step_at<G, T, Tr>(q, g, r, s, key, ctr);
     });
@@ -227,10 +242,24 @@ void fused_dispatch(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) 
 
 }  // namespace
 
+#if defined(PYDIFF_BF16_NATIVE_TU)
+void fused_step_bf16_native(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
+  fused_dispatch<kBFloat16>(a, key, ctr, nt);
+}
+#else
 template <>
 void fused_step_dt<PYDIFF_DT>(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
+#if defined(PYDIFF_HAVE_AVX512BF16_TU)
+  if constexpr (PYDIFF_DT == kBFloat16) {
+    if (bf16_native_enabled()) {
+      isa_avx512bf16::fused_step_bf16_native(a, key, ctr, nt);
+      return;
+    }
+  }
+#endif
   fused_dispatch<PYDIFF_DT>(a, key, ctr, nt);
 }
+#endif
 
 }  // namespace PYDIFF_ISA_NS
 }  // namespace cpu

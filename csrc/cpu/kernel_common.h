@@ -4,6 +4,7 @@
 #pragma once
 
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "convert.h"
 #include "ops_cpu.h"
@@ -35,5 +36,22 @@ void fused_step_dt<kBFloat16>(const FusedStepArgs& a, uint64_t key, uint64_t ctr
 const KernelTable& kernel_table();
 
 }  // namespace PYDIFF_ISA_NS
+
+#if defined(PYDIFF_HAVE_AVX512BF16_TU)
+// fused_step for bfloat16 with vcvtneps2bf16 (fused_step_bf16_avx512bf16.cpp), and whether to use it:
+// the CPU reports AVX512-BF16 and the environment does not set PYDIFF_CPU_AVX512BF16=0 (which keeps
+// the integer rounding of the avx512 level, to test it on such a CPU). Read once. Only the avx512
+// fused_step_bf16.cpp calls it, so fused_step_bf16_avx512bf16.cpp (-mavx512bf16) emits no copy of it.
+namespace isa_avx512bf16 {
+void fused_step_bf16_native(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt);
+}
+inline bool bf16_native_enabled() {
+  static const bool on = [] {
+    const char* e = getenv("PYDIFF_CPU_AVX512BF16");
+    return __builtin_cpu_supports("avx512bf16") && !(e && e[0] == '0' && e[1] == 0);
+  }();
+  return on;
+}
+#endif
 }  // namespace cpu
 }  // namespace pydiff

@@ -638,3 +638,44 @@ def test_half_conversions_every_bit_pattern(cpu, each_isa, dtype):
         assert torch.equal(_bits(out)[fin], _bits(expect_out)[fin]), isa
         assert torch.equal(_bits(out), _bits(results["baseline"][0])), isa
         assert torch.equal(_bits(w), _bits(results["baseline"][1])), isa
+
+
+_BF16_CASES = """
+import torch
+from pydiff.ops.backends import cpu
+from pydiff.ops.columns import coef_row
+cpu._C.set_isa("avx512")
+x = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)[:-5].reshape(1, -1)
+m = torch.full_like(x, -0.0)
+coef = torch.tensor(coef_row(P=1.0, A=1.0 / 3.0), dtype=torch.float32).reshape(1, -1)
+res = []
+ddim = coef_row(P=1.0, Q=-0.5, S=1.3, A=1e-38, D=0.7, B0=0.9, C=0.2, CLIP=2.0)
+for c in (coef, torch.tensor(ddim, dtype=torch.float32).reshape(1, -1)):
+    for z in (None, m.clone().fill_(0.5)):
+        out, w = torch.empty_like(x), torch.empty_like(x)
+        cpu.fused_step(x, m, c, None, 0, 0, out, w, (), z, None, 0, None, None, None, None)
+        res += [out.view(torch.int16), w.view(torch.int16)]
+"""
+
+
+def test_avx512_bf16_integer_rounding_matches_avx512bf16(C, tmp_path):
+    """The avx512 level's two bf16 roundings give the same bits: vcvtneps2bf16 (used where the CPU has
+    AVX512-BF16; it flushes denormals and keeps NaN payloads, which the kernel fixes up) and the integer
+    rounding (PYDIFF_CPU_AVX512BF16=0), on every bf16 bit pattern, with and without clip and noise; the
+    A = 1e-38 row makes denormal float32 results."""
+    if "avx512" not in C.supported_isas():
+        pytest.skip("this CPU has no AVX-512")
+    path = tmp_path / "int.pt"
+    code = _BF16_CASES + f"torch.save(res, {str(path)!r})\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYDIFF_CPU_AVX512BF16": "0"})
+    assert proc.returncode == 0, proc.stderr
+    scope = {}
+    try:
+        exec(_BF16_CASES, scope)
+    finally:
+        C.set_isa("")
+    got = torch.load(path)
+    assert len(got) == len(scope["res"]) == 8
+    for k, (a, b) in enumerate(zip(got, scope["res"])):
+        assert torch.equal(a, b), k
