@@ -82,3 +82,18 @@ def cosine_alphas_cumprod(n=1000, s=0.008, dtype=torch.float64):
         acc *= 1.0 - min(1.0 - f[i + 1] / f[i], 0.999)
         out.append(acc)
     return torch.tensor(out, dtype=dtype)
+
+
+class TinyModel(torch.nn.Module):
+    """A small conv net with parameters, whose output depends on the timestep."""
+
+    def __init__(self, seed=0, dtype=torch.float32):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1).to(dtype)
+        with torch.no_grad():
+            self.conv.weight.copy_(0.2 * torch.randn(self.conv.weight.shape, generator=g))
+            self.conv.bias.copy_(0.1 * torch.randn(self.conv.bias.shape, generator=g))
+
+    def forward(self, x, t):
+        return torch.tanh(self.conv(x)) * (1 + t.to(x.dtype) / 1000) + 0.1 * x

@@ -11,24 +11,10 @@ import pytest
 import torch
 
 import pydiff.diffusers as pd
+from helpers import TinyModel
 
 STEPS = 5
 SHAPE = (2, 3, 6, 6)
-
-
-class TinyModel(torch.nn.Module):
-    """A small conv net with parameters, whose output depends on the timestep."""
-
-    def __init__(self, seed=0, dtype=torch.float32):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1).to(dtype)
-        with torch.no_grad():
-            self.conv.weight.copy_(0.2 * torch.randn(self.conv.weight.shape, generator=g))
-            self.conv.bias.copy_(0.1 * torch.randn(self.conv.bias.shape, generator=g))
-
-    def forward(self, x, t):
-        return torch.tanh(self.conv(x)) * (1 + t.to(x.dtype) / 1000) + 0.1 * x
 
 
 def fixed(seed, shape=SHAPE, dtype=torch.float64):

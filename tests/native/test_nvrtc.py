@@ -24,12 +24,7 @@ def _jit():
 
 
 def _includes():
-    root = _nvrtc.source_dir()
-    dirs = [str(root / "cuda"), str(root / "include")]
-    inc = _nvrtc.cuda_include_dir()
-    if inc is not None:
-        dirs.append(str(inc))
-    return dirs
+    return _jit().include_dirs()
 
 
 def _compile(file_or_source, arch, exprs=(), name=None):

@@ -317,7 +317,7 @@ def test_launches_name_real_kernels_with_matching_arguments(monkeypatch, tmp_pat
         image, lowered = cuda_jit._compile_cached(file, expr, 90)
         assert image[:4] == b"\x7fELF"
         ptx = _nvrtc.compile_program((_nvrtc.source_dir() / "cuda" / file).read_text(), file, 90,
-                                     name_expressions=[expr], include_dirs=cuda_jit._include_dirs())
+                                     name_expressions=[expr], include_dirs=cuda_jit.include_dirs())
         assert ptx.lowered[expr] == lowered
         assert _param_sizes(ptx.image.decode(), lowered) == [_arg_size(a) for a in args], expr
         assert all(g >= 1 for g in grid) and len(grid) in (1, 2)

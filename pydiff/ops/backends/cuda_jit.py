@@ -39,7 +39,7 @@ from . import _native, _nvrtc
 from ..columns import K_MAX
 
 __all__ = ["available", "unavailable_reason", "fused_step", "sumsq", "dynamic_threshold", "philox_normal",
-           "cache_dir", "kernel_key", "fused_step_expression", "grid_2d", "sumsq_num_partials",
+           "cache_dir", "include_dirs", "kernel_key", "fused_step_expression", "grid_2d", "sumsq_num_partials",
            "FusedStepArgs", "SumsqArgs", "DynThreshArgs", "PhiloxSource"]
 
 NAME = "cuda-jit"
@@ -176,7 +176,8 @@ class _State:
     functions: dict = {}   # (device, key) -> cupy Function (its Module stays referenced by it)
 
 
-def _include_dirs() -> list:
+def include_dirs() -> list:
+    """NVRTC's include path for the kernel sources: csrc/cuda, csrc/include and the CUDA headers' folder."""
     root = _nvrtc.source_dir()
     dirs = [str(root / "cuda"), str(root / "include")]
     inc = _nvrtc.cuda_include_dir()
@@ -218,7 +219,7 @@ def _compile_cached(file: str, expr: str, arch: int):
         pass
     src = (_nvrtc.source_dir() / "cuda" / file).read_text()
     res = _nvrtc.compile_program(src, file, arch, kind="cubin", name_expressions=[expr],
-                                 include_dirs=_include_dirs())
+                                 include_dirs=include_dirs())
     name = res.lowered[expr]
     try:  # a read-only cache is not an error: the kernel is then compiled once per process
         d.mkdir(parents=True, exist_ok=True)
