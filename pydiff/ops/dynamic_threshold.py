@@ -129,4 +129,5 @@ def dynamic_threshold(
         raise RuntimeError("pydiff.ops.dynamic_threshold has no backward: its inputs must not require grad (detach "
                            "them, or threshold with differentiable torch operations)")
     lo, hi, wt = quantile_rank(ratio, x.numel() // B)
-    return (_run if library.eager(x) else dynamic_threshold_op)(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, float(max_val), backend)
+    run = _run if library.eager(x) else dynamic_threshold_op
+    return run(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, float(max_val), backend)

@@ -252,10 +252,10 @@ def fused_step(
     if x.numel() == 0:
         return torch.empty_like(x) if out is None else out
     seed, offset = to_int64(seed), to_int64(offset)
-    if library.needs_grad(coef, threshold):
-        raise ValueError("fused_step does not differentiate with respect to coef or threshold: pass them detached "
-                         "(they are constants of a plan)")
-    if library.needs_grad(x, m, noise, m2, var, *hist):
+    if library.needs_grad(x, m, noise, m2, var, coef, threshold, *hist):
+        if library.needs_grad(coef, threshold):
+            raise ValueError("fused_step does not differentiate with respect to coef or threshold: pass them "
+                             "detached (they are constants of a plan)")
         res, w = fused_step_functional_op(x, m, coef, index, index_stride, row_stride, hist, noise, seed, offset,
                                           rng, threshold, m2, var, w_out is not None, backend)
         if w_out is not None:
@@ -265,6 +265,6 @@ def fused_step(
         return out.copy_(res)
     if out is None:
         out = torch.empty_like(x)
-    (_run if library.eager(x) else fused_step_op)(x, m, coef, index, index_stride, row_stride, out, w_out, hist, noise, seed, offset, rng, threshold,
-                  m2, var, backend)
+    (_run if library.eager(x) else fused_step_op)(x, m, coef, index, index_stride, row_stride, out, w_out, hist,
+                                                  noise, seed, offset, rng, threshold, m2, var, backend)
     return out

@@ -75,8 +75,14 @@ def eager(x) -> bool:
     return type(x) is torch.Tensor and not _compiling() and not _dispatch_depth() and not _function_mode()
 
 
+_grad_enabled = torch.is_grad_enabled
+
+
 def needs_grad(*tensors) -> bool:
     """True when autograd is recording and one of ``tensors`` (None skipped) requires a gradient."""
-    if not torch.is_grad_enabled():
+    if not _grad_enabled():
         return False
-    return any(t is not None and t.requires_grad for t in tensors)
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
