@@ -2,7 +2,9 @@
 
 * ``runner``: ``Runner`` executes a compiled stage list (``pydiff.plans.dpm_solver_plan``) on fused steps,
   with the ``x0`` corrections (fused dynamic thresholding, or a user callable between two fused steps);
-* ``adaptive``: the adaptive step size DPM-Solver-12/23 loop (one host sync per attempt).
+* ``adaptive``: the adaptive step size DPM-Solver-12/23 loop (one host sync per attempt);
+* ``rk45``: a device-resident Dormand-Prince 5(4) integrator with scipy's RK45 step control, its stage
+  combinations and error estimate as fused steps (one host sync per attempt; the score-SDE ODE sampler uses it).
 
 The runtime asks its ``solver`` (any object) for ``_stage_model(x, t)``, ``correcting_x0_fn``,
 ``correcting_xt_fn``, ``dynamic_thresholding_ratio`` and ``backend``; the authors'-API face provides them.
