@@ -134,8 +134,7 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
         traced = cache.get(key)
         if traced is None:
             variants = (False, True) if (cfg.thresholding or math.isfinite(clip_bound(cfg))) else (False,)
-            with np.errstate(invalid="ignore"):  # DDIMEtaRows' r1 - r0 is inf - inf in CLIP when not clipping
-                traced = {u: TracedEtaRows(self._eta_rows(u), device) for u in variants}
+            traced = {u: TracedEtaRows(self._eta_rows(u), device) for u in variants}
             traced.setdefault(True, traced[False])
             cache[key] = traced
             if len(cache) > 2:

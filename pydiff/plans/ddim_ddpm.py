@@ -186,7 +186,7 @@ class DDIMEtaRows:
         with np.errstate(divide="ignore", invalid="ignore"):
             r0 = ddim_rows_from({**sc, "direction": zero, "std": zero}, **kw)
             r1 = ddim_rows_from({**sc, "direction": zero + 1, "std": zero}, **kw)
-        self._r0, self._dr = r0, r1 - r0
+            self._r0, self._dr = r0, r1 - r0  # CLIP = +inf gives inf - inf = NaN there; row() restores it
         self._a_prev, self._sqrt_var = a_prev.numpy(), sc["std"].numpy()
 
     def row(self, t: int, eta: float):
