@@ -8,8 +8,11 @@
 
 namespace pydiff {
 namespace cuda {
-namespace {
 
+// Outside an anonymous namespace, like the forward kernels: the cuda-jit backend loads each instance by the name
+// NVRTC lowers from pydiff::cuda::fused_step_backward_kernel<S, BackFlags<...>>; in an anonymous namespace that
+// entry is internal (a PTX .entry without .weak/.visible) and its name carries a per-file hash. The nvcc build
+// instantiates the same kernels either way.
 template <typename S, class F>
 __global__ void __launch_bounds__(kThreads) fused_step_backward_kernel(const FusedStepBackwardArgs a) {
   BackPtrs<S> p;
@@ -39,8 +42,6 @@ __global__ void __launch_bounds__(kThreads) fused_step_backward_kernel(const Fus
       fused_step_backward_at<F, float, Conv<S>>(p, base + i, r, s, key, ctr);
   }
 }
-
-}  // namespace
 
 #if !defined(__CUDACC_RTC__)  // host code: the ahead-of-time build only (NVRTC sees the kernels)
 void fused_step_backward(const FusedStepBackwardArgs& a, int device, uintptr_t stream) {

@@ -54,6 +54,12 @@ def _representative_exprs(file):
                 + [f"pydiff::cuda::abs_x0_kernel<{s}, {hm}, {m2}, true>" for s in ("float", "__half")
                    for hm, m2 in (("false", "false"), ("true", "false"), ("true", "true"))]
                 + ["pydiff::cuda::abs_x0_kernel<__nv_bfloat16, true, true, false>"])
+    if file == "fused_step_backward.cu":
+        # no / every optional input per storage type, Philox noise (only with var) and tensor noise
+        return ([jit.fused_step_backward_expression(d, False, False, 0, False, False) for d in jit.DATA_DTYPES]
+                + [jit.fused_step_backward_expression(d, True, True, 2, True, True) for d in jit.DATA_DTYPES]
+                + [jit.fused_step_backward_expression(torch.float16, False, True, 1, False, True),
+                   jit.fused_step_backward_expression(torch.bfloat16, True, False, 1, True, False)])
     if file == "philox_normal.cu":
         return [f"pydiff::cuda::philox_normal_kernel<{s}, {v}>" for s in ("float", "__half", "__nv_bfloat16")
                 for v in ("true", "false")]
@@ -65,7 +71,7 @@ CU_FILES = sorted(p.name for p in (_nvrtc.source_dir() / "cuda").glob("*.cu"))
 
 def test_every_source_is_listed():
     assert {"fused_step_f32.cu", "fused_step_f16.cu", "fused_step_bf16.cu", "reductions.cu",
-            "philox_normal.cu"} <= set(CU_FILES)
+            "philox_normal.cu", "fused_step_backward.cu"} <= set(CU_FILES)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -123,7 +129,7 @@ def _size_asserts(struct, cname):
             f"static_assert(alignof(pydiff::{cname}) == {ctypes.alignment(struct)}, \"alignof {cname}\");"]
 
 
-STRUCTS = ("PhiloxSource", "FusedStepArgs", "SumsqArgs", "DynThreshArgs")
+STRUCTS = ("PhiloxSource", "FusedStepArgs", "SumsqArgs", "DynThreshArgs", "FusedStepBackwardArgs")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -148,6 +154,8 @@ def test_ctypes_argument_structs_match_the_device_structs(arch):
         f"static_assert(pydiff::cuda::Pack<__nv_bfloat16>::kVec == {jit._VEC[torch.bfloat16]}, \"vec bf16\");",
         f"static_assert(pydiff::kFloat32 == {jit._DTYPE_CODE[torch.float32]} && pydiff::kFloat16 == "
         f"{jit._DTYPE_CODE[torch.float16]} && pydiff::kBFloat16 == {jit._DTYPE_CODE[torch.bfloat16]}, \"dtype codes\");",
+        f"static_assert(pydiff::kNoNoise == {jit.NO_NOISE} && pydiff::kNoiseTensor == {jit.NOISE_TENSOR} && "
+        f"pydiff::kNoisePhilox == {jit.NOISE_PHILOX}, \"noise kinds\");",
     ]
     _compile("\n".join(lines) + "\n", arch, name="layout_check.cu")
 
@@ -170,12 +178,25 @@ def test_ctypes_field_offsets_match_the_host_compiler(tmp_path):
         body.append(f'  std::printf("%zu\\n", sizeof(pydiff::{cname}));')
         expect.append(ctypes.sizeof(struct))
     src = tmp_path / "layout.cpp"
-    src.write_text("#include <cstddef>\n#include <cstdio>\n#include \"pydiff_abi.h\"\nint main() {\n"
+    src.write_text("#include <cstddef>\n#include <cstdio>\n#include \"pydiff_abi.h\"\n#include \"pydiff_math.h\"\n"
+                   "int main() {\n"
                    + "\n".join(body) + "\n}\n")
     exe = tmp_path / "layout"
     subprocess.run([cxx, "-std=c++17", f"-I{_nvrtc.source_dir() / 'include'}", str(src), "-o", str(exe)], check=True)
     got = [int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()]
     assert got == expect
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_backward_kernels_are_external_entries(arch):
+    """cuda_jit loads a backward kernel by its lowered name: a plain namespace-qualified symbol, a .weak/.visible
+    PTX entry (an anonymous namespace would make it an internal entry with a per-file hash in its name)."""
+    exprs = _representative_exprs("fused_step_backward.cu")
+    res = _compile("fused_step_backward.cu", arch, exprs)
+    ptx = res.image.decode()
+    for expr, mangled in res.lowered.items():
+        assert mangled.startswith("_ZN6pydiff4cuda26fused_step_backward_kernelI"), (expr, mangled)
+        assert re.search(rf"\.(?:weak|visible)\s+\.entry\s+{re.escape(mangled)}\s*\(", ptx), expr
 
 
 def test_layout_check_can_fail():

@@ -1,6 +1,8 @@
 """The ``cuda-jit`` backend: registry entry, misuse errors that name the cause, the disk-cache key, finding the
-sources from a checkout and from an install; on a GPU (with CuPy), agreement with the reference and the cpu
-backend's Philox noise bit for bit, the vector and scalar (misaligned view) paths, and the cache on disk.
+sources from a checkout and from an install; without a GPU, every launch (fused_step_backward's included) names a
+kernel that NVRTC compiles with matching parameters; on a GPU (with CuPy), agreement with the reference and the cpu
+backend's Philox noise bit for bit, the vector and scalar (misaligned view) paths, the backward against the
+reference and the cuda backend, and the cache on disk.
 """
 import os
 import shutil
@@ -284,11 +286,8 @@ def _arg_size(a) -> int:
     return a.dtype.itemsize if hasattr(a, "dtype") else 8
 
 
-@pytest.mark.skipif(_nvrtc.unavailable_reason() is not None, reason="NVRTC unavailable")
-def test_launches_name_real_kernels_with_matching_arguments(monkeypatch, tmp_path):
-    """Every kernel the launchers ask for compiles for sm_90 under the name they use, through the disk cache,
-    and they pass as many arguments, of the sizes, as the kernel declares. (CPU tensors stand in for device
-    memory: only pointers and shapes are looked at; nothing is launched.)"""
+def _fake_device(monkeypatch, tmp_path):
+    """CPU tensors stand in for device memory (only pointers and shapes are looked at); launches are recorded."""
     monkeypatch.setenv("PYDIFF_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(cuda_jit, "_device", lambda t, what: 0)
     monkeypatch.setattr(cuda_jit, "_same_device", lambda dev, **kw: None)
@@ -296,6 +295,28 @@ def test_launches_name_real_kernels_with_matching_arguments(monkeypatch, tmp_pat
     launches = []
     monkeypatch.setattr(cuda_jit, "_launch", lambda dev, file, expr, grid, args, block=256:
                         launches.append((file, expr, grid, args, block)))
+    return launches
+
+
+def _check_against_the_kernels(launches):
+    """Each launch names a kernel that compiles (sm_90, through the disk cache) with as many parameters, of the
+    sizes, as the arguments passed."""
+    for file, expr, grid, args, block in launches:
+        image, lowered = cuda_jit._compile_cached(file, expr, 90)
+        assert image[:4] == b"\x7fELF"
+        ptx = _nvrtc.compile_program((_nvrtc.source_dir() / "cuda" / file).read_text(), file, 90,
+                                     name_expressions=[expr], include_dirs=cuda_jit.include_dirs())
+        assert ptx.lowered[expr] == lowered
+        assert _param_sizes(ptx.image.decode(), lowered) == [_arg_size(a) for a in args], expr
+        assert all(g >= 1 for g in grid) and len(grid) in (1, 2)
+
+
+@pytest.mark.skipif(_nvrtc.unavailable_reason() is not None, reason="NVRTC unavailable")
+def test_launches_name_real_kernels_with_matching_arguments(monkeypatch, tmp_path):
+    """Every kernel the launchers ask for compiles for sm_90 under the name they use, through the disk cache,
+    and they pass as many arguments, of the sizes, as the kernel declares. (CPU tensors stand in for device
+    memory: only pointers and shapes are looked at; nothing is launched.)"""
+    launches = _fake_device(monkeypatch, tmp_path)
     monkeypatch.setattr(cuda_jit.torch, "kthvalue", lambda v, k, dim: torch.return_types.kthvalue((v[:, 0], v[:, 0])))
 
     f16 = torch.zeros(4, 1024, dtype=torch.float16)
@@ -313,16 +334,145 @@ def test_launches_name_real_kernels_with_matching_arguments(monkeypatch, tmp_pat
     assert exprs[0].endswith("StepFlags<2, true, false, 2, false, true>, true>")
     assert exprs[1].endswith("StepFlags<0, false, true, 1, true, false>, false>")
     assert len(launches) == 7  # 2 fused_step, sumsq's two stages, dynamic_threshold's two, philox_normal
-    for file, expr, grid, args, block in launches:
-        image, lowered = cuda_jit._compile_cached(file, expr, 90)
-        assert image[:4] == b"\x7fELF"
-        ptx = _nvrtc.compile_program((_nvrtc.source_dir() / "cuda" / file).read_text(), file, 90,
-                                     name_expressions=[expr], include_dirs=cuda_jit.include_dirs())
-        assert ptx.lowered[expr] == lowered
-        assert _param_sizes(ptx.image.decode(), lowered) == [_arg_size(a) for a in args], expr
-        assert all(g >= 1 for g in grid) and len(grid) in (1, 2)
+    _check_against_the_kernels(launches)
     cached = sorted(p.name for p in (tmp_path / "cuda-jit").iterdir())
     assert len([n for n in cached if n.endswith(".cubin")]) == len(set(exprs))
     # a second request is served from disk, not recompiled
     monkeypatch.setattr(_nvrtc, "compile_program", lambda *a, **k: pytest.fail("recompiled a cached kernel"))
     cuda_jit._compile_cached(launches[0][0], launches[0][1], 90)
+
+
+def _backward_args(x, coef, **kw):
+    a = dict(grad_out=x, grad_w=None, x=x, m=x, coef=coef, index=None, index_stride=0, row_stride=0, noise=None,
+             seed=None, offset=0, rng=None, threshold=None, m2=None, var=None, dx=x, dm=x, dm2=None, dnoise=None,
+             dvar=None)
+    a.update(kw)
+    return a
+
+
+@pytest.mark.skipif(_nvrtc.unavailable_reason() is not None, reason="NVRTC unavailable")
+def test_backward_launches_name_real_kernels_with_matching_arguments(monkeypatch, tmp_path):
+    """fused_step_backward: the kernel configuration follows the optional inputs as pydiff_math.h's
+    dispatch_back_flags does (Philox noise without var is the no-noise kernel), the grid is blocks_along's, and
+    the kernel it names compiles with one by-value argument of FusedStepBackwardArgs' size."""
+    launches = _fake_device(monkeypatch, tmp_path)
+    f16 = torch.zeros(4, 1024, dtype=torch.float16)
+    bf16 = torch.zeros(3, 37, dtype=torch.bfloat16)
+    f32 = torch.zeros(70000, 3)  # B > 65535: the grid's y is capped, one block along each sample
+    coef = torch.zeros(4, 20)
+    rng = torch.zeros(2, dtype=torch.int64)
+    thr = torch.ones(4)
+    cuda_jit.fused_step_backward(**_backward_args(f16, coef))
+    cuda_jit.fused_step_backward(**_backward_args(f16, coef, row_stride=1, grad_w=f16, m2=f16, var=f16, rng=rng,
+                                                  offset=3, threshold=thr, dm2=f16, dvar=f16))
+    cuda_jit.fused_step_backward(**_backward_args(bf16, coef, index=torch.zeros(3, dtype=torch.int64),
+                                                  index_stride=1, noise=bf16, dnoise=bf16, m2=bf16))
+    cuda_jit.fused_step_backward(**_backward_args(f32, coef, seed=7, var=None))  # Philox without var
+    cuda_jit.fused_step_backward(**_backward_args(f32, coef, seed=7, var=f32))
+    exprs = [e for _, e, *_ in launches]
+    assert len(launches) == 5
+    assert all(e.startswith("pydiff::cuda::fused_step_backward_kernel<") for e in exprs)
+    assert exprs[0] == ("pydiff::cuda::fused_step_backward_kernel<__half, "
+                        "pydiff::BackFlags<false, false, 0, false, false>>")
+    assert exprs[1].endswith("<__half, pydiff::BackFlags<true, true, 2, true, true>>")
+    assert exprs[2].endswith("<__nv_bfloat16, pydiff::BackFlags<true, false, 1, false, false>>")
+    assert exprs[3].endswith("<float, pydiff::BackFlags<false, false, 0, false, false>>")
+    assert exprs[4].endswith("<float, pydiff::BackFlags<false, true, 2, false, false>>")
+    # grids: ceil(1024/256) = 4 blocks per sample; ceil(37/256) = 1; 70000 samples -> y = 65535, x = 2^16 // 65535
+    assert [g for _, _, g, _, _ in launches] == [(4, 4), (4, 4), (1, 3), (1, 65535), (1, 65535)]
+    assert all(block == cuda_jit.THREADS for *_, block in launches)
+    # the struct's bytes carry the pointers and the Philox source
+    raw = launches[1][3][0].tobytes()
+    a = cuda_jit.FusedStepBackwardArgs.from_buffer_copy(raw)
+    assert (a.B, a.N, a.R, a.row_stride) == (4, 1024, 4, 1)
+    assert a.philox.on and a.philox.rng == rng.data_ptr() and a.philox.offset == 3
+    assert a.threshold == thr.data_ptr() and a.dm2 == f16.data_ptr() and not a.dnoise
+    _check_against_the_kernels(launches)
+
+
+def test_backward_argument_checks(monkeypatch, tmp_path):
+    """The ahead-of-time module's checks, by name, before anything is compiled or launched."""
+    launches = _fake_device(monkeypatch, tmp_path)
+    x = torch.zeros(2, 8)
+    coef = torch.zeros(1, 20)
+    bad = [
+        (dict(dm2=x), "dm2 needs m2"),
+        (dict(dnoise=x), "dnoise needs a noise tensor"),
+        (dict(dvar=x), "dvar needs var"),
+        (dict(noise=x, seed=1), "give at most one of noise, seed and rng"),
+        (dict(seed=1, rng=torch.zeros(2, dtype=torch.int64)), "give either seed or rng, not both"),
+        (dict(dx=None), "grad_out, x, m, dx and dm must not be null"),
+        (dict(row_stride=1), r"row_stride=1 needs one coef row per sample \(R >= B\)"),
+        (dict(index_stride=2), "index_stride must be 0 or 1"),
+        (dict(row_stride=-1), "row_stride must be 0 or 1"),
+        (dict(coef=torch.zeros(0, 20)), "coef must have at least one row"),
+        (dict(coef=None), "coef pointer is null"),
+    ]
+    for over, match in bad:
+        with pytest.raises(ValueError, match=match):
+            over = dict(over)
+            cuda_jit.fused_step_backward(**_backward_args(x, over.pop("coef", coef), **over))
+    assert launches == []
+    # an empty batch launches nothing and needs no coef (as the module: checks that need data come after)
+    e = torch.zeros(0, 8)
+    cuda_jit.fused_step_backward(**_backward_args(e, None))
+    assert launches == []
+
+
+def test_backward_refuses_cpu_tensors_by_name():
+    x = torch.zeros(2, 8)
+    with pytest.raises(ValueError, match="cuda-jit backend runs on CUDA tensors; x is on cpu"):
+        cuda_jit.fused_step_backward(**_backward_args(x, torch.zeros(1, 20)))
+
+
+def test_blocks_along_rule():
+    # common.cuh: ceil(N / 256) blocks along a sample, at most 2^16 blocks in the whole grid, at least one
+    assert cuda_jit.blocks_along(1, 1) == 1
+    assert cuda_jit.blocks_along(256, 1) == 1 and cuda_jit.blocks_along(257, 1) == 2
+    assert cuda_jit.blocks_along(10 ** 9, 1) == 65536
+    assert cuda_jit.blocks_along(10 ** 9, 3) == 21845  # 65536 // 3
+    assert cuda_jit.blocks_along(10 ** 9, 10 ** 6) == 1  # y capped at 65535: 65536 // 65535
+    assert cuda_jit.blocks_along(0, 0) == 1
+
+
+@pytest.mark.gpu
+@needs_jit
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("feature", ["plain", "noise_m2", "var_philox_thr_gw"])
+def test_fused_step_backward_matches_reference_and_cuda(jit_cache, dtype, feature):
+    """Against the reference twin, and bit for bit against the ahead-of-time cuda backend (the same source)."""
+    from pydiff.ops import COL, NCOEF
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    B, N = 3, 1001
+    t = lambda: torch.randn(B, N, generator=g, device="cuda").to(dtype)  # noqa: E731
+    x, m, go = t(), t(), t()
+    coef = torch.randn(B, NCOEF, generator=g, device="cuda")
+    coef[:, COL["CLIP"]] = coef[:, COL["CLIP"]].abs() + 0.3
+    coef[:, COL["VA"]] *= 0.3
+    coef[:, COL["VB"]] *= 0.3
+    kw = dict(grad_w=None, noise=None, seed=None, offset=0, rng=None, threshold=None, m2=None, var=None)
+    if feature == "noise_m2":
+        kw.update(noise=t(), m2=t())
+    elif feature == "var_philox_thr_gw":
+        kw.update(var=t(), seed=2 ** 40 + 7, offset=11, threshold=torch.rand(B, generator=g, device="cuda") + 0.5,
+                  grad_w=t())
+    results = {}
+    for name in ("reference", "cuda-jit", "cuda"):
+        if name == "cuda" and not (registry.backend_available("cuda")
+                                   and registry.implements("cuda", "fused_step_backward")):
+            continue
+        outs = [torch.full_like(x, float("nan")) for _ in range(2)]
+        extra = [torch.full_like(x, float("nan")) if kw[k] is not None else None for k in ("m2", "noise", "var")]
+        registry.implementation(name, "fused_step_backward")(
+            go, kw["grad_w"], x, m, coef, None, 0, 1, kw["noise"], kw["seed"], kw["offset"], kw["rng"],
+            kw["threshold"], kw["m2"], kw["var"], *outs, *extra)
+        results[name] = [o for o in outs + extra if o is not None]
+    torch.cuda.synchronize()
+    for got, want in zip(results["cuda-jit"], results["reference"]):
+        assert not got.isnan().any()
+        torch.testing.assert_close(got.float(), want.float(), atol=TOL[dtype], rtol=TOL[dtype])
+    if "cuda" in results:
+        for a, b in zip(results["cuda-jit"], results["cuda"]):
+            assert torch.equal(a, b)
+    assert any(jit_cache.glob("*.cubin"))

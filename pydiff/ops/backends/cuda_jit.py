@@ -9,8 +9,8 @@ is read by the kernels, so a captured CUDA graph replays with new noise like the
 
 Same normalized signatures and the same host-side work as ``cuda.py`` (docs/ops.md): grids from the SM
 count, the 16-byte vector path when every data pointer is 16-byte aligned, ``sumsq``'s two-stage
-deterministic reduction, ``dynamic_threshold``'s ``torch.kthvalue`` rank selection. float16, bfloat16 and
-float32 only.
+deterministic reduction, ``dynamic_threshold``'s ``torch.kthvalue`` rank selection, ``fused_step_backward``'s
+argument checks and grid (``blocks_along``: it has no vector path). float16, bfloat16 and float32 only.
 
 Disk cache: ``$PYDIFF_CACHE_DIR/cuda-jit`` (default ``~/.cache/pydiff/cuda-jit``), one CUBIN per kernel,
 named by the SHA-256 of the source tree (every ``.cu``/``.cuh``/``.h`` of ``csrc/cuda`` and
@@ -39,8 +39,9 @@ from . import _native, _nvrtc
 from ..columns import K_MAX
 
 __all__ = ["available", "unavailable_reason", "fused_step", "sumsq", "dynamic_threshold", "philox_normal",
-           "cache_dir", "include_dirs", "kernel_key", "fused_step_expression", "grid_2d", "sumsq_num_partials",
-           "FusedStepArgs", "SumsqArgs", "DynThreshArgs", "PhiloxSource"]
+           "fused_step_backward", "cache_dir", "include_dirs", "kernel_key", "fused_step_expression",
+           "fused_step_backward_expression", "grid_2d", "blocks_along", "sumsq_num_partials", "FusedStepArgs",
+           "SumsqArgs", "DynThreshArgs", "FusedStepBackwardArgs", "PhiloxSource"]
 
 NAME = "cuda-jit"
 DATA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -56,6 +57,10 @@ THREADS = 256
 MAX_GRID_Y = 65535
 BLOCKS_PER_SM = 8
 MAX_PARTIALS = 256
+# common.cuh's blocks_along caps a grid at 2^16 blocks in total (a host-side literal there, checked by the
+# grid tests); pydiff_math.h's NoiseKind codes, checked by static_asserts in test_nvrtc.py.
+MAX_BLOCKS = 1 << 16
+NO_NOISE, NOISE_TENSOR, NOISE_PHILOX = 0, 1, 2
 
 
 # ---------------------------------------------------------------------------------------------- the ABI
@@ -91,6 +96,16 @@ class DynThreshArgs(ctypes.Structure):
                 ("max_val", ctypes.c_double), ("out", ctypes.c_void_p)]
 
 
+class FusedStepBackwardArgs(ctypes.Structure):  # pydiff_math.h
+    _fields_ = [("dtype", ctypes.c_int), ("B", ctypes.c_int64), ("N", ctypes.c_int64),
+                ("grad_out", ctypes.c_void_p), ("grad_w", ctypes.c_void_p), ("x", ctypes.c_void_p),
+                ("m", ctypes.c_void_p), ("m2", ctypes.c_void_p), ("var", ctypes.c_void_p), ("coef", ctypes.c_void_p),
+                ("R", ctypes.c_int64), ("index", ctypes.c_void_p), ("index_stride", ctypes.c_int64),
+                ("row_stride", ctypes.c_int64), ("noise", ctypes.c_void_p), ("philox", PhiloxSource),
+                ("threshold", ctypes.c_void_p), ("dx", ctypes.c_void_p), ("dm", ctypes.c_void_p),
+                ("dm2", ctypes.c_void_p), ("dnoise", ctypes.c_void_p), ("dvar", ctypes.c_void_p)]
+
+
 def _by_value(struct) -> np.ndarray:
     """A struct as a kernel argument: CuPy passes a one-element numpy array by value (its bytes)."""
     return np.frombuffer(bytes(struct), dtype=np.dtype((np.void, ctypes.sizeof(struct)))).copy()
@@ -115,6 +130,15 @@ def grid_2d(units: int, B: int, sms: int) -> tuple:
     need = (units + THREADS - 1) // THREADS
     cap = max((sms * BLOCKS_PER_SM) // y, 1)
     return max(min(need, cap), 1), y
+
+
+def blocks_along(N: int, B: int) -> int:
+    """common.cuh's blocks_along: blocks along a sample, at most 2^16 blocks in all (fused_step_backward's grid
+    is ``(blocks_along(N, B), min(B, MAX_GRID_Y))``, independent of the SM count)."""
+    need = (N + THREADS - 1) // THREADS
+    batches = min(B, MAX_GRID_Y)
+    cap = max(MAX_BLOCKS // (batches if batches > 0 else 1), 1)
+    return max(min(need, cap), 1)
 
 
 def sumsq_num_partials(N: int) -> int:
@@ -299,6 +323,12 @@ def fused_step_expression(dtype, nhist: int, m2: bool, var: bool, noise: int, th
             f"{_b(var)}, {int(noise)}, {_b(thr)}, {_b(wout)}>, {_b(vec)}>")
 
 
+def fused_step_backward_expression(dtype, m2: bool, var: bool, noise: int, thr: bool, gw: bool) -> str:
+    """The name expression of one fused_step_backward kernel (noise: 0 none, 1 tensor, 2 Philox)."""
+    return (f"pydiff::cuda::fused_step_backward_kernel<{_STORAGE[dtype]}, pydiff::BackFlags<{_b(m2)}, {_b(var)}, "
+            f"{int(noise)}, {_b(thr)}, {_b(gw)}>>")
+
+
 # ---------------------------------------------------------------------------------------------- ops
 
 def fused_step(x, m, coef, index, index_stride, row_stride, out, w_out, hist, noise, seed, offset, rng,
@@ -414,3 +444,49 @@ def philox_normal(out, seed, offset, rng) -> None:
     _launch(dev, "philox_normal.cu", expr, (gx,),
             (np.uint64(out.data_ptr()), np.int64(n), _by_value(_philox(seed, offset, rng))))
 
+
+
+def _require(ok: bool, what: str):
+    # the ahead-of-time module's checks (csrc/bindings/backward_bindings.h, pydiff_checks.h), same messages
+    if not ok:
+        raise ValueError(f"fused_step_backward: {what}")
+
+
+def fused_step_backward(grad_out, grad_w, x, m, coef, index, index_stride, row_stride, noise, seed, offset, rng,
+                        threshold, m2, var, dx, dm, dm2, dnoise, dvar) -> None:
+    dev = _device(x, "x")
+    _same_device(dev, grad_out=grad_out, grad_w=grad_w, m=m, coef=coef, index=index, noise=noise, rng=rng,
+                 threshold=threshold, m2=m2, var=var, dx=dx, dm=dm, dm2=dm2, dnoise=dnoise, dvar=dvar)
+    philox = _philox(seed, offset, rng)
+    _require(not (noise is not None and philox.on), "give at most one of noise, seed and rng")
+    _require(dm2 is None or m2 is not None, "dm2 needs m2")
+    _require(dnoise is None or noise is not None, "dnoise needs a noise tensor")
+    _require(dvar is None or var is not None, "dvar needs var")
+    B, N = _native.batch_and_numel(x)
+    if B == 0 or N == 0:
+        return
+    _require(all(t is not None for t in (grad_out, x, m, dx, dm)), "grad_out, x, m, dx and dm must not be null")
+    _require(coef is not None, "coef pointer is null")
+    R = coef.shape[0]
+    _require(R >= 1, "coef must have at least one row")
+    _require(index_stride in (0, 1), "index_stride must be 0 or 1")
+    _require(row_stride in (0, 1), "row_stride must be 0 or 1")
+    if index is None and row_stride == 1:
+        _require(R >= B, "row_stride=1 needs one coef row per sample (R >= B)")
+    p = _native.ptr
+    a = FusedStepBackwardArgs()
+    a.dtype, a.B, a.N = _DTYPE_CODE[x.dtype], B, N
+    a.grad_out, a.grad_w = p(grad_out), p(grad_w) or None
+    a.x, a.m, a.m2, a.var = p(x), p(m), p(m2) or None, p(var) or None
+    a.coef, a.R = p(coef), R
+    a.index, a.index_stride, a.row_stride = p(index) or None, int(index_stride), int(row_stride)
+    a.noise = p(noise) or None
+    a.philox = philox
+    a.threshold = p(threshold) or None
+    a.dx, a.dm = p(dx), p(dm)
+    a.dm2, a.dnoise, a.dvar = p(dm2) or None, p(dnoise) or None, p(dvar) or None
+    # pydiff_math.h's dispatch_back_flags: Philox noise only enters dv, so without var it is the no-noise kernel
+    kind = NOISE_TENSOR if noise is not None else (NOISE_PHILOX if philox.on and var is not None else NO_NOISE)
+    expr = fused_step_backward_expression(x.dtype, m2 is not None, var is not None, kind, threshold is not None,
+                                          grad_w is not None)
+    _launch(dev, "fused_step_backward.cu", expr, (blocks_along(N, B), min(B, MAX_GRID_Y)), (_by_value(a),))
