@@ -310,10 +310,12 @@ def run(samplers=SAMPLERS, shape=(1, 4, 64, 64), dtype="fp32", device=None, back
 
 
 def format_table(rows) -> str:
-    head = f"{'sampler':12} {'implementation':18} {'device':7} {'dtype':5} {'shape':14} {'median us':>10} {'vs diffusers':>12}"
+    w = max([len("sampler")] + [len(r.sampler) for r in rows])  # "score_sde_ve/run20" is the longest label
+    head = (f"{'sampler':{w}} {'implementation':18} {'device':7} {'dtype':5} {'shape':14} {'median us':>10} "
+            f"{'vs diffusers':>12}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.sampler:12} {r.impl:18} {r.device:7} {r.dtype:5} {r.shape:14} {r.median_us:10.1f} "
+        lines.append(f"{r.sampler:{w}} {r.impl:18} {r.device:7} {r.dtype:5} {r.shape:14} {r.median_us:10.1f} "
                      f"{r.speedup_vs_diffusers:11.2f}x")
     return "\n".join(lines)
 
