@@ -4,6 +4,8 @@
 #   bash benchmarks/gpu_check.sh   (without network access there: run benchmarks/fetch_wheels.sh elsewhere
 #                                   first and bring .whl/ along; see that script)
 # Everything it prints also lands in $OUT (or benchmarks/out/) as gpu_check.log and JSON files.
+# STAGES="build tests bench" (the default) selects what runs, so that a time-limited machine can take it in two
+# calls (e.g. STAGES="build tests", then STAGES="bench" on the same, still built, checkout).
 set -uo pipefail
 OUT=${OUT:-benchmarks/out}
 mkdir -p "$OUT"
@@ -16,10 +18,15 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+STAGES=${STAGES:-build tests bench}
+want() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+if want build; then
 echo "== build"
 t0=$(date +%s)
 PYDIFF_BUILD_CUDA=1 PYDIFF_CUDA_ARCHS=90 python3 -m pip install -q --no-build-isolation --no-deps -e . || { echo "BUILD FAILED"; exit 1; }
 echo "build took $(( $(date +%s) - t0 )) s"
+fi
+if want tests; then
 echo "== GPU tests (gpu-marked: cuda backend, no-sync loops, graph replay)"
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests -m gpu 2>&1 | tail -15
 echo "== cuda-jit (the csrc/cuda kernels compiled by NVRTC, launched by CuPy): $(python3 -c 'from pydiff.ops import backends as r; print(r.unavailable_reason("cuda-jit") or "available")')"
@@ -28,7 +35,11 @@ echo "== triton, cuda and cuda-jit backends against the reference, drop-ins on e
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/ops tests/kernels tests/native \
   tests/diffusers/test_diffusers_parity.py tests/diffusers/test_dpmsolver_dropins.py \
   tests/dpm_solver/test_dpm_solver_adaptive_fp32.py -k "triton or cuda" 2>&1 | tail -15
+fi
+if want bench; then
 echo "== step latency (eager, host time included)"
 python3 -m pydiff bench --device cuda --dtype fp16 --shape 1x4x64x64 --json "$OUT/step_fp16.json" --min-time 0.5
 echo "== bandwidth"
 python3 -m pydiff bench --device cuda --dtype fp32 --shape 32x3x512x512 --bandwidth --json "$OUT/bandwidth.json"
+
+fi
