@@ -123,6 +123,19 @@ def check_overlap(outputs, inputs) -> None:
                                  "overlap it at all")
 
 
+def check_threshold(threshold, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample dynamic-thresholding scale: a floating tensor of ``B`` values on ``x``'s device, returned as a
+    contiguous ``(B,)`` tensor in the compute dtype."""
+    B = x.shape[0]
+    if not isinstance(threshold, torch.Tensor) or not threshold.is_floating_point():
+        raise TypeError("threshold must be a floating tensor of shape (B,)")
+    if threshold.device != x.device:
+        raise ValueError(f"threshold is on {threshold.device} but x is on {x.device}")
+    if threshold.numel() != B:
+        raise ValueError(f"threshold must hold B={B} values, got shape {tuple(threshold.shape)}")
+    return threshold.reshape(B).to(compute_dtype(x.dtype)).contiguous()
+
+
 def check_index_range(coef, index) -> None:
     """The index rule of docs/ops.md for a CPU index: a row outside ``[-R, R)`` raises IndexError. On an
     accelerator the kernels read an all-NaN row instead (checking would be a host sync)."""

@@ -25,7 +25,7 @@ import torch
 from . import library
 from ._interop import from_arrays
 from ._validate import (check_data, check_index_range, check_like, check_noise_args, check_output, check_overlap,
-                        compute_dtype, normalize_rows, to_int64, to_uint64)
+                        check_threshold, compute_dtype, normalize_rows, to_int64, to_uint64)
 from .columns import COL, K_MAX
 from .dispatch import dispatch, resolve_backend
 from .philox import philox_normal_flat
@@ -242,13 +242,7 @@ def fused_step(
     B = x.shape[0]
     coef, index, index_stride, row_stride = normalize_rows(coef, index, B, x)
     if threshold is not None:
-        if not isinstance(threshold, torch.Tensor) or not threshold.is_floating_point():
-            raise TypeError("threshold must be a floating tensor of shape (B,)")
-        if threshold.device != x.device:
-            raise ValueError(f"threshold is on {threshold.device} but x is on {x.device}")
-        if threshold.numel() != B:
-            raise ValueError(f"threshold must hold B={B} values, got shape {tuple(threshold.shape)}")
-        threshold = threshold.reshape(B).to(compute_dtype(x.dtype)).contiguous()
+        threshold = check_threshold(threshold, x)
     if x.numel() == 0:
         return torch.empty_like(x) if out is None else out
     seed, offset = to_int64(seed), to_int64(offset)

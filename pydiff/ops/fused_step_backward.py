@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 
 from . import library
-from ._validate import (check_data, check_index_range, check_like, check_noise_args, compute_dtype, normalize_rows,
-                        to_int64, to_uint64)
+from ._validate import (check_data, check_index_range, check_like, check_noise_args, check_threshold,
+                        compute_dtype, normalize_rows, to_int64, to_uint64)
 from .columns import COL
 from .dispatch import dispatch, resolve_backend
 from .fused_step import select_rows
@@ -85,17 +85,6 @@ def fused_step_backward_reference(grad_out, grad_w, x, m, coef, index, index_str
         if z is not None:
             term = term + ce * z
         dvar.copy_(col("VB") * g * term)
-
-
-def _check_threshold(threshold, x):
-    B = x.shape[0]
-    if not isinstance(threshold, torch.Tensor) or not threshold.is_floating_point():
-        raise TypeError("threshold must be a floating tensor of shape (B,)")
-    if threshold.device != x.device:
-        raise ValueError(f"threshold is on {threshold.device} but x is on {x.device}")
-    if threshold.numel() != B:
-        raise ValueError(f"threshold must hold B={B} values, got shape {tuple(threshold.shape)}")
-    return threshold.reshape(B).to(compute_dtype(x.dtype)).contiguous()
 
 
 def _run(grad_out, grad_w, x, m, coef, index, index_stride, row_stride, noise, seed, offset, rng, threshold, m2, var,
@@ -191,7 +180,7 @@ def fused_step_backward(
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     coef, index, index_stride, row_stride = normalize_rows(coef, index, x.shape[0], x)
     if threshold is not None:
-        threshold = _check_threshold(threshold, x)
+        threshold = check_threshold(threshold, x)
     args = (grad_out, grad_w, x, m, coef, index, index_stride, row_stride, noise, to_int64(seed), to_int64(offset),
             rng, threshold, m2, var, bool(noise_grad), bool(var_grad), backend)
     direct = library.eager(x) and not library.needs_grad(grad_out, grad_w, x, m, noise, m2, var)
