@@ -15,7 +15,8 @@ from ..plans import PREDICTION_TYPES
 from ..plans.ddim_ddpm import DDIMEtaRows, ddim_timestep_table
 from ..schedules import BETA_SCHEDULES, SPACINGS
 from ._common import (DropinMixin, StepIO, TableCache, check_num_inference_steps, clip_bound, compiling, fallback,
-                      needs_grad, select_rows, step_noise, threshold_scale, timestep_arg, validated_init)
+                      guidance_arg, guided_table, needs_grad, select_rows, step_noise, threshold_scale, timestep_arg,
+                      validated_init, with_guidance)
 
 
 def _eta_arg(eta) -> float:
@@ -173,7 +174,8 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
                 self._pydiff_parts.popitem(last=False)
         return parts
 
-    def _coef(self, kind, t, eta: float, use_clipped: bool, device, dtype):
+    def _coef(self, kind, t, eta: float, use_clipped: bool, device, dtype, scale=None):
+        """(coef, index) of timestep ``t``; with the guidance columns of ``scale`` when it is not None."""
         key = (eta, use_clipped) + self._pydiff_grid
         cache = self._pydiff_tables
         if cache.get(key) is None and kind == "int" and key not in self._pydiff_seen:
@@ -184,28 +186,43 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
             row = self._eta_rows(use_clipped).row(t, eta)
             if row is not None:
                 cdtype = torch.float64 if dtype == torch.float64 else torch.float32
-                return torch.from_numpy(row).to(device=device, dtype=cdtype), None
+                coef = torch.from_numpy(row).to(device=device, dtype=cdtype)
+                return (coef if scale is None else with_guidance(coef, scale)), None
             # not finite: the table names the first bad timestep of the run (or holds NaN off the grid)
         rows = cache.rows(key, lambda: self._rows(eta, use_clipped))
-        return select_rows(kind, t, cache.device_view(key, rows, device, dtype))
+        table = cache.device_view(key, rows, device, dtype)
+        if scale is not None:
+            table = guided_table(self, table, scale)
+        return select_rows(kind, t, table)
 
     def step(self, model_output, timestep, sample, eta: float = 0.0, use_clipped_model_output: bool = False,
-             generator=None, variance_noise=None, return_dict: bool = True):
+             generator=None, variance_noise=None, return_dict: bool = True, *, model_output_uncond=None,
+             guidance_scale=None):
+        """diffusers' ``step``, fused; with ``model_output_uncond`` and ``guidance_scale`` (keyword-only, both or
+        neither), classifier-free guidance in the same pass: the step runs on ``m_e = model_output_uncond +
+        guidance_scale (model_output - model_output_uncond)`` (Ho & Salimans 2022), ``model_output`` being the
+        conditional output; ``pred_original_sample`` is the guided x0. See docs/guidance.md."""
+        guide = guidance_arg(model_output, model_output_uncond, guidance_scale)
         if self.num_inference_steps is None:
             raise ValueError(
                 "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
             )
         io = StepIO(model_output, sample)
+
+        def parent():
+            mo = model_output if guide is None else guide.combine(model_output)
+            return super(DDIMScheduler, self).step(mo, timestep, sample, eta, use_clipped_model_output, generator,
+                                                   variance_noise, return_dict)
+
         if io.mixed:
             fallback(self, io.mixed, key="mixed dtypes")
-            return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
-                                variance_noise, return_dict)
-        if self.config.thresholding and needs_grad(io.x, io.m):
+            return parent()
+        m_u = None if guide is None else io.kernel(guide.uncond)
+        if self.config.thresholding and (needs_grad(io.x, io.m) or (m_u is not None and needs_grad(m_u))):
             # dynamic_threshold has no backward; diffusers' thresholding (torch.quantile) has one
             fallback(self, "thresholding while autograd records (pydiff's dynamic_threshold has no backward)",
                      key="thresholding under autograd")
-            return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
-                                variance_noise, return_dict)
+            return parent()
         eta = _eta_arg(eta)
         if eta > 0 and variance_noise is not None and generator is not None:
             raise ValueError(
@@ -215,17 +232,21 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
         kind, t = timestep_arg(timestep, self.config.num_train_timesteps, sample.device)
         if kind is None:
             fallback(self, t, key="an integer timestep off the range" if t.startswith("timestep ") else None)
-            return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
-                                variance_noise, return_dict)
+            return parent()
         self.last_fallback_reason = None
+        scale = None if guide is None else guide.scale
         if compiling():  # the row in the graph, from tensors set_timesteps made (no NumPy, no table building)
             cdtype = torch.float64 if io.dtype == torch.float64 else torch.float32
             row = self._pydiff_traced[bool(use_clipped_model_output)].row(t, eta, sample.device)
             coef, index = row.to(cdtype), None
+            if scale is not None:
+                coef = with_guidance(coef, scale)
         else:
-            coef, index = self._coef(kind, t, eta, bool(use_clipped_model_output), sample.device, io.dtype)
+            coef, index = self._coef(kind, t, eta, bool(use_clipped_model_output), sample.device, io.dtype, scale)
         backend = self.pydiff_backend
-        threshold = threshold_scale(self, io.x, io.m, coef, index)
+        # guided: m = uncond, m2 = cond (M1 = 1 - s, M2 = s in the row)
+        m, m2 = (io.m, None) if m_u is None else (m_u, io.m)
+        threshold = threshold_scale(self, io.x, m, coef, index, m2)
         noise, seed, offset, rng = None, None, 0, None
         if eta > 0:
             # diffusers draws the noise like the model output (its shape and dtype), then broadcasts
@@ -233,8 +254,8 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
                                                   model_output.dtype, io, variance_noise)
         pred_x0, pred_k = io.empty()
         prev_sample, prev_k = io.empty()
-        fused_step(io.x, io.m, coef, index=index, out=prev_k, w_out=pred_k, noise=noise, seed=seed, offset=offset,
-                   rng=rng, threshold=threshold, backend=backend)
+        fused_step(io.x, m, coef, index=index, out=prev_k, w_out=pred_k, noise=noise, seed=seed, offset=offset,
+                   rng=rng, threshold=threshold, m2=m2, backend=backend)
         prev_sample, pred_x0 = io.result(prev_sample), io.result(pred_x0)
         if not return_dict:
             return prev_sample, pred_x0

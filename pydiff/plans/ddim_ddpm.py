@@ -19,6 +19,9 @@ from .rows import RowBuilder, check_finite, finite_rows
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 DDPM_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
+#: variances the model predicts per element (Nichol & Dhariwal 2021, arXiv:2102.09672), read by the kernel through
+#: its variance input ``var`` (docs/ops.md: ``e = exp(VA + VB v)``, the noise term ``C e z``)
+DDPM_LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 
 
 def _check_prediction_type(prediction_type):
@@ -32,6 +35,10 @@ def _maximum(v, lo):
 
 def _exp_log_half(v):
     return torch.exp(0.5 * torch.log(v)) if isinstance(v, torch.Tensor) else np.exp(0.5 * np.log(v))
+
+
+def _log(v):
+    return torch.log(v) if isinstance(v, torch.Tensor) else np.log(v)
 
 
 def _float64(scalars: dict) -> dict:
@@ -60,20 +67,30 @@ def ddpm_scalars(a_t, a_prev, variance_type: str) -> dict:
     ``beta_t = 1 - a_t/a_prev`` cancels near t = 0 (float32: ~2e-4 relative at t = 3 of the linear schedule),
     so the drop-ins evaluate this in float32 like diffusers and the native plans in float64.
     """
-    if variance_type not in DDPM_VARIANCE_TYPES:
-        raise ValueError(f"variance_type must be one of {DDPM_VARIANCE_TYPES} on the fused path, got {variance_type!r}")
+    kinds = DDPM_VARIANCE_TYPES + DDPM_LEARNED_VARIANCE_TYPES
+    if variance_type not in kinds:
+        raise ValueError(f"variance_type must be one of {kinds} on the fused path, got {variance_type!r}")
     beta_prod_t = 1 - a_t
     current_alpha = a_t / a_prev
     current_beta = 1 - current_alpha
     variance = _maximum((1 - a_prev) / (1 - a_t) * current_beta, 1e-20)
-    if variance_type == "fixed_small":
+    extra = {}
+    if variance_type in DDPM_LEARNED_VARIANCE_TYPES:
+        # the noise weight is 1: the std comes per element from the variance input (ddpm_rows_from)
+        std = torch.ones_like(a_t) if isinstance(a_t, torch.Tensor) else np.ones_like(a_t)
+    if variance_type == "learned_range":
+        # the bounds of the interpolated log-variance, rounded as diffusers rounds them (log of its float32 scalars)
+        extra = dict(min_log=_log(variance), max_log=_log(current_beta))
+    elif variance_type == "learned":
+        pass
+    elif variance_type == "fixed_small":
         std = variance ** 0.5
     elif variance_type == "fixed_small_log":
         std = _exp_log_half(variance)
     else:  # fixed_large, and fixed_large_log as the log-domain form of the same variance
         std = current_beta ** 0.5
     return dict(sa=a_t ** 0.5, sb=beta_prod_t ** 0.5, poc=(a_prev ** 0.5 * current_beta) / beta_prod_t,
-                csc=current_alpha ** 0.5 * (1 - a_prev) / beta_prod_t, std=std)
+                csc=current_alpha ** 0.5 * (1 - a_prev) / beta_prod_t, std=std, **extra)
 
 
 def ddim_rows_from(scalars: dict, *, prediction_type: str = "epsilon", clip: float = math.inf,
@@ -110,15 +127,33 @@ def ddim_rows(alpha_bar_t, alpha_bar_prev, *, eta: float = 0.0, prediction_type:
                           use_clipped_model_output=use_clipped_model_output, thresholding=thresholding)
 
 
-def ddpm_rows_from(scalars: dict, *, prediction_type: str = "epsilon", clip: float = math.inf) -> np.ndarray:
-    """Assemble DDPM rows from ``ddpm_scalars``."""
+def ddpm_rows_from(scalars: dict, *, prediction_type: str = "epsilon", clip: float = math.inf,
+                   variance_type: str | None = None) -> np.ndarray:
+    """Assemble DDPM rows from ``ddpm_scalars``.
+
+    ``variance_type`` matters only for the learned variances, whose rows expect the kernel's variance input
+    ``v`` (docs/ops.md: noise term ``C e z`` with ``e = exp(VA + VB v)``), as diffusers' DDPMScheduler reads the
+    variance channels of the model output:
+
+    * ``'learned_range'`` (Nichol & Dhariwal 2021, eq. 15): ``log sigma^2 = f max_log + (1 - f) min_log``,
+      ``f = (v + 1)/2``, ``max_log = log beta_t``, ``min_log = log(posterior variance)`` (clamped at 1e-20), so
+      ``sigma = exp(VA + VB v)`` with ``VA = (max_log + min_log)/4``, ``VB = (max_log - min_log)/4``;
+    * ``'learned'``: diffusers 0.42 takes ``v`` as the variance itself (``sigma = v ** 0.5``; NaN for v < 0), so
+      the rows take ``v = log(variance)`` (the caller's one torch pass) with ``VA = 0``, ``VB = 1/2``.
+    """
     _check_prediction_type(prediction_type)
     sc = _float64(scalars)
+    shape = np.shape(sc["sa"])
+    cols = {}
+    if variance_type == "learned_range":
+        cols = dict(VA=(sc["max_log"] + sc["min_log"]) / 4, VB=(sc["max_log"] - sc["min_log"]) / 4)
+    elif variance_type == "learned":
+        cols = dict(VA=np.zeros(shape), VB=np.full(shape, 0.5))
     with np.errstate(divide="ignore", invalid="ignore"):
         P, Q, S = conversion("x0", prediction_type, sc["sa"], sc["sb"])
         b = RowBuilder()
-        b.add(P=P, Q=Q, S=S, A=sc["csc"], B0=sc["poc"], C=sc["std"], CLIP=np.broadcast_to(clip, np.shape(sc["sa"])))
-    return b.table().reshape(np.shape(sc["sa"]) + (NCOEF,))
+        b.add(P=P, Q=Q, S=S, A=sc["csc"], B0=sc["poc"], C=sc["std"], CLIP=np.broadcast_to(clip, shape), **cols)
+    return b.table().reshape(shape + (NCOEF,))
 
 
 def ddpm_rows(alpha_bar_t, alpha_bar_prev, *, prediction_type: str = "epsilon", clip: float = math.inf,
@@ -129,11 +164,12 @@ def ddpm_rows(alpha_bar_t, alpha_bar_prev, *, prediction_type: str = "epsilon", 
     ``beta_t = 1 - a_t/a_prev``, and ``std^2`` the posterior variance ``(1-a_prev)/(1-a_t) beta_t``
     (clamped at 1e-20; ``fixed_small``/``fixed_small_log``) or ``beta_t`` (``fixed_large``/``fixed_large_log``).
     ``fixed_large_log`` gives NaN in diffusers 0.42 (it takes the square root of log beta_t); here it is the
-    log-domain form of ``fixed_large``, i.e. the same std ``sqrt(beta_t)``.
+    log-domain form of ``fixed_large``, i.e. the same std ``sqrt(beta_t)``. ``learned``/``learned_range``: the
+    std comes per element from the variance input (``ddpm_rows_from``).
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         sc = ddpm_scalars(np.asarray(alpha_bar_t, np.float64), np.asarray(alpha_bar_prev, np.float64), variance_type)
-    return ddpm_rows_from(sc, prediction_type=prediction_type, clip=clip)
+    return ddpm_rows_from(sc, prediction_type=prediction_type, clip=clip, variance_type=variance_type)
 
 
 def _alpha_bar_prev(alphas_cumprod: torch.Tensor, prev: np.ndarray, final) -> torch.Tensor:
@@ -219,7 +255,7 @@ def ddpm_timestep_table(alphas_cumprod: torch.Tensor, timesteps, *, variance_typ
         rows_t = np.asarray(timesteps, dtype=np.int64)
         prev = np.append(rows_t[1:], -1)
     sc = ddpm_scalars(ac[rows_t], _alpha_bar_prev(ac, prev, 1.0), variance_type)
-    sub = ddpm_rows_from(sc, prediction_type=prediction_type, clip=clip)
+    sub = ddpm_rows_from(sc, prediction_type=prediction_type, clip=clip, variance_type=variance_type)
     sub[rows_t == 0, COL["C"]] = 0.0
     check_finite(sub, what, [f"timestep {t}" for t in rows_t])
     rows = np.full((N, NCOEF), np.nan)
