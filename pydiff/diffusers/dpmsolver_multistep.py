@@ -17,7 +17,8 @@ from ..plans.dpm_solver_diffusers import multistep_order, multistep_table, row_i
 from ..plans.rows import finite_rows
 from ..schedules import BETA_SCHEDULES, SPACINGS
 from ._common import (DropinMixin, StepIO, TableCache, TracedTables, check_num_inference_steps, check_single_timestep,
-                      compiling, fallback, needs_grad, step_noise, threshold_scale, validated_init)
+                      compiling, fallback, guidance_arg, guided_table, needs_grad, step_noise, threshold_scale,
+                      validated_init)
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++", "deis")  # deis -> dpmsolver++
@@ -345,49 +346,67 @@ class DPMSolverMultistepScheduler(DropinMixin, _DiffusersDPMMS):
                                euler_at_final=cfg.euler_at_final, final_sigmas_type=cfg.final_sigmas_type,
                                warm=self.lower_order_nums)
 
-    def _parent_step(self, reason, model_output, timestep, sample, generator, variance_noise, return_dict, key=None):
+    def _parent_step(self, reason, model_output, timestep, sample, generator, variance_noise, return_dict, key=None,
+                     guide=None):
         fallback(self, reason, key)
+        if guide is not None:  # diffusers' step on the combined output, as a pipeline calls it
+            model_output = guide.combine(model_output)
         return super().step(model_output, timestep, sample, generator, variance_noise, return_dict)
 
-    def step(self, model_output, timestep, sample, generator=None, variance_noise=None, return_dict: bool = True):
+    def step(self, model_output, timestep, sample, generator=None, variance_noise=None, return_dict: bool = True, *,
+             model_output_uncond=None, guidance_scale=None):
+        """diffusers' ``step``, fused; with ``model_output_uncond`` and ``guidance_scale`` (keyword-only, both or
+        neither), classifier-free guidance in the same pass: the step runs on ``m_e = model_output_uncond +
+        guidance_scale (model_output - model_output_uncond)`` (Ho & Salimans 2022), ``model_output`` being the
+        conditional output, and the history keeps the converted guided output, as when the caller combines
+        first. See docs/guidance.md."""
+        guide = guidance_arg(model_output, model_output_uncond, guidance_scale)
         check_single_timestep(timestep)
         args = (model_output, timestep, sample, generator, variance_noise, return_dict)
         traced = compiling()
         reason = fused_reason(self, traced)
         if reason is not None:
-            return self._parent_step(reason, *args)
+            return self._parent_step(reason, *args, guide=guide)
         io = StepIO(model_output, sample)
         if io.mixed:
-            return self._parent_step(io.mixed, *args, key="mixed dtypes")
+            return self._parent_step(io.mixed, *args, key="mixed dtypes", guide=guide)
         cfg = self.config
         sde = cfg.algorithm_type in ("sde-dpmsolver", "sde-dpmsolver++")
         if sde and variance_noise is not None and (
                 not isinstance(variance_noise, torch.Tensor) or variance_noise.shape != io.shape):
-            return self._parent_step("a variance_noise of another shape than the sample", *args)
+            return self._parent_step("a variance_noise of another shape than the sample", *args, guide=guide)
         if self._step_index is None:
             self._step_index = traced_step_index(self, timestep) if traced else host_step_index(self, timestep)
         i = self._step_index
         n = self._pydiff_traced.n if traced else len(self._pydiff_ts_host)
         if i >= n:
-            return self._parent_step(f"step index {i} past the last step", *args, key="a step past the last one")
+            return self._parent_step(f"step index {i} past the last step", *args, key="a step past the last one",
+                                     guide=guide)
         order = self._order(i, n)
         finite = self._pydiff_traced.finite[order - 1][i] if traced else row_is_finite(self._pydiff_rows[order - 1, i])
         if not finite:
             return self._parent_step(f"non-finite coefficients at step {i} (order {order})", *args,
-                                     key="non-finite coefficients")
+                                     key="non-finite coefficients", guide=guide)
         hist = [self.model_outputs[-k] for k in range(1, order)]  # m_{i-1}, m_{i-2}
         if not history_ok(hist, io):
-            return self._parent_step("the history does not match the sample (shape, dtype or device)", *args)
-        grad = needs_grad(io.x, io.m, *hist)
+            return self._parent_step("the history does not match the sample (shape, dtype or device)", *args,
+                                     guide=guide)
+        m_u = None if guide is None else io.kernel(guide.uncond)
+        grad = needs_grad(io.x, io.m, *hist) or (m_u is not None and needs_grad(m_u))
         if cfg.thresholding and grad:
             # dynamic_threshold has no backward; diffusers' thresholding (torch.quantile) has one
             return self._parent_step("thresholding while autograd records (pydiff's dynamic_threshold has no "
-                                     "backward)", *args, key="thresholding under autograd")
+                                     "backward)", *args, key="thresholding under autograd", guide=guide)
         self.last_fallback_reason = None
 
-        coef = table_view(self, sample.device, io.dtype, traced)[(order - 1) * n + i]
+        table = table_view(self, sample.device, io.dtype, traced)
+        if guide is not None:
+            table = guided_table(self, table, guide.scale)
+        coef = table[(order - 1) * n + i]
         backend = self.pydiff_backend
-        threshold = threshold_scale(self, io.x, io.m, coef, None)
+        # guided: m = uncond, m2 = cond (M1 = 1 - s, M2 = s in the row); w_out keeps the converted guided output
+        m, m2 = (io.m, None) if m_u is None else (m_u, io.m)
+        threshold = threshold_scale(self, io.x, m, coef, None, m2)
         noise, seed, offset, rng = None, None, 0, None
         if sde:
             if variance_noise is not None:
@@ -397,8 +416,8 @@ class DPMSolverMultistepScheduler(DropinMixin, _DiffusersDPMMS):
                                                   variance_noise, draw=randn_tensor)
         target, target_k, new_outputs = history_buffer(self, io, cfg.solver_order - 1, fresh=grad)
         prev_sample, prev_k = io.empty()
-        fused_step(io.x, io.m, coef, out=prev_k, w_out=target_k, hist=[io.kernel(h) for h in hist], noise=noise,
-                   seed=seed, offset=offset, rng=rng, threshold=threshold, backend=backend)
+        fused_step(io.x, m, coef, out=prev_k, w_out=target_k, hist=[io.kernel(h) for h in hist], noise=noise,
+                   seed=seed, offset=offset, rng=rng, threshold=threshold, m2=m2, backend=backend)
         prev_sample = io.result(prev_sample)
         commit_history(self, target, new_outputs)
         if self.lower_order_nums < cfg.solver_order:
