@@ -13,7 +13,8 @@ _PER_CALL = {
     "DDIMScheduler": ("timestep tensors with several elements", "float timesteps", "integer timesteps outside "
                       "[0, num_train_timesteps)", "a model output in another dtype than the sample"),
     "DDPMScheduler": ("timestep tensors with several elements", "float timesteps", "integer timesteps off the "
-                      "schedule", "a model output in another dtype than the sample"),
+                      "schedule", "a model output in another dtype than the sample", "a learned variance_type with "
+                      "a model output without the variance channels"),
     "DPMSolverMultistepScheduler": ("a variance_noise of another shape than the step", "a step past the last one",
                                     "steps whose coefficients are not finite (degenerate custom timesteps)",
                                     "a model output in another dtype than the sample"),
