@@ -85,9 +85,20 @@ class DPM_Solver(UpdateMethods):
     def _raw_type(self):
         return self.model_fn_raw.model_type if self._fold() else "noise"
 
+    def _guidance(self):
+        """The classifier-free guidance scale the fused steps combine with (their rows' ``M1 = 1 - s``,
+        ``M2 = s``), or None when the stages get one model output."""
+        m = self.model_fn_raw
+        if self._fold() and m.cfg_pair:
+            return float(m.guidance_scale)
+        return None
+
     def _stage_model(self, x, t_vec):
-        """What a plan stage evaluates: the raw (guided) network output when folded, else ``eps``."""
+        """What a plan stage evaluates: the raw (guided) network output when folded, else ``eps``; with
+        classifier-free guidance (``_guidance``) the raw pair ``(out_u, out_c)``, combined by the fused step."""
         if self._fold():
+            if self.model_fn_raw.cfg_pair:
+                return self.model_fn_raw.raw_pair(x, t_vec)
             return self.model_fn_raw.raw_output(x, t_vec)
         return self.model_fn_raw(x, t_vec)
 
@@ -300,12 +311,13 @@ class DPM_Solver(UpdateMethods):
 
     def _device_plan(self, key, device, dtype):
         mode = self._correction_mode()
-        dkey = (key, mode, self.thresholding_max_val, str(device), dtype)
+        guidance = self._guidance()
+        dkey = (key, mode, self.thresholding_max_val, guidance, str(device), dtype)
         if dkey in self._device_plans:
             self._device_plans.move_to_end(dkey)
             return self._device_plans[dkey]
         plan = self._compile(key)
-        tables = device_tables(correction_tables(plan.rows, plan.to_x0, mode, self.thresholding_max_val),
+        tables = device_tables(correction_tables(plan.rows, plan.to_x0, mode, self.thresholding_max_val, guidance),
                                plan.times, device, dtype)
         entry = {"plan": plan, "tables": tables, "mode": mode}
         self._device_plans[dkey] = entry

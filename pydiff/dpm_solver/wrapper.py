@@ -13,7 +13,10 @@ The returned callable computes exactly that in plain torch. It also tells ``DPM_
 parameterization the network has, so the solver can skip the conversion to ``eps`` and instead fold the
 affine map from the network's output to ``x_0`` / ``eps`` into the fused step's coefficients (mathematically
 the same; guidance combines raw outputs with weights summing to 1, so it commutes with that map).
-Classifier guidance adds a gradient term, so there the solver uses the ``eps`` output as is.
+With classifier-free guidance (two outputs) the solver goes one step further: it takes the pair of raw outputs
+(``raw_pair``) and the fused step combines them itself (``m = out_u``, ``m2 = out_c``, ``M1 = 1 - scale``,
+``M2 = scale``), so the combination costs no pass of its own. Classifier guidance adds a gradient term, so
+there the solver uses the ``eps`` output as is.
 """
 from __future__ import annotations
 
@@ -81,6 +84,19 @@ class WrappedModel:
     def foldable(self):
         return self.guidance_type != "classifier"
 
+    @property
+    def cfg_pair(self):
+        """Whether the raw output is a classifier-free pair (two outputs combined with ``guidance_scale``)."""
+        return self.guidance_type == "classifier-free" and not self._cfg_single_call()
+
+    def raw_pair(self, x, t_continuous):
+        """``(out_u, out_c)``: the raw unconditional and conditional outputs of one batched call on ``[x, x]``
+        with ``[unconditional_condition, condition]`` (only when ``cfg_pair``)."""
+        out = self._call_model(torch.cat([x, x]), torch.cat([t_continuous, t_continuous]),
+                               cond=torch.cat([self.unconditional_condition, self.condition]))
+        out_u, out_c = out.chunk(2)
+        return out_u, out_c
+
     def raw_output(self, x, t_continuous):
         """The network output, guidance-combined but not converted to ``eps`` (not for classifier guidance)."""
         if self.guidance_type == "uncond":
@@ -88,9 +104,7 @@ class WrappedModel:
         if self.guidance_type == "classifier-free":
             if self._cfg_single_call():
                 return self._call_model(x, t_continuous, cond=self.condition)
-            out_u, out_c = self._call_model(
-                torch.cat([x, x]), torch.cat([t_continuous, t_continuous]),
-                cond=torch.cat([self.unconditional_condition, self.condition])).chunk(2)
+            out_u, out_c = self.raw_pair(x, t_continuous)
             return out_u + self.guidance_scale * (out_c - out_u)
         raise RuntimeError("classifier guidance has no raw output; call the wrapper itself")
 

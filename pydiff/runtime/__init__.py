@@ -6,7 +6,8 @@
 * ``rk45``: a device-resident Dormand-Prince 5(4) integrator with scipy's RK45 step control, its stage
   combinations and error estimate as fused steps (one host sync per attempt; the score-SDE ODE sampler uses it).
 
-The runtime asks its ``solver`` (any object) for ``_stage_model(x, t)``, ``correcting_x0_fn``,
+The runtime asks its ``solver`` (any object) for ``_stage_model(x, t)``, ``_guidance()`` (a classifier-free
+guidance scale when ``_stage_model`` returns an output pair, else None), ``correcting_x0_fn``,
 ``correcting_xt_fn``, ``dynamic_thresholding_ratio`` and ``backend``; the authors'-API face provides them.
 """
 from .adaptive import run_adaptive

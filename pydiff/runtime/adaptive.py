@@ -134,7 +134,8 @@ def run_adaptive(solver, x, order, t_T, t_0, h_init, atol, rtol, theta, t_err, s
             A, comb = cf.singlestep_third(alg, solver_type, ps, pt, r1, r2)
             rc = R.model_row(p2, 0.0, comb["s2"], (A, comb["s"], comb.get("s1", 0.0)))
         to_x0 = np.array(R.to_x0, dtype=bool)
-        tables = device_tables(correction_tables(R.table(), to_x0, mode, solver.thresholding_max_val),
+        tables = device_tables(correction_tables(R.table(), to_x0, mode, solver.thresholding_max_val,
+                                                 solver._guidance()),
                                R.times, x.device, x.dtype)
         run = Runner(solver, x, tables, mode)
         t_rows = tables["times"]
@@ -177,7 +178,8 @@ def run_adaptive(solver, x, order, t_T, t_0, h_init, atol, rtol, theta, t_err, s
     if denoise_to_zero:
         R = _Rows(raw_type, alg)
         rd = R.model_row(cf.point(ns, t_0), 0.0, 1.0, to_x0=True)
-        tables = device_tables(correction_tables(R.table(), np.array(R.to_x0), mode, solver.thresholding_max_val),
+        tables = device_tables(correction_tables(R.table(), np.array(R.to_x0), mode, solver.thresholding_max_val,
+                                                 solver._guidance()),
                                R.times, x.device, x.dtype)
         run = Runner(solver, x, tables, mode)
         m = run.evaluate(x, tables["times"][rd])

@@ -15,6 +15,11 @@ Corrections of the predicted ``x0`` (``correcting_x0_fn``), for stages that conv
   its input (``P = 0, Q = 1``).
 
 ``correcting_xt_fn`` is applied in plain torch after each step.
+
+Classifier-free guidance: when the solver's ``_guidance()`` is a scale ``s``, ``_stage_model`` returns the pair
+``(out_u, out_c)`` and every step that takes the model output reads both (``m = out_u``, ``m2 = out_c``; the
+``fused`` and ``conv`` rows carry ``M1 = 1 - s``, ``M2 = s``), the dynamic threshold included; the ``upd`` rows take
+the already combined ``w`` and no ``m2``.
 """
 from __future__ import annotations
 
@@ -29,29 +34,32 @@ from pydiff.ops import compute_dtype
 MODE_NONE, MODE_THRESHOLD, MODE_CALLABLE = "none", "threshold", "callable"
 
 
-def correction_tables(rows, to_x0, mode, max_val):
+def correction_tables(rows, to_x0, mode, max_val, guidance=None):
     """Host tables for a correction mode.
 
     ``fused``: the rows (for thresholding with ``S`` divided by ``max_val`` where they convert to x0);
     ``conv``: the conversion alone (``out = w``); ``upd``: the update taking ``w`` as its model input
-    (``P = 0, Q = 1``). The split pair serves the unfusable cases.
+    (``P = 0, Q = 1``). The split pair serves the unfusable cases. ``guidance``: a classifier-free guidance
+    scale ``s``, written into ``fused`` and ``conv`` as ``M1 = 1 - s``, ``M2 = s`` (used only with ``m2``).
     """
     rows = np.array(rows, dtype=np.float64)
     if mode == MODE_THRESHOLD:
         rows[to_x0, COL["S"]] /= max_val
+    if guidance is not None:
+        rows[:, COL["M1"]], rows[:, COL["M2"]] = 1.0 - guidance, guidance
     conv = np.tile(coef_row(B0=1.0), (rows.shape[0], 1))
-    for c in ("P", "Q", "S"):
+    for c in ("M1", "M2", "P", "Q", "S"):
         conv[:, COL[c]] = rows[:, COL[c]]
     upd = rows.copy()
     upd[:, COL["P"]], upd[:, COL["Q"]], upd[:, COL["S"]] = 0.0, 1.0, 1.0
     return {"fused": rows, "conv": conv, "upd": upd}
 
 
-def thresholded_step(x, m, row, ratio, backend, **kw):
+def thresholded_step(x, m, row, ratio, backend, m2=None, **kw):
     """``fused_step`` with the dynamic threshold of its own ``x0`` (a row whose ``S`` is divided by the floor
-    ``M``, see the module docstring)."""
-    s = dynamic_threshold(x, m, row, ratio=ratio, max_val=math.inf, backend=backend)
-    return fused_step(x, m, row, threshold=s, backend=backend, **kw)
+    ``M``, see the module docstring); ``m2``: the second model output of a guided step."""
+    s = dynamic_threshold(x, m, row, m2=m2, ratio=ratio, max_val=math.inf, backend=backend)
+    return fused_step(x, m, row, threshold=s, m2=m2, backend=backend, **kw)
 
 
 def dynamic_thresholding(x0, ratio, max_val, backend=None):
@@ -78,8 +86,15 @@ class Runner:
 
     # -- the model, as the solver sees it (raw output when the conversion is folded into the rows)
     def evaluate(self, x_in, t_row):
+        """The stage's model output: a tensor, or the pair ``(m, m2)`` of a classifier-free guided model."""
         t_vec = t_row.expand(self.B)
         m = self.solver._stage_model(x_in, t_vec)
+        if isinstance(m, tuple):
+            return tuple(self._model_tensor(o, x_in) for o in m)
+        return self._model_tensor(m, x_in)
+
+    @staticmethod
+    def _model_tensor(m, x_in):
         if not isinstance(m, torch.Tensor):
             raise TypeError(f"the model must return a tensor, got {type(m).__name__}")
         if m.dtype != x_in.dtype:
@@ -102,14 +117,18 @@ class Runner:
 
     # -- one conversion + update
     def apply(self, src, m, row_index, out, w_out, hist, to_x0, t_scalar, scratch=None):
-        """``out = A src + B0 w + sum Bk hist_k`` with ``w = conv(src, m)`` (corrected when ``to_x0``)."""
+        """``out = A src + B0 w + sum Bk hist_k`` with ``w = conv(src, m)`` (corrected when ``to_x0``); ``m`` a
+        tensor or a guided pair ``(m, m2)``."""
         backend = self.solver.backend
         fused = self.tables["fused"][row_index]
+        m, m2 = m if isinstance(m, tuple) else (m, None)
         if not to_x0 or self.mode == MODE_NONE:
-            return fused_step(src, m, fused, out=out, w_out=w_out, hist=hist, backend=backend)
+            return fused_step(src, m, fused, out=out, w_out=w_out, hist=hist, m2=m2, backend=backend)
         if self.mode == MODE_THRESHOLD:
-            return thresholded_step(src, m, fused, self.solver.dynamic_thresholding_ratio, backend, out=out,
+            return thresholded_step(src, m, fused, self.solver.dynamic_thresholding_ratio, backend, m2=m2, out=out,
                                     w_out=w_out, hist=hist)
+        if m2 is not None:
+            m = (m, m2)
         w = w_out if w_out is not None else (scratch if scratch is not None else torch.empty_like(src))
         self.convert(src, m, row_index, w, to_x0, t_scalar)
         return self.update(src, w, row_index, out, hist)
@@ -118,9 +137,10 @@ class Runner:
         """``w = conv(src, m)``, corrected (thresholding / callable) when it is an x0 prediction."""
         backend = self.solver.backend
         conv = self.tables["conv"][row_index]
+        m, m2 = m if isinstance(m, tuple) else (m, None)
         if to_x0 and self.mode == MODE_THRESHOLD:
-            return thresholded_step(src, m, conv, self.solver.dynamic_thresholding_ratio, backend, out=w)
-        fused_step(src, m, conv, out=w, backend=backend)
+            return thresholded_step(src, m, conv, self.solver.dynamic_thresholding_ratio, backend, m2=m2, out=w)
+        fused_step(src, m, conv, out=w, m2=m2, backend=backend)
         if to_x0 and self.mode == MODE_CALLABLE:
             res = self.correct_x0(w, t_scalar)
             if res is not w:
