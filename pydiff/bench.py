@@ -8,6 +8,13 @@ Three tables:
 * a whole run the way a pipeline drives a scheduler: ``set_timesteps`` and every ``step`` (``whole_run``);
 * with ``bandwidth``: the fused step against a device copy.
 
+The ``*_cfg`` samplers (``ddim_cfg``, ``ddpm_cfg``, ``dpm2m_cfg``) time one classifier-free guided step
+(Ho & Salimans 2022; guidance scale ``CFG_SCALE``): diffusers' step after the combination
+``uncond + s (cond - uncond)`` in torch (the baseline, as a pipeline runs it), and per backend pydiff's plain
+fused step on one output (``plain``: what a guided step should cost), the torch combination followed by the
+fused step (``combine``) and the fused guided step (``cfg``: ``step(..., model_output_uncond=, guidance_scale=)``,
+both outputs read once in the kernel).
+
 On CUDA calls run back to back in batches with one synchronisation each; on CPU ``time.perf_counter`` around
 each call; medians are reported. Every candidate gets the same inputs and options and is checked against
 diffusers before it is timed, so a fast wrong kernel cannot post a number.
@@ -22,7 +29,8 @@ import torch
 
 from .ops import available_backends, backend_available, runs_on
 
-SAMPLERS = ("ddim", "ddpm", "dpm2m", "dpm3m", "score_sde_ve")
+SAMPLERS = ("ddim", "ddpm", "dpm2m", "dpm3m", "score_sde_ve", "ddim_cfg", "ddpm_cfg", "dpm2m_cfg")
+CFG_SCALE = 7.5  # diffusers' Stable Diffusion pipelines' default guidance_scale
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 
 
@@ -78,6 +86,8 @@ def step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=Non
     candidate does the same arithmetic.
     """
     device = torch.device(device)
+    if sampler.endswith("_cfg"):
+        return cfg_step_callables(sampler, shape, dtype, device, backends, steps)
     multistep = sampler.startswith("dpm")
     if multistep:
         steps = 20
@@ -137,6 +147,68 @@ def step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=Non
             _check_agrees(f"the compiled {sampler} peer", first, expect, dtype)
             out["torch-compile"] = lambda: fn(x, m, z)[0]
     return out
+
+
+def cfg_step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=None, steps: int = 50):
+    """``{name: callable}`` for one classifier-free guided step of ``sampler`` (``<base>_cfg``) mid-schedule:
+    ``diffusers`` (torch combination, then diffusers' step), and per backend ``pydiff-<b> plain`` (the fused step
+    on one output, no guidance), ``pydiff-<b> combine`` (torch combination, then the fused step) and
+    ``pydiff-<b> cfg`` (the fused guided step). Each is checked against diffusers on the same inputs first."""
+    base = sampler[: -len("_cfg")]
+    multistep = base.startswith("dpm")
+    if multistep:
+        steps = 20
+    ref, ours, x, m, kw = _setup(base, shape, dtype, device)
+    m_u = torch.randn(shape, generator=torch.Generator(device="cpu").manual_seed(2)).to(device=device, dtype=dtype)
+    k = steps // 2
+    g = CFG_SCALE
+
+    def prepare(s):
+        s.set_timesteps(steps, device=device)
+        if multistep:  # the history of a mid-schedule step (its values do not change the arithmetic's cost)
+            for i in range(k):
+                s.step(m, s.timesteps[i], x)
+
+    def make(s, how):
+        def extra():
+            return {"generator": torch.Generator(device="cpu").manual_seed(1)} if base == "ddpm" else {}
+
+        def call():
+            if multistep:
+                s._step_index = k  # replay the same mid-schedule step
+            if how == "cfg":
+                out = s.step(m, t, x, **kw, **extra(), model_output_uncond=m_u, guidance_scale=g)
+            elif how == "combine":
+                out = s.step(m_u + g * (m - m_u), t, x, **kw, **extra())
+            else:
+                out = s.step(m, t, x, **kw, **extra())
+            return out.prev_sample
+        return call
+
+    prepare(ref)
+    t = ref.timesteps[k]
+    # the expectations from fresh schedulers in the same state (a multistep step changes the history)
+    expect_plain = make(_fresh(ref, prepare), "plain")().double()
+    out = {"diffusers": make(ref, "combine")}
+    expect = out["diffusers"]().double()
+    if backends is None:
+        backends = [b for b in available_backends() if _runs_on(b, device, dtype)]
+    for b in backends:
+        for how in ("plain", "combine", "cfg"):
+            s = type(ours).from_config(ours.config)
+            s.pydiff_backend = b
+            prepare(s)
+            fn = make(s, how)
+            _check_agrees(f"pydiff {sampler} ({how}) on backend {b}", fn(), expect_plain if how == "plain" else expect,
+                          dtype)
+            out[f"pydiff-{b} {how}"] = fn
+    return out
+
+
+def _fresh(sched, prepare):
+    s = type(sched).from_config(sched.config)
+    prepare(s)
+    return s
 
 
 def whole_run_callables(sampler: str, shape, dtype: torch.dtype, device, backends=None, steps: int = 20):
@@ -297,9 +369,10 @@ def run(samplers=SAMPLERS, shape=(1, 4, 64, 64), dtype="fp32", device=None, back
     tdtype = DTYPES[dtype]
     rows = []
     jobs = [(s, step_callables(s, shape, tdtype, device, backends, peer=peer)) for s in samplers]
-    if whole_run_steps:
+    if whole_run_steps:  # (the guided samplers: one step only; a guided run is that step times the steps)
         jobs += [(f"{s}/run{whole_run_steps}", whole_run_callables(s, shape, tdtype, device, backends,
-                                                                     whole_run_steps)) for s in samplers]
+                                                                     whole_run_steps))
+                 for s in samplers if not s.endswith("_cfg")]
     for label, calls in jobs:
         base = None
         for name, fn in calls.items():
@@ -311,11 +384,12 @@ def run(samplers=SAMPLERS, shape=(1, 4, 64, 64), dtype="fp32", device=None, back
 
 def format_table(rows) -> str:
     w = max([len("sampler")] + [len(r.sampler) for r in rows])  # "score_sde_ve/run20" is the longest label
-    head = (f"{'sampler':{w}} {'implementation':18} {'device':7} {'dtype':5} {'shape':14} {'median us':>10} "
+    wi = max([18] + [len(r.impl) for r in rows])  # "pydiff-triton combine" (the guided rows) is the longest
+    head = (f"{'sampler':{w}} {'implementation':{wi}} {'device':7} {'dtype':5} {'shape':14} {'median us':>10} "
             f"{'vs diffusers':>12}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.sampler:{w}} {r.impl:18} {r.device:7} {r.dtype:5} {r.shape:14} {r.median_us:10.1f} "
+        lines.append(f"{r.sampler:{w}} {r.impl:{wi}} {r.device:7} {r.dtype:5} {r.shape:14} {r.median_us:10.1f} "
                      f"{r.speedup_vs_diffusers:11.2f}x")
     return "\n".join(lines)
 

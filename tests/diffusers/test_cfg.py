@@ -267,3 +267,15 @@ def test_compiled_guided_loop_is_one_graph(cls):
     assert backend.graphs == 1
     assert backend.ops.count("pydiff::fused_step") == 6, backend.ops
     assert rel_l2(got, expected) < 1e-5
+
+
+@pytest.mark.parametrize("sampler", ["ddim_cfg", "ddpm_cfg", "dpm2m_cfg"])
+def test_bench_cfg_rows_are_checked_candidates(sampler):
+    """``pydiff bench``'s guided rows: diffusers after a torch combine, and per backend the plain fused step, the
+    torch combine + fused step and the fused guided step, each checked against diffusers before it is timed
+    (``step_callables`` raises on a disagreement)."""
+    from pydiff import bench
+
+    calls = bench.step_callables(sampler, (1, 3, 8, 8), torch.float32, "cpu", backends=["cpu"])
+    assert list(calls) == ["diffusers", "pydiff-cpu plain", "pydiff-cpu combine", "pydiff-cpu cfg"]
+    assert sampler in bench.SAMPLERS
