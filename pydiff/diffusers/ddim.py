@@ -76,7 +76,8 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
     Same constructor, config, ``set_timesteps``, ``step`` and outputs as diffusers; every config option
     (eta, epsilon/sample/v_prediction, clip_sample and clip_sample_range, use_clipped_model_output,
     thresholding, set_alpha_to_one, steps_offset, all timestep spacings, rescale_betas_zero_snr) and a
-    given ``generator`` or ``variance_noise`` run fused. Noise is drawn exactly as diffusers draws it, so
+    given ``generator`` or ``variance_noise`` run fused, and so does classifier-free guidance
+    (``step(..., model_output_uncond=, guidance_scale=)``: both outputs read once by the kernel; docs/guidance.md). Noise is drawn exactly as diffusers draws it, so
     the same generator gives the same images. The update, per timestep ``t`` and ``prev = t - N // n``
     (diffusers' rule, whatever the spacing)::
 

@@ -42,7 +42,9 @@ class DDPMScheduler(DropinMixin, _DiffusersDDPM):
     ``log std^2 = f log beta_t + (1 - f) log beta_tilde_t`` with ``f = (v + 1)/2``; ``learned``: diffusers
     takes ``v`` as the variance, ``std = sqrt(v)``, so the step passes ``log v``, one torch pass over the
     variance channels). With a batch > 1 the two halves are strided views, copied once for the kernel. A
-    model output without the variance channels runs diffusers' step (which fails on it for t > 0).
+    model output without the variance channels runs diffusers' step (which fails on it for t > 0). With a GPU
+    timestep tensor the last step (t = 0) computes ``0 * std(v) * z`` rather than skipping it: a ``learned``
+    variance channel < 0 there (no valid variance; diffusers ignores it at t = 0) gives NaN.
     Multi-element or float timesteps fall back to diffusers. An integer timestep off the schedule falls back
     too (diffusers then raises); a GPU timestep tensor off the schedule gives NaN (checking would sync).
     With a GPU timestep tensor the noise is drawn on every step, the last one (t = 0) included, where

@@ -256,7 +256,9 @@ class DPMSolverMultistepScheduler(DropinMixin, _DiffusersDPMMS):
     """Drop-in for ``diffusers.DPMSolverMultistepScheduler`` (DPM-Solver, arXiv:2206.00927; DPM-Solver++,
     arXiv:2211.01095) whose ``step`` is one ``fused_step`` (plus ``dynamic_threshold`` when thresholding).
 
-    Same constructor, config, ``set_timesteps``, ``step`` and outputs as diffusers. Fused: algorithm_type
+    Same constructor, config, ``set_timesteps``, ``step`` and outputs as diffusers (``step`` also takes
+    ``model_output_uncond=`` and ``guidance_scale=``: classifier-free guidance in the same kernel, the history
+    holding the converted guided output; docs/guidance.md). Fused: algorithm_type
     ``dpmsolver++``, ``sde-dpmsolver++``, ``dpmsolver`` and ``sde-dpmsolver`` (orders 1-2; diffusers has no
     third-order sde-dpmsolver), solver_order 1-3, solver_type midpoint/heun, prediction_type
     epsilon/sample/v_prediction, thresholding, lower_order_final, euler_at_final, use_karras_sigmas,

@@ -23,7 +23,9 @@ class DPMSolverSinglestepScheduler(DropinMixin, _DiffusersDPMSS):
     """Drop-in for ``diffusers.DPMSolverSinglestepScheduler`` (DPM-Solver, arXiv:2206.00927; DPM-Solver++,
     arXiv:2211.01095) whose ``step`` is one ``fused_step`` (plus ``dynamic_threshold`` when thresholding).
 
-    Same constructor, config, ``set_timesteps``, ``step`` and outputs as diffusers (one ``step`` call per model
+    Same constructor, config, ``set_timesteps``, ``step`` and outputs as diffusers (``step`` also takes
+    ``model_output_uncond=`` and ``guidance_scale=``: classifier-free guidance in the same kernel, the history
+    holding the converted guided output; docs/guidance.md) (one ``step`` call per model
     evaluation; the orders come from diffusers' ``get_order_list``). Fused: algorithm_type ``dpmsolver++``,
     ``sde-dpmsolver++`` and ``dpmsolver``, solver_order 1-3, solver_type midpoint/heun, prediction_type
     epsilon/sample/v_prediction, thresholding (``++`` variants), lower_order_final, use_karras_sigmas,

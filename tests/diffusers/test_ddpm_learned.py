@@ -164,3 +164,35 @@ def test_guided_learned_variance(variance_type):
     combined = torch.cat([uncond[:, :c] + 4.0 * (cond[:, :c] - uncond[:, :c]), cond[:, c:]], 1)
     b = ref.step(combined, t, x, generator=torch.Generator().manual_seed(2))
     assert rel_l2(a.prev_sample, b.prev_sample) < 1e-6
+
+
+def test_compiled_learned_range_guided_loop_is_one_graph():
+    """``torch.compile(fullgraph=True)``: a learned_range loop with classifier-free guidance traces as one graph (one
+    fused_step per step) and equals the eager loop (both draw from the global RNG after the same seed)."""
+    from test_compile import CountingBackend
+
+    def loop(sched):
+        def go(x):
+            for t in sched.timesteps:
+                cond = model_output(x, t, sched)
+                uncond = model_output(x + 0.05, t, sched)
+                x = sched.step(cond, t, x, model_output_uncond=uncond, guidance_scale=2.0).prev_sample
+            return x
+        return go
+
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager = pd.DDPMScheduler(variance_type="learned_range")
+        eager.set_timesteps(6)
+        torch.manual_seed(3)
+        expected = loop(eager)(x)
+        torch._dynamo.reset()
+        backend = CountingBackend()
+        sched = pd.DDPMScheduler(variance_type="learned_range")
+        sched.set_timesteps(6)
+        torch.manual_seed(3)
+        got = torch.compile(loop(sched), backend=backend, fullgraph=True)(x)
+    assert sched.last_fallback_reason is None
+    assert backend.graphs == 1
+    assert backend.ops.count("pydiff::fused_step") == 6, backend.ops
+    assert rel_l2(got, expected) < 1e-6
