@@ -230,7 +230,8 @@ def dp_trajectory(F: np.ndarray, N: int, K: int) -> list:
     """``1 = tau_1 < ... < tau_K = N`` minimising ``sum_k F[tau_{k-1}, tau_k]`` (dynamic programming, O(K N^2)).
 
     ``best[n]`` after round ``j`` is the least cost of a ``j``-point path from 1 to ``n``; each round relaxes every
-    ``(s, n)`` at once; the predecessor is the smallest ``s`` among equal costs.
+    ``(s, n)`` at once; the predecessor is the smallest ``s`` among equal costs (and a NaN cost, from ``log 0`` at a
+    degenerate last level, propagates as NumPy's ``argmin`` propagates it, so the result is the authors' there too).
     """
     if K == N:
         return list(range(1, N + 1))
@@ -238,10 +239,12 @@ def dp_trajectory(F: np.ndarray, N: int, K: int) -> list:
     best = np.full(N + 1, np.inf)
     best[1] = 0.0
     back = []
+    cols = np.arange(N + 1)
     for _ in range(K - 1):
-        total = best[:, None] + F  # total[s, n]: reach s, then step s -> n
+        with np.errstate(invalid="ignore"):  # inf + -inf where log(0) meets an unreachable start: NaN, as in the code
+            total = best[:, None] + F  # total[s, n]: reach s, then step s -> n
         back.append(np.argmin(total, axis=0))
-        best = total[back[-1], np.arange(N + 1)]
+        best = total[back[-1], cols]
     path = [N]
     for pred in reversed(back[1:]):
         path.append(int(pred[path[-1]]))
@@ -289,7 +292,7 @@ def posterior_x0_var(ms_eps_r: float, abar_r: float, bbar_r: float) -> float:
     """``Cov[x_0 | x_r]`` per dimension from the noise prediction's mean square, clipped to ``[0, 1]``:
     ``bbar_r/abar_r (1 - ms_eps[r])`` (``Var[x_0|x_r] = (bbar_r/abar_r)(1 - E||E[eps|x_r]||^2/d)``, and data in
     [-1, 1] has ``Var[x_0|x_r] <= 1``)."""
-    return float(np.clip(bbar_r / abar_r * (1.0 - ms_eps_r), 0.0, 1.0))
+    return min(max(float(bbar_r / abar_r * (1.0 - ms_eps_r)), 0.0), 1.0)
 
 
 def optimal_variance(kind: str, s: int, r: int, betas: np.ndarray, ms_eps: np.ndarray, eta: float = 0.0) -> float:
@@ -362,7 +365,7 @@ def sampler_plan(sampler: str, betas, *, steps_type: str = "linear", sample_step
     threshold = sigma2_threshold(clip_pixel)
     clamp_x0 = 1.0 if (analytic or ddim or clip_denoise) else math.inf
     pairs = list(zip([0] + steps, steps))[::-1]
-    b = RowBuilder()
+    cols = {name: [] for name in ("P", "Q", "S", "A", "D", "B0", "C")}
     noisy, sig2 = [], []
     with np.errstate(divide="ignore", invalid="ignore"):
         for s, r in pairs:
@@ -388,12 +391,15 @@ def sampler_plan(sampler: str, betas, *, steps_type: str = "linear", sample_step
                 else:
                     var = small if small_sigma else b_rs
             if s != 0 and s < clip_below and (analytic or not ddim):
-                var = float(np.clip(var, 0.0, threshold))
+                var = min(max(var, 0.0), threshold)  # np.clip(sigma2, 0, threshold) of the code
             if s == 0:
                 var = 0.0  # the last step returns the mean
             noisy.append(s != 0)
             sig2.append(float(var))
-            b.add(P=P, Q=Q, S=S, CLIP=clamp_x0, A=A, D=D, B0=B0, C=float(var) ** 0.5)
+            for name, v in zip(cols, (P, Q, S, A, D, B0, float(var) ** 0.5)):
+                cols[name].append(v)
+    b = RowBuilder()
+    b.add(CLIP=np.full(len(pairs), clamp_x0), **{k: np.asarray(v, dtype=np.float64) for k, v in cols.items()})
     rows = b.table()
     check_finite(rows, f"{sampler} (eta = {eta})" if ddim else sampler,
                  [f"step {s} <- {r}" for s, r in pairs])

@@ -328,3 +328,51 @@ def gaussian_ms_eps(betas, s):
     ms = ((1 - a2) / (a2 * s2 + (1 - a2))).mean(dim=1).numpy()
     ms[0] = 0.0
     return ms
+
+
+def gaussian_moments(sampler, betas, steps, mu, s, ms_eps=None, eta=0.0, small_sigma=False, clip_sigma_idx=0,
+                     clip_pixel=2, x_mean=0.0, x_var=1.0):
+    """The exact per-element mean and variance of a sampler's output for Gaussian data with the exact model, when
+    the x0 clamp does not act (``|E[x_0|x_r]| <= 1``): every step is then affine, ``x_s = a x_r + b + sigma z``, with
+
+        eps(x) = e1 x + e0,  e1 = sigma_r / v_r,  e0 = -sigma_r alpha_r mu / v_r,  v_r = alpha_r^2 s^2 + sigma_r^2
+        x0(x)  = c1 x + c0,  c1 = (1 - sigma_r e1) / alpha_r,  c0 = -sigma_r e0 / alpha_r
+
+    so ``mean <- a mean + b``, ``var <- a^2 var + sigma^2``. ``sampler``: 'ddpm_ms_eps', 'ddim_ms_eps', 'ddpm_naive'
+    (``small_sigma``), 'ddim_naive'; ``steps`` the trajectory; starts from ``N(x_mean, x_var)``.
+    Returns float64 tensors ``(mean, var)`` shaped like ``mu``/``s`` broadcast.
+    """
+    betas, alphas, cum_alphas, cum_betas = _schedule(betas)
+    mu, s = torch.as_tensor(mu, dtype=F64), torch.as_tensor(s, dtype=F64)
+    mean = torch.zeros(torch.broadcast_shapes(mu.shape, s.shape), dtype=F64) + x_mean
+    var = torch.zeros_like(mean) + x_var
+    for s_, r in list(zip([0] + list(steps), steps))[::-1]:
+        skip_alpha = alphas[s_ + 1: r + 1].prod()
+        skip_beta = 1. - skip_alpha
+        al, sg = cum_alphas[r] ** 0.5, cum_betas[r] ** 0.5
+        v = al ** 2 * s ** 2 + sg ** 2
+        e1, e0 = sg / v, -sg * al * mu / v
+        c1, c0 = (1 - sg * e1) / al, -sg * e0 / al
+        small = skip_beta * cum_betas[s_] / cum_betas[r]
+        cov = 0.0 if ms_eps is None else np.clip(cum_betas[r] / cum_alphas[r] * (1. - ms_eps[r]), 0., 1.)
+        if sampler.startswith("ddpm"):
+            B0, A = skip_beta * cum_alphas[s_] ** 0.5 / cum_betas[r], skip_alpha ** 0.5 * cum_betas[s_] / cum_betas[r]
+            a, b = B0 * c1 + A, B0 * c0
+            if sampler == "ddpm_ms_eps":
+                sigma2 = small + cum_alphas[s_] * skip_beta ** 2 / cum_betas[r] ** 2 * cov
+            else:
+                sigma2 = small if small_sigma else skip_beta
+        else:
+            lamb2 = eta ** 2 * small
+            B0, D = cum_alphas[s_] ** 0.5, (cum_betas[s_] - lamb2) ** 0.5
+            a, b = B0 * c1 + D * e1, B0 * c0 + D * e0
+            sigma2 = lamb2
+            if sampler == "ddim_ms_eps":
+                sigma2 = lamb2 + (cum_alphas[s_] ** 0.5 - ((cum_betas[s_] - lamb2) * cum_alphas[r] / cum_betas[r])
+                                  ** 0.5) ** 2 * cov
+        if sampler != "ddim_naive" and s_ != 0:
+            sigma2 = _clip_sigma(sigma2, s_, steps, clip_sigma_idx, clip_pixel)
+        if s_ == 0:
+            sigma2 = 0.0
+        mean, var = a * mean + b, a * a * var + sigma2
+    return mean, var
