@@ -22,13 +22,17 @@ FORMAT = "pydiff.analytic_dpm.ms_eps/1"
 
 
 def _batches(data, batch_size):
+    """``(M, make_iterator)``: the data in order, in batches, through a ``DataLoader`` as the authors read it (a
+    DataLoader iterator draws one number from torch's generator when it starts, so the noise that follows is the
+    authors' only if the data is read the same way). A tensor is read a batch at a time (one indexing per batch)."""
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
     if isinstance(data, torch.Tensor):
         if not data.is_floating_point() or data.ndim < 1 or data.shape[0] == 0:
             raise ValueError(f"data must be a non-empty floating-point tensor (M, ...), got {data.dtype} "
                              f"{tuple(data.shape)}")
-        return len(data), lambda: (data[i:i + batch_size] for i in range(0, len(data), batch_size))
+        sampler = BatchSampler(SequentialSampler(range(len(data))), batch_size, drop_last=False)
+        return len(data), lambda: iter(DataLoader(data, batch_size=None, sampler=sampler))
     if hasattr(data, "__len__") and hasattr(data, "__getitem__"):
-        from torch.utils.data import DataLoader
         if len(data) == 0:
             raise ValueError("data must not be empty")
         return len(data), lambda: iter(DataLoader(data, batch_size=batch_size))
@@ -82,7 +86,7 @@ def estimate_ms_eps(eps_model, betas, data, rescale_timesteps, batch_size=256, s
                 draws += 1
                 t = model_times([n - 1 if shift1 else n] * 1, x_n, N, bool(rescale_timesteps))[0]
                 eps = check_model_output(eps_model(x_n, t), x_n, "eps_model")
-                mos = sumsq(eps, backend=backend)[0].double() / (eps.numel() // eps.shape[0])
+                mos = sumsq(eps, backend=backend).double() / (eps.numel() // eps.shape[0])  # (B,) mean squares
                 total[0, n] += mos.sum()
                 total[1, n] += mos.square().sum()
     s1, s2 = total.cpu().numpy()
