@@ -65,7 +65,7 @@ def check_model_output(out, x, name):
 def model_times(inputs, x, N: int, rescale_timesteps: bool) -> torch.Tensor:
     """``(K, B)`` time inputs, formed as the authors form them: an integer tensor cast to ``x``'s dtype, then
     ``* 1000.0 / N`` in that dtype when rescaling."""
-    t = torch.tensor(inputs, dtype=torch.int64)[:, None].expand(len(inputs), x.shape[0]).to(x.device, x.dtype)
+    t = torch.tensor(inputs, dtype=torch.int64)[:, None].repeat(1, x.shape[0]).to(x.device, x.dtype)
     return t * 1000.0 / float(N) if rescale_timesteps else t
 
 

@@ -48,7 +48,6 @@ import re
 
 import numpy as np
 
-from ..ops import COL
 from .conversions import conversion
 from .rows import RowBuilder, check_finite
 

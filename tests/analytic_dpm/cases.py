@@ -1,5 +1,4 @@
 """Shared Gaussian problems for the Analytic-DPM tests: data x_0 ~ N(mu, s^2) per element, the exact models."""
-import numpy as np
 import torch
 
 from pydiff.testing import analytic_dpm as oracle
@@ -19,8 +18,8 @@ def betas(name, N):
 def problem(name, N, rescale=False, shift1=False):
     """``(betas, eps_model, d_model, exact ms_eps)``."""
     b = betas(name, N)
-    return (b, oracle.gaussian_eps_model(b, MU, S, rescale, shift1), oracle.gaussian_x0_model(b, MU, S, rescale, shift1),
-            oracle.gaussian_ms_eps(b, S))
+    eps_model = oracle.gaussian_eps_model(b, MU, S, rescale, shift1)
+    return b, eps_model, oracle.gaussian_x0_model(b, MU, S, rescale, shift1), oracle.gaussian_ms_eps(b, S)
 
 
 def x_init(seed, dtype=torch.float64, shape=SHAPE):

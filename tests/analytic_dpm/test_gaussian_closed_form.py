@@ -15,6 +15,7 @@ from pydiff.testing.gaussian import eps_pred
 M = 400_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 30, 70, 100])
 def test_eps_model_is_the_conditional_mean(n):
     betas = oracle.named_betas("cosine", 100)

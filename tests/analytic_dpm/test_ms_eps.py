@@ -40,6 +40,7 @@ def test_same_numbers_as_the_authors_loop():
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise_source,rescale,shift1", [("torch", False, False), ("torch", True, True),
                                                          ("philox", False, True)])
 def test_recovers_the_closed_form(noise_source, rescale, shift1):

@@ -31,8 +31,8 @@ def test_steps_match_the_transcription(N):
         for typ in ("linear", "power2", "power3", "quad_ddim"):
             assert plan.choose_steps(N, K, typ) == oracle.choice_steps(N, K, typ), (typ, K)
         for name, ms in cases.items():
-            if N == 1000 and K > 100:
-                continue  # the O(K N^2) DP at N = 1000, K = 500 is slow in the transcription
+            if N == 1000 and (K > 25 or name != "exact"):
+                continue  # the transcription's O(K N^2) DP takes ~1 s per case at N = 1000, K = 50
             try:
                 want = oracle.choice_steps(N, K, "dp_seg", ms_eps=ms, betas=b)
             except (AssertionError, IndexError):  # the code fails (e.g. one DP point for K = 2 with a bad tail)
