@@ -45,7 +45,8 @@ def test_same_numbers_as_the_authors_loop():
                                                          ("philox", False, True)])
 def test_recovers_the_closed_form(noise_source, rescale, shift1):
     """Every level within 4.5 standard errors of mean_i sigma^2/(alpha^2 s_i^2 + sigma^2) (measured worst: see
-    docs/analytic_dpm.md); the standard errors themselves are right to 10%: the spread of the z-scores is ~1."""
+    docs/analytic_dpm.md); the standard errors themselves are right: the spread of the z-scores is ~1 (measured
+    1.02 and 0.78; the levels share the data, so their errors are correlated and the spread of 40 of them varies)."""
     b = betas("cosine", N)
     model = oracle.gaussian_eps_model(b, MU, S, rescale, shift1)
     torch.manual_seed(11)
@@ -54,7 +55,7 @@ def test_recovers_the_closed_form(noise_source, rescale, shift1):
     exact = oracle.gaussian_ms_eps(b, S)
     z = (est[1:] - exact[1:]) / se[1:]
     assert np.abs(z).max() < 4.5, np.abs(z).max()
-    assert 0.7 < z.std() < 1.3, z.std()
+    assert 0.6 < z.std() < 1.4, z.std()
 
 
 def test_philox_estimate_is_reproducible_and_not_the_torch_one():

@@ -91,3 +91,11 @@ def test_defaults_run_all_n_steps():
     betas, eps_model, _, ms = problem("linear", 100)
     for K in (None, 0):
         _check(lambda m, x: m.reverse_ddpm_ms_eps(x, betas, False, eps_model=eps_model, ms_eps=ms, sample_steps=K))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_backends_give_the_transcription(backend):
+    """The same run on the reference twin and the C++ kernel (float64)."""
+    betas, eps_model, _, ms = problem("cosine", 100, True, True)
+    _check(lambda m, x: m.reverse_ddpm_ms_eps(x, betas, True, "dp_seg", 2, 2, eps_model, ms, 25, True,
+                                              **({"backend": backend} if m is face else {})))
