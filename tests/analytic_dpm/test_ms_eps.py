@@ -6,7 +6,7 @@ import torch
 from pydiff.analytic_dpm import estimate_ms_eps, load_ms_eps, save_ms_eps
 from pydiff.testing import analytic_dpm as oracle
 
-from cases import MU, S, betas
+from adpm_cases import MU, S, betas
 
 N = 40
 DATA_SHAPE = (2000,) + tuple(MU.shape)

@@ -8,7 +8,7 @@ import torch
 import pydiff.analytic_dpm as face
 from pydiff.testing import analytic_dpm as oracle
 
-from cases import max_rel, problem, same_noise, x_init
+from adpm_cases import max_rel, problem, same_noise, x_init
 
 STEPS_TYPES = ["linear", "power2", "quad_ddim", "dp_seg"]
 TIME = [(False, False), (True, False), (False, True), (True, True)]  # (rescale_timesteps, shift1)

@@ -8,7 +8,7 @@ import pytest
 from pydiff.plans import analytic_dpm as plan
 from pydiff.testing import analytic_dpm as oracle
 
-from cases import S, betas
+from adpm_cases import S, betas
 
 
 def _ms_eps_cases(N):
