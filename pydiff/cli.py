@@ -18,10 +18,11 @@ def _shape(text: str):
 
 
 def _parser():
+    from .bench import SAMPLERS
     p = argparse.ArgumentParser(prog="pydiff", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="per-step time: diffusers vs pydiff on every available backend")
-    b.add_argument("--sampler", action="append", choices=["ddim", "ddpm", "dpm2m", "dpm3m", "score_sde_ve"],
+    b.add_argument("--sampler", action="append", choices=SAMPLERS,
                    help="sampler to time (repeatable; default: all)")
     b.add_argument("--shape", type=_shape, default=(1, 4, 64, 64), help="sample shape, e.g. 8x4x128x128")
     b.add_argument("--dtype", default="fp32", choices=["fp16", "bf16", "fp32", "fp64"])
