@@ -1,0 +1,125 @@
+"""The fused guided-diffusion loops against the float64 transcription of guided-diffusion (pydiff.testing.guided),
+on a Gaussian mixture with the exact eps / x0 models and the exact noisy-classifier gradient.
+
+With ``noise_source='torch'`` and the same seed both see the same noise, so the samples must agree to float32
+rounding: 1e-4 relative (L2 over the batch). The oracle itself was checked against guided-diffusion's own code
+(docs/guided.md, "Parity").
+"""
+import itertools
+
+import pytest
+import torch
+
+from guided_cases import LABELS, SHAPE, make, rel
+
+TOL = 1e-4
+SPACINGS = [(100, None), (1000, "ddim10"), (1000, "ddim25"), (1000, "10,5"), (1000, "25")]
+KINDS = [("p", 0.0), ("ddim", 0.0), ("ddim", 0.5), ("ddim", 1.0)]
+FLAGS = list(itertools.product(["epsilon", "start_x"], ["fixed_small", "fixed_large", "learned_range"],
+                               [False, True], [True, False], [False, True]))  # mean, var, cond, clip, rescale
+
+
+def run_pair(cfg, kind, eta, cond, clip, seed=3, **loop):
+    ours, oracle, model, cond_fn = cfg
+    cf = cond_fn if cond else None
+    mk = {"y": LABELS}
+    torch.manual_seed(seed)
+    if kind == "p":
+        got = ours.p_sample_loop(model, SHAPE, clip_denoised=clip, cond_fn=cf, model_kwargs=mk, **loop)
+    else:
+        got = ours.ddim_sample_loop(model, SHAPE, clip_denoised=clip, cond_fn=cf, model_kwargs=mk, eta=eta, **loop)
+    torch.manual_seed(seed)
+    want = oracle.sample_loop(kind, model, SHAPE, clip_denoised=clip, cond_fn=cf, model_kwargs=mk, eta=eta)
+    return got, want
+
+
+# Every (schedule, spacing, sampler) cell, with the mean/variance/guidance/clip/rescale flags rotating through their
+# 24 combinations across the cells (each combination appears at least once per sampler kind).
+GRID = []
+for c, ((sched, (n, spacing)), (kind, eta)) in enumerate(itertools.product(
+        itertools.product(["linear", "cosine"], SPACINGS), KINDS)):
+    for j in range(3):
+        GRID.append((sched, n, spacing, kind, eta) + FLAGS[(3 * c + 7 * j) % len(FLAGS)])
+
+
+@pytest.mark.parametrize("sched,n,spacing,kind,eta,mean,var,cond,clip,rescale", GRID)
+def test_loop_matches_guided_diffusion_transcription(sched, n, spacing, kind, eta, mean, var, cond, clip, rescale):
+    cfg = make(sched, n, spacing, mean, var, rescale)
+    got, want = run_pair(cfg, kind, eta, cond, clip)
+    assert got.dtype == torch.float32 and got.shape == SHAPE
+    assert torch.isfinite(want).all()
+    assert rel(got, want) < TOL
+
+
+@pytest.mark.parametrize("mean,var,cond", list(itertools.product(
+    ["epsilon", "start_x"], ["fixed_small", "fixed_large", "learned_range", "learned"], [False, True])))
+def test_ancestral_every_mean_and_variance(mean, var, cond):
+    got, want = run_pair(make("cosine", 1000, "ddim25", mean, var), "p", 0.0, cond, True)
+    assert rel(got, want) < TOL
+
+
+def test_cosine_eta_one_is_finite_where_float32_is_not():
+    """``sqrt(1 - abar_prev - sigma^2)`` at the first step of the 1000-step cosine schedule spaced to "10,5"
+    (abar = 2.4e-9, abar_prev = 0.0125): float32 rounds the radicand below zero (the reference's NaN); the float64
+    rows give the finite value of the float64 transcription."""
+    ours, oracle, model, _ = make("cosine", 1000, "10,5")
+    a, ap = (torch.tensor(v[-1], dtype=torch.float32) for v in (ours.alphas_cumprod, ours.alphas_cumprod_prev))
+    sigma = torch.sqrt((1 - ap) / (1 - a)) * torch.sqrt(1 - a / ap)  # float32, in the reference's order
+    assert (1 - ap - sigma ** 2).item() < 0
+    got, want = run_pair((ours, oracle, model, None), "ddim", 1.0, False, False)
+    assert torch.isfinite(got).all() and rel(got, want) < TOL
+
+
+def test_progressive_yields_every_step_with_pred_xstart():
+    for kind, cond in (("p", True), ("ddim", True), ("ddim", False)):
+        ours, oracle, model, cond_fn = make("linear", 1000, "ddim10")
+        mk = {"y": LABELS}
+        cf = cond_fn if cond else None
+        torch.manual_seed(5)
+        f = ours.p_sample_loop_progressive if kind == "p" else ours.ddim_sample_loop_progressive
+        extra = {} if kind == "p" else {"eta": 0.5}
+        got = list(f(model, SHAPE, clip_denoised=False, cond_fn=cf, model_kwargs=mk, **extra))
+        torch.manual_seed(5)
+        want = oracle.sample_loop(kind, model, SHAPE, clip_denoised=False, cond_fn=cf, model_kwargs=mk,
+                                  eta=extra.get("eta", 0.0), progressive=True)
+        assert len(got) == len(want) == 10
+        for g, w in zip(got, want):
+            assert set(g) == {"sample", "pred_xstart"}
+            assert rel(g["sample"], w["sample"]) < TOL and rel(g["pred_xstart"], w["pred_xstart"]) < TOL
+
+
+def test_denoised_fn_between_conversion_and_clip():
+    def denoised_fn(x0):
+        return 1.3 * x0 - 0.1  # pushes |x0| past 1, so the clip after it matters
+    for kind in ("p", "ddim"):
+        ours, oracle, model, cond_fn = make("linear", 1000, "ddim10", var="learned_range")
+        mk = {"y": LABELS}
+        torch.manual_seed(2)
+        f = ours.p_sample_loop if kind == "p" else ours.ddim_sample_loop
+        got = f(model, SHAPE, denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=mk)
+        torch.manual_seed(2)
+        want = oracle.sample_loop(kind, model, SHAPE, denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=mk)
+        assert rel(got, want) < TOL
+
+
+def test_noise_argument_and_model_call_count():
+    ours, oracle, model, cond_fn = make("linear", 1000, "ddim10")
+    x_T = torch.randn(SHAPE)
+    torch.manual_seed(8)
+    got = ours.ddim_sample_loop(model, SHAPE, noise=x_T, eta=1.0, model_kwargs={"y": LABELS})
+    assert model.calls == 10  # one model call per step
+    torch.manual_seed(8)
+    want = oracle.sample_loop("ddim", model, SHAPE, noise=x_T, eta=1.0, model_kwargs={"y": LABELS})
+    assert rel(got, want) < TOL
+
+
+def test_loops_run_under_no_grad_and_cond_fn_may_use_autograd():
+    ours, _, model, cond_fn = make("linear", 1000, "ddim10")
+    seen = []
+
+    def spy(x, t, **kw):
+        seen.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+        return model(x, t, **kw)
+    ours.p_sample_loop(spy, SHAPE, cond_fn=cond_fn, model_kwargs={"y": LABELS})
+    assert seen and all(s == (False, False) for s in seen)
+    assert cond_fn.calls == 10
