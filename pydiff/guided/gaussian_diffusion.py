@@ -335,12 +335,7 @@ class GaussianDiffusion:
         if kind == "ddim" and (isinstance(eta, bool) or not isinstance(eta, numbers.Real)):
             raise TypeError(f"eta must be a real number, got {eta!r}")
         if device is None:
-            if noise is not None:
-                device = noise.device
-            elif hasattr(model, "parameters"):
-                device = next(model.parameters()).device
-            else:
-                device = torch.device("cpu")
+            device = noise.device if noise is not None else _model_device(model)
         img = noise if noise is not None else torch.randn(*shape, device=device)
         if tuple(img.shape) != tuple(shape):
             raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(img.shape)}")
@@ -439,6 +434,15 @@ class GaussianDiffusion:
         terms["mse"] = plan.mean_flat((target - m) ** 2)
         terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
         return terms
+
+
+def _model_device(model):
+    """The device of the model's first parameter (guided-diffusion's default), CPU for a model without any."""
+    try:
+        first = next(iter(model.parameters()), None)
+    except (AttributeError, TypeError):
+        first = None
+    return torch.device("cpu") if first is None else first.device
 
 
 class _Fixed:

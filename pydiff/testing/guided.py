@@ -298,6 +298,6 @@ def guided_rate(delta: float, s: float, scale: float, n: int = 20001) -> float:
     logp = np.logaddexp(-(u + delta / 2) ** 2 / (2 * s * s), -(u - delta / 2) ** 2 / (2 * s * s))
     logr = -np.logaddexp(0.0, -u * delta / (s * s))
     dens = np.exp(logp + scale * logr - np.max(logp + scale * logr))
-    total = np.trapz(dens, u)
+    total = np.trapezoid(dens, u)
     pos = u >= 0
-    return float(np.trapz(dens[pos], u[pos]) / total)
+    return float(np.trapezoid(dens[pos], u[pos]) / total)

@@ -27,4 +27,4 @@ def make(sched="linear", n=100, spacing=None, mean="epsilon", var="fixed_small",
 
 def rel(a, b):
     a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
