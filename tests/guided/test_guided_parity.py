@@ -123,3 +123,23 @@ def test_loops_run_under_no_grad_and_cond_fn_may_use_autograd():
     ours.p_sample_loop(spy, SHAPE, cond_fn=cond_fn, model_kwargs={"y": LABELS})
     assert seen and all(s == (False, False) for s in seen)
     assert cond_fn.calls == 10
+
+
+@pytest.mark.parametrize("kind,var", [("p", "learned_range"), ("p", "fixed_large"), ("ddim", "learned_range")])
+def test_one_fused_step_per_step(monkeypatch, kind, var):
+    """The x0 prediction, clip, posterior mean / DDIM update, variance, guidance shift and noise: one op call."""
+    import pydiff.guided.gaussian_diffusion as gd
+
+    calls = []
+    real = gd.fused_step
+
+    def counting(*args, **kwargs):
+        calls.append(sorted(k for k, v in kwargs.items() if v is not None))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(gd, "fused_step", counting)
+    ours, _, model, cond_fn = make("linear", 1000, "ddim10", var=var)
+    f = ours.p_sample_loop if kind == "p" else ours.ddim_sample_loop
+    f(model, SHAPE, cond_fn=cond_fn, model_kwargs={"y": LABELS})
+    assert len(calls) == 10
+    want = {"coef", "m2", "noise"} | ({"var"} if kind == "p" and var == "learned_range" else set())
+    assert all(set(c) == want for c in calls), calls[0]
