@@ -240,9 +240,7 @@ class GaussianDiffusion:
         out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
                                    model_kwargs=model_kwargs)
         eps = self._predict_eps_from_xstart(x, t, out["pred_xstart"])
-        a_next = _extract_into_tensor(self.alphas_cumprod_next, t, x.shape)
-        return {"sample": out["pred_xstart"] * torch.sqrt(a_next) + torch.sqrt(1 - a_next) * eps,
-                "pred_xstart": out["pred_xstart"]}
+        return {"sample": plan.ddim_reverse(self._tab, out["pred_xstart"], eps, t), "pred_xstart": out["pred_xstart"]}
 
     # ---- the fused step
 
@@ -265,16 +263,16 @@ class GaussianDiffusion:
         return self._rows[key]
 
     def _step(self, kind, model, x, t, clip_denoised, denoised_fn, cond_fn, model_kwargs, eta, rng, k,
-              want_xstart=True):
+              want_xstart=True, tt=None):
         """One fused step. ``t`` is a Python int (a loop: one row for the batch) or a ``(B,)`` int64 tensor (rows per
         sample through the op's ``index``); ``rng`` None draws the noise with ``torch.randn_like``, else the Philox
-        key tensor with counter offset ``k``."""
+        key tensor with counter offset ``k``; ``tt`` the loop's ready ``(B,)`` timestep tensor for an int ``t``."""
         B = x.shape[0]
         if isinstance(t, torch.Tensor):
             if tuple(t.shape) != (B,):
                 raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
             tt = t
-        else:
+        elif tt is None:
             tt = torch.tensor([t] * B, device=x.device)
         if not x.is_contiguous():
             x = x.contiguous()
@@ -348,10 +346,12 @@ class GaussianDiffusion:
             from tqdm.auto import tqdm
 
             indices = tqdm(indices)
+        # every step's (B,) timestep tensor at once: the loop then makes no host-to-device copy
+        steps = torch.arange(self.num_timesteps, device=img.device)[:, None].repeat(1, img.shape[0])
         for k, i in enumerate(indices):
             with torch.no_grad():
                 out = self._step(kind, model, img, i, clip_denoised, denoised_fn, cond_fn, model_kwargs, eta, rng, k,
-                                 want_xstart)
+                                 want_xstart, tt=steps[i])
                 yield out
                 img = out["sample"]
 

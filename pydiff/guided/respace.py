@@ -43,5 +43,9 @@ class SpacedDiffusion(GaussianDiffusion):
         return t  # the mapping to the base's timesteps scales them (_model_timesteps)
 
     def _model_timesteps(self, t):
-        mapped = torch.tensor(self.timestep_map, device=t.device, dtype=t.dtype)[t]
+        key = (t.device, t.dtype)
+        maps = self.__dict__.setdefault("_map_tensors", {})
+        if key not in maps:  # one copy per device, not one per step
+            maps[key] = torch.tensor(self.timestep_map, device=t.device, dtype=t.dtype)
+        mapped = maps[key][t]
         return mapped.float() * (1000.0 / self.original_num_steps) if self.rescale_timesteps else mapped

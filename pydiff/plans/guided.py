@@ -223,8 +223,8 @@ def ddim_direction(tab: dict, eta: float):
 
     ``sigma^2 = eta^2 (1 - abar_prev)/(1 - abar) beta``. The direction is written without the cancellation of
     ``1 - abar_prev - sigma^2``: ``(1 - abar_prev) [(1 - eta^2) + eta^2 abar (1 - abar_prev)/(abar_prev (1 - abar))]``,
-    both terms >= 0 for ``0 <= eta <= 1``. (In float32 the subtraction goes negative -- NaN -- at the first step of
-    a 1000-step cosine schedule spaced to 10 steps with eta = 1, where abar = 2.4e-9.)
+    both terms >= 0 for ``0 <= eta <= 1``. (In float32 the subtraction goes negative -- NaN -- at the first sampling
+    step of the 1000-step cosine schedule spaced to "10,5" with eta = 1: abar = 2.4e-9, abar_prev = 0.0125.)
     """
     a, ap, beta = tab["alphas_cumprod"], tab["alphas_cumprod_prev"], tab["betas"]
     one_a, one_ap = 1.0 - a, 1.0 - ap
@@ -364,6 +364,12 @@ def model_log_variance(tab, var_type, t, shape, var_values=None):
         return torch.exp(logv), logv
     v, logv = fixed_variance(tab, var_type)
     return extract(v, t, shape), extract(logv, t, shape)
+
+
+def ddim_reverse(tab, x0, eps, t):
+    """The deterministic DDIM step towards ``t + 1``: ``sqrt(abar_next) x0 + sqrt(1 - abar_next) eps``."""
+    a_next = extract(tab["alphas_cumprod_next"], t, x0.shape)
+    return x0 * torch.sqrt(a_next) + torch.sqrt(1 - a_next) * eps
 
 
 def condition_mean(mean, variance, gradient):

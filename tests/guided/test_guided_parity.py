@@ -143,3 +143,43 @@ def test_one_fused_step_per_step(monkeypatch, kind, var):
     assert len(calls) == 10
     want = {"coef", "m2", "noise"} | ({"var"} if kind == "p" and var == "learned_range" else set())
     assert all(set(c) == want for c in calls), calls[0]
+
+
+@pytest.mark.parametrize("mean,rescale", [("previous_x", False), ("previous_x", True), ("epsilon", True)])
+def test_unspaced_diffusion_and_previous_x(mean, rescale):
+    """``GaussianDiffusion`` itself (no spacing): the model sees ``t`` or ``t * 1000/N``; a PREVIOUS_X model (the
+    exact posterior mean ``c1 E[x0|x_t] + c2 x_t``) for both samplers, with cond_fn and a denoised_fn."""
+    import numpy as np
+
+    import pydiff.guided as pg
+    from guided_cases import MIX
+    from pydiff.testing.guided import GuidedOracle, MixtureClassifier, MixtureModel, base_index, beta_schedule
+
+    betas = beta_schedule("cosine", 100)
+    oracle = GuidedOracle(betas, mean_type=mean, var_type="learned_range", rescale_timesteps=rescale)
+    ours = pg.GaussianDiffusion(betas=betas, model_mean_type=getattr(pg.ModelMeanType, mean.upper()),
+                                model_var_type=pg.ModelVarType.LEARNED_RANGE, loss_type=pg.LossType.MSE,
+                                rescale_timesteps=rescale)
+    abar = np.cumprod(1 - betas)
+    x0_model = MixtureModel(MIX, abar, "start_x", learned=True)
+    seen = []
+
+    def model(x, t, y=None):
+        seen.append(t.dtype)
+        out = x0_model(x, t, y)
+        if mean == "epsilon":
+            return MixtureModel(MIX, abar, "epsilon", learned=True)(x, t, y)
+        i = base_index(t, 100).numpy()
+        c1, c2 = (torch.tensor(c[i], dtype=torch.float64).view(-1, 1, 1) for c in (oracle.c1, oracle.c2))
+        C = x.shape[1]
+        return torch.cat([c1 * out[:, :C].double() + c2 * x.double(), out[:, C:].double()], 1).to(x.dtype)
+    cond_fn = MixtureClassifier(MIX, abar, 1.0)
+    for kind in ("p", "ddim"):
+        for dfn in (None, lambda x0: 0.9 * x0):
+            torch.manual_seed(1)
+            f = ours.p_sample_loop if kind == "p" else ours.ddim_sample_loop
+            got = f(model, SHAPE, cond_fn=cond_fn, denoised_fn=dfn, model_kwargs={"y": LABELS})
+            torch.manual_seed(1)
+            want = oracle.sample_loop(kind, model, SHAPE, cond_fn=cond_fn, denoised_fn=dfn, model_kwargs={"y": LABELS})
+            assert rel(got, want) < TOL
+    assert set(seen) == {torch.float32 if rescale else torch.int64}
