@@ -41,6 +41,11 @@ def get_named_beta_schedule(schedule_name, num_diffusion_timesteps):
     return plan.named_betas(schedule_name, num_diffusion_timesteps)
 
 
+def betas_for_alpha_bar(num_diffusion_timesteps, alpha_bar, max_beta=0.999):
+    """Betas discretizing ``alpha_bar(t)``, ``t in [0, 1]`` (``pydiff.plans.guided.betas_for_alpha_bar``)."""
+    return plan.betas_for_alpha_bar(num_diffusion_timesteps, alpha_bar, max_beta)
+
+
 class ModelMeanType(enum.Enum):
     """What the model predicts."""
 

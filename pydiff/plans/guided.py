@@ -52,6 +52,16 @@ def named_betas(schedule_name: str, num_diffusion_timesteps: int) -> np.ndarray:
     raise UnknownScheduleError(f"schedule_name must be one of {SCHEDULE_NAMES}, got {schedule_name!r}")
 
 
+def betas_for_alpha_bar(num_diffusion_timesteps: int, alpha_bar, max_beta: float = 0.999) -> np.ndarray:
+    """Betas discretizing a continuous ``alpha_bar(t)`` on ``t in [0, 1]``:
+    ``beta_i = min(1 - alpha_bar((i+1)/N) / alpha_bar(i/N), max_beta)`` (the cap keeps ``beta < 1`` at t = 1)."""
+    if not callable(alpha_bar):
+        raise TypeError(f"alpha_bar must be a callable of t in [0, 1], got {type(alpha_bar).__name__}")
+    n = num_diffusion_timesteps
+    return np.array([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)],
+                    dtype=np.float64)
+
+
 def spaced_betas(alphas_cumprod: np.ndarray, use_timesteps) -> tuple[np.ndarray, list]:
     """The betas of the diffusion that keeps only the timesteps ``use_timesteps`` of one with ``alphas_cumprod``:
     ``beta'_k = 1 - abar_{t_k} / abar_{t_{k-1}}`` (``abar_{t_{-1}} = 1``), and the kept timesteps ascending."""
@@ -336,7 +346,8 @@ def posterior_mean_variance(tab, x_start, x_t, t):
 def xstart_from_eps(tab, x_t, t, eps):
     """``x0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps``."""
     s = x_t.shape
-    return extract(tab["sqrt_recip_alphas_cumprod"], t, s) * x_t - extract(tab["sqrt_recipm1_alphas_cumprod"], t, s) * eps
+    return (extract(tab["sqrt_recip_alphas_cumprod"], t, s) * x_t
+            - extract(tab["sqrt_recipm1_alphas_cumprod"], t, s) * eps)
 
 
 def xstart_from_xprev(tab, x_t, t, xprev):
@@ -349,7 +360,8 @@ def xstart_from_xprev(tab, x_t, t, xprev):
 def eps_from_xstart(tab, x_t, t, x0):
     """``eps = (sqrt(1/abar) x_t - x0) / sqrt(1/abar - 1)``."""
     s = x_t.shape
-    return (extract(tab["sqrt_recip_alphas_cumprod"], t, s) * x_t - x0) / extract(tab["sqrt_recipm1_alphas_cumprod"], t, s)
+    return ((extract(tab["sqrt_recip_alphas_cumprod"], t, s) * x_t - x0)
+            / extract(tab["sqrt_recipm1_alphas_cumprod"], t, s))
 
 
 def model_log_variance(tab, var_type, t, shape, var_values=None):
@@ -394,7 +406,7 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
                   + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
-def _approx_std_normal_cdf(x):
+def approx_standard_normal_cdf(x):
     # the tanh approximation of Phi that the DDPM decoder likelihood is defined with
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
@@ -407,8 +419,8 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales):
                          f"{tuple(means.shape)}, {tuple(log_scales.shape)}")
     inv = torch.exp(-log_scales)
     c = x - means
-    cdf_hi = _approx_std_normal_cdf(inv * (c + 1.0 / 255.0))
-    cdf_lo = _approx_std_normal_cdf(inv * (c - 1.0 / 255.0))
+    cdf_hi = approx_standard_normal_cdf(inv * (c + 1.0 / 255.0))
+    cdf_lo = approx_standard_normal_cdf(inv * (c - 1.0 / 255.0))
     log_hi = torch.log(cdf_hi.clamp(min=1e-12))
     log_1m_lo = torch.log((1.0 - cdf_lo).clamp(min=1e-12))
     mid = torch.log((cdf_hi - cdf_lo).clamp(min=1e-12))

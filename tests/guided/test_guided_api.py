@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import pydiff.guided as pg
-from guided_cases import LABELS, MIX, SHAPE, make, rel
-from pydiff.testing.guided import GuidedOracle, MixtureModel, beta_schedule, spacing
+from guided_cases import LABELS, SHAPE, make, rel
+from pydiff.testing.guided import beta_schedule, spacing
 
 
 # ---- schedules and spacing
@@ -229,3 +229,20 @@ def test_bad_input():
         pg.get_named_beta_schedule("quadratic", 10)
     with pytest.raises(NotImplementedError):  # what guided-diffusion raises there
         pg.get_named_beta_schedule("quadratic", 10)
+
+
+def test_betas_for_alpha_bar_and_losses_module():
+    from scipy.stats import norm
+
+    from pydiff.guided import gaussian_diffusion as gd
+    from pydiff.guided.losses import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, normal_kl
+
+    f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    np.testing.assert_allclose(gd.betas_for_alpha_bar(50, f), beta_schedule("cosine", 50), rtol=1e-13)
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    assert torch.allclose(approx_standard_normal_cdf(x), torch.tensor(norm.cdf(x.numpy())), atol=2e-3)
+    # KL(N(1, e^0) || N(0, e^1)) = 1/2 (1 - 0 - 1 + e^-1 + e^-1)
+    assert normal_kl(torch.tensor(1.0), 0.0, 0.0, 1.0).item() == pytest.approx(math.exp(-1), rel=1e-6)
+    # a tight Gaussian centred on a bin gives that bin probability ~1 (log ~0)
+    ll = discretized_gaussian_log_likelihood(torch.zeros(3), means=torch.zeros(3), log_scales=torch.full((3,), -8.0))
+    assert torch.all(ll > -1e-3)
