@@ -301,3 +301,167 @@ def guided_rate(delta: float, s: float, scale: float, n: int = 20001) -> float:
     total = np.trapezoid(dens, u)
     pos = u >= 0
     return float(np.trapezoid(dens[pos], u[pos]) / total)
+
+
+# ---------------------------------------------------------------- the exact law of the guided chains
+
+
+class GuidedChain:
+    """The one-dimensional chain that guided-diffusion's Alg. 1 and Alg. 2 run on the symmetric mixture.
+
+    Data as in ``guided_rate``: ``x0 ~ 1/2 N(mu_0, s^2 I) + 1/2 N(mu_1, s^2 I)`` with ``mu_1 - mu_0`` of length
+    ``delta`` along the first axis and ``mu_0 + mu_1 = 0``; the guided class is y = 1; ``scale`` multiplies the
+    classifier gradient (``cond_fn = scale * grad log p(y|x_t)``). Everything is float64 NumPy written from the
+    formulas below; nothing here calls ``pydiff`` (nor ``GuidedOracle``).
+
+    Why the first coordinate ``u`` moves on its own: ``x_t = sqrt(abar) x0 + sqrt(1-abar) eps`` with independent
+    coordinates, and ``x0``'s law factorises into ``u0``'s two-component mixture times ``N(0, s^2)`` in every other
+    coordinate ``w`` (both components have mean 0 and variance ``s^2`` there). So ``x_t = (u, w)`` has independent
+    parts, ``w ~ N(0, v I)`` with ``v = abar s^2 + 1 - abar``, and:
+
+    * the posterior responsibility depends on ``u`` alone: the squared distances ``|x - sqrt(abar) mu_y|^2`` of the
+      two classes differ only in their ``u`` term, so ``r_1 = p(y=1|x_t) = sigmoid(k u)``, ``k = sqrt(abar) delta/v``;
+    * ``E[eps_u | x_t] = sqrt(1-abar) (u - sqrt(abar) m(u)) / v`` with ``m(u) = sum_y r_y mu_{y,u}
+      = (delta/2) tanh(k u / 2)``, a function of ``u`` only; ``E[eps_w | x_t] = sqrt(1-abar) w / v`` is linear in
+      ``w`` and free of ``u``;
+    * ``grad log p(y=1|x_t) = sqrt(abar)/v (mu_1 - sum_y r_y mu_y)`` has no ``w`` component (``mu_{y,w} = 0``), and
+      its ``u`` component is ``k sigmoid(-k u)`` (``d/du log sigmoid(k u)``).
+
+    Every sampler update is coordinate-wise (the x0 prediction, the posterior mean, the guidance shift, DDIM's
+    recombination) and its noise ``z`` has independent coordinates, so ``u_{t-1}`` is a function of ``u_t`` and
+    ``z_u`` only: the law of ``u`` is a one-dimensional Markov chain, started (as guided-diffusion starts
+    ``x_T ~ N(0, I)``) from ``N(0, 1)``.
+
+    The steps are those of a spaced diffusion that keeps the base timesteps ``timesteps`` of ``betas``: with
+    ``a = abar`` at the kept step and ``a' = abar`` at the previous kept step (1 before the first), the step's beta is
+    ``b = 1 - a/a'`` and the posterior ``q(x_{t-1}|x_t, x0)`` (Ho et al. arXiv:2006.11239 eq. 6-7) has mean
+    ``b sqrt(a')/(1-a) x0 + (1-a') sqrt(a/a')/(1-a) x_t`` and variance ``b (1-a')/(1-a)``.
+
+    * Alg. 1 (Dhariwal & Nichol arXiv:2105.05233; ancestral, epsilon model, no clipping): ``x0_hat = (u -
+      sqrt(1-a) eps(u))/sqrt(a)``, ``mu(u) = posterior mean(x0_hat, u) + scale * Sigma * k sigmoid(-k u)`` and
+      ``u_{t-1} = mu(u_t) + sqrt(Sigma) z`` except at the last step, which is ``mu(u_1)``. ``Sigma`` is the
+      posterior variance (``fixed_small``; 0 at the last step, so it is not guided) or ``b`` (``fixed_large``, with
+      the second step's posterior variance at the last step).
+    * Alg. 2 (DDIM, eta = 0, Song et al. arXiv:2010.02502 eq. 12 with ``condition_score``): ``eps' = eps(u) -
+      sqrt(1-a) scale k sigmoid(-k u)``, ``x0' = (u - sqrt(1-a) eps')/sqrt(a)``, ``u_{t-1} = sqrt(a') x0' +
+      sqrt(1-a') eps'``: a deterministic map ``u_0 = Phi(u_T)``.
+    """
+
+    def __init__(self, betas, timesteps, scale, delta=1.0, s=0.5, var_type="fixed_small"):
+        base = np.asarray(betas, dtype=np.float64)
+        if base.ndim != 1 or base.size < 2 or not np.all((base > 0) & (base < 1)):
+            raise ValueError("betas must be a 1-D array of at least 2 values in (0, 1)")
+        keep = sorted({int(t) for t in timesteps})
+        if len(keep) < 2 or keep[0] < 0 or keep[-1] >= base.size:
+            raise ValueError(f"timesteps must hold at least 2 steps in [0, {base.size}), got {keep[:5]}...")
+        if var_type not in ("fixed_small", "fixed_large"):
+            raise ValueError(f"var_type must be 'fixed_small' or 'fixed_large', got {var_type!r}")
+        if not (delta > 0 and s > 0 and math.isfinite(scale)):
+            raise ValueError("delta and s must be > 0 and scale finite")
+        self.a = np.cumprod(1.0 - base)[keep]
+        self.ap = np.concatenate([[1.0], self.a[:-1]])
+        self.b = 1.0 - self.a / self.ap
+        self.post = self.b * (1.0 - self.ap) / (1.0 - self.a)
+        if var_type == "fixed_small":
+            self.sigma2 = self.post.copy()
+        else:
+            self.sigma2 = np.concatenate([[self.post[1]], self.b[1:]])
+        self.K, self.scale, self.delta, self.s = len(keep), float(scale), float(delta), float(s)
+
+    def _k(self, i):
+        a = self.a[i]
+        return math.sqrt(a) * self.delta / (a * self.s ** 2 + 1.0 - a)
+
+    def eps(self, u, i):
+        """``E[eps_u | x_t]`` at step ``i`` (0 the last step)."""
+        a, k = self.a[i], self._k(i)
+        v = a * self.s ** 2 + 1.0 - a
+        return math.sqrt(1.0 - a) * (u - math.sqrt(a) * 0.5 * self.delta * np.tanh(0.5 * k * u)) / v
+
+    def grad(self, u, i):
+        """``d/du log p(y=1 | x_t)`` at step ``i``: ``k sigmoid(-k u)``."""
+        k = self._k(i)
+        return k * 0.5 * (1.0 - np.tanh(0.5 * k * u))
+
+    def ancestral_mean(self, u, i):
+        """Alg. 1's guided mean ``mu(u)`` of step ``i``."""
+        a, ap, b = self.a[i], self.ap[i], self.b[i]
+        x0 = (u - math.sqrt(1.0 - a) * self.eps(u, i)) / math.sqrt(a)
+        mean = b * math.sqrt(ap) / (1.0 - a) * x0 + (1.0 - ap) * math.sqrt(a / ap) / (1.0 - a) * u
+        return mean + self.scale * self.sigma2[i] * self.grad(u, i)
+
+    def ddim_step(self, u, i):
+        """Alg. 2's step ``i`` (eta = 0)."""
+        a, ap = self.a[i], self.ap[i]
+        e = self.eps(u, i) - math.sqrt(1.0 - a) * self.scale * self.grad(u, i)
+        x0 = (u - math.sqrt(1.0 - a) * e) / math.sqrt(a)
+        return math.sqrt(ap) * x0 + math.sqrt(1.0 - ap) * e
+
+    def ddim_map(self, u):
+        """``Phi(u_T)``: Alg. 2's whole loop on the first coordinate of ``x_T``."""
+        u = np.asarray(u, dtype=np.float64)
+        for i in reversed(range(self.K)):
+            u = self.ddim_step(u, i)
+        return u
+
+    def ddim_rate(self, n=40001, half_width=10.0):
+        """``P(Phi(u_T) > 0)`` for ``u_T ~ N(0, 1)``: ``Phi`` on ``n`` nodes over ``+-half_width``, linear between
+        nodes (so each sign change gives one interpolated root), the N(0, 1) mass of the positive pieces."""
+        from scipy.special import ndtr
+        u = np.linspace(-half_width, half_width, n)
+        f = self.ddim_map(u)
+        lo, hi, flo, fhi = u[:-1], u[1:], f[:-1], f[1:]
+        root = lo + (hi - lo) * flo / np.where(flo == fhi, 1.0, flo - fhi)
+        # the positive piece [left, right] of each segment (empty: left = right)
+        left = np.where(flo > 0, lo, np.where(fhi > 0, root, lo))
+        right = np.where(fhi > 0, hi, np.where(flo > 0, root, lo))
+        mass = np.sum(ndtr(right) - ndtr(left))
+        return float(mass + (ndtr(-half_width) if f[-1] > 0 else 0.0) + (ndtr(-half_width) if f[0] > 0 else 0.0))
+
+    def ancestral_rate(self, h=0.002, half_width=8.0):
+        """``P(u_0 > 0)`` under Alg. 1, by propagating the law of ``u`` on cells of width ``h`` over
+        ``+-half_width``.
+
+        The law is held as cell masses (exact N(0, 1) masses at the start). A noisy step moves each cell's mass to
+        ``mu`` of its centre and splits it linearly between the two nearest centres (which keeps mass and mean), then
+        convolves with the N(0, Sigma) kernel sampled at the cell spacing and normalised (the identity once
+        ``sqrt(Sigma)`` is far below ``h``): a quadrature of ``p_{t-1}(u') = int p_t(u) N(u'; mu(u), Sigma) du``
+        with O(h^2) error per step. The last, noiseless step is a push-forward: the rate is the mass of the
+        ``u_1`` with ``mu(u_1) > 0``, with each cell's mass uniform over it and ``mu`` linear between its edges.
+        """
+        from scipy.signal import fftconvolve
+        from scipy.special import ndtr
+        n = int(round(2 * half_width / h))
+        edges = np.linspace(-half_width, half_width, n + 1)
+        h = edges[1] - edges[0]
+        mid = 0.5 * (edges[:-1] + edges[1:])
+        p = np.diff(ndtr(edges))
+        for i in reversed(range(1, self.K)):
+            pos = (self.ancestral_mean(mid, i) - mid[0]) / h
+            j = np.floor(pos).astype(np.int64)
+            frac = pos - j
+            q = np.bincount(np.clip(j, 0, n - 1), p * (1 - frac), minlength=n)
+            q += np.bincount(np.clip(j + 1, 0, n - 1), p * frac, minlength=n)
+            sd = math.sqrt(self.sigma2[i])
+            half = int(math.ceil(10 * sd / h))
+            if half > 0:
+                kern = np.exp(-0.5 * (np.arange(-half, half + 1) * h / sd) ** 2)
+                q = np.clip(fftconvolve(q, kern / kern.sum(), mode="same"), 0.0, None)
+            p = q
+        fl, fr = self.ancestral_mean(edges[:-1], 0), self.ancestral_mean(edges[1:], 0)
+        cross = np.abs(np.where(fl > 0, fl, fr)) / np.where(fl == fr, 1.0, np.abs(fl - fr))
+        share = np.where((fl > 0) & (fr > 0), 1.0, np.where((fl > 0) | (fr > 0), cross, 0.0))
+        return float(np.sum(p * share) / np.sum(p))
+
+
+def guided_chain_rate(alg, scale, betas, timesteps, delta=1.0, s=0.5, var_type="fixed_small", **grid):
+    """The exact probability that guided-diffusion's Alg. 1 (``alg=1``, ancestral) or Alg. 2 (``alg=2``, DDIM with
+    eta = 0) lands on component 1's side ``u > 0`` of the symmetric two-component mixture at classifier scale
+    ``scale``, over the kept ``timesteps`` of ``betas`` (``GuidedChain``); ``grid`` goes to ``ancestral_rate``
+    (``h``, ``half_width``) or ``ddim_rate`` (``n``, ``half_width``)."""
+    chain = GuidedChain(betas, timesteps, scale, delta, s, var_type)
+    if alg == 1:
+        return chain.ancestral_rate(**grid)
+    if alg == 2:
+        return chain.ddim_rate(**grid)
+    raise ValueError(f"alg must be 1 or 2, got {alg!r}")
