@@ -11,7 +11,10 @@ so it performs no ``.item()``, no host sync and no host-to-device copy per step.
 * ``dpm_solver``: the DPM-Solver(++) update rules (both faces use them);
 * ``dpm_solver_plan``: the authors'-API plan compiler (grids, orders, stages);
 * ``dpm_solver_diffusers``: the rows of diffusers' DPM-Solver schedulers;
-* ``score_sde``: the score-SDE time grid, model labels, predictor and Langevin rows.
+* ``score_sde``: the score-SDE time grid, model labels, predictor and Langevin rows;
+* ``guided``: guided-diffusion's spacing, tables, ancestral and DDIM rows with classifier guidance, learned-range
+  variances and classifier-free guidance;
+* ``analytic_dpm``: Analytic-DPM's rows, optimal variance, step choices and DP optimal trajectory.
 """
 from .ddim_ddpm import (DDPM_VARIANCE_TYPES, PREDICTION_TYPES, ddim_rows, ddim_rows_from, ddim_scalars, ddpm_rows,
                         ddpm_rows_from, ddpm_scalars)
