@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from .._checks import real_number
 from ..ops import COL, int64_to_seed, philox_normal
 
 logger = logging.getLogger("pydiff.diffusers")
@@ -171,14 +172,7 @@ def guidance_arg(model_output, model_output_uncond, guidance_scale):
         raise TypeError(f"model_output_uncond must be a torch.Tensor, got {type(model_output_uncond).__name__}")
     if not isinstance(model_output, torch.Tensor):
         raise TypeError(f"model_output must be a torch.Tensor, got {type(model_output).__name__}")
-    s = guidance_scale
-    if isinstance(s, torch.Tensor) and s.numel() == 1 and s.dtype != torch.bool and not s.is_complex():
-        s = s.item()
-    if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Real):
-        raise TypeError(f"guidance_scale must be a real number, got {type(s).__name__} {s!r}")
-    s = float(s)
-    if not math.isfinite(s) or s < 0:
-        raise ValueError(f"guidance_scale must be a finite number >= 0, got {s!r}")
+    s = real_number("guidance_scale", guidance_scale, minimum=0.0, tensors=True)
     if model_output_uncond.shape != model_output.shape:
         raise ValueError(f"model_output_uncond has shape {tuple(model_output_uncond.shape)} but model_output has "
                          f"shape {tuple(model_output.shape)}")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections import OrderedDict
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 from diffusers import DDIMScheduler as _DiffusersDDIM
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
+from .._checks import real_number
 from ..ops import COL, NCOEF, fused_step
 from ..plans import PREDICTION_TYPES
 from ..plans.ddim_ddpm import DDIMEtaRows, ddim_timestep_table
@@ -21,14 +21,7 @@ from ._common import (DropinMixin, StepIO, TableCache, check_num_inference_steps
 
 def _eta_arg(eta) -> float:
     """``eta`` as a float: Python or NumPy numbers and one-element tensors (diffusers multiplies with any)."""
-    if isinstance(eta, torch.Tensor) and eta.numel() == 1 and (eta.is_floating_point() or eta.dtype != torch.bool):
-        eta = eta.item()
-    if isinstance(eta, (bool, np.bool_)) or not isinstance(eta, numbers.Real):
-        raise TypeError(f"eta must be a number, got {type(eta).__name__} {eta!r}")
-    eta = float(eta)
-    if not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
-    return eta
+    return real_number("eta", eta, minimum=0.0, tensors=True)
 
 
 class TracedEtaRows:

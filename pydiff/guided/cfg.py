@@ -8,11 +8,10 @@ outputs and the loop's fused step combines them, ``m_e = (1 - s) m_uncond + s m_
 """
 from __future__ import annotations
 
-import math
-import numbers
 
 import torch
 
+from .._checks import real_number
 from ..ops import fused_step
 from ..plans import guided as plan
 
@@ -33,10 +32,7 @@ class ClassifierFreeGuidance:
     def __init__(self, model, guidance_scale, null_kwargs):
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
-            raise TypeError(f"guidance_scale must be a real number, got {guidance_scale!r}")
-        if not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        guidance_scale = real_number("guidance_scale", guidance_scale, minimum=0.0)
         if not (isinstance(null_kwargs, dict) or callable(null_kwargs)):
             raise TypeError(f"null_kwargs must be a dict or a callable, got {type(null_kwargs).__name__}")
         self.model, self.guidance_scale, self.null_kwargs = model, float(guidance_scale), null_kwargs

@@ -48,6 +48,7 @@ import re
 
 import numpy as np
 
+from .._checks import real_number
 from .conversions import conversion
 from .rows import RowBuilder, check_finite
 
@@ -115,12 +116,7 @@ def _int(name, v):
 
 
 def _real(name, v, lo=0.0):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-    v = float(v)
-    if not (math.isfinite(v) and v >= lo):
-        raise ValueError(f"{name} must be a finite number >= {lo}, got {v}")
-    return v
+    return real_number(name, v, minimum=lo)
 
 
 def check_sample_steps(sample_steps, N: int, steps_type: str) -> int:

@@ -34,11 +34,11 @@ per-sample ``t``; they copy ``t`` to the host to build the rows (one sync per ca
 from __future__ import annotations
 
 import abc
-import numbers
 
 import numpy as np
 import torch
 
+from .._checks import real_number
 from ..ops import compute_dtype, fused_step, sumsq
 from ..plans import score_sde as plan
 from . import sde_lib
@@ -302,12 +302,7 @@ _BUILTIN_CORRECTORS = {"langevin": LangevinCorrector, "ald": AnnealedLangevinDyn
 
 
 def _check_number(name, v, positive=True):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-    v = float(v)
-    if not np.isfinite(v) or (positive and v <= 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {v}")
-    return v
+    return real_number(name, v, minimum=0.0 if positive else None, strict=True)
 
 
 def _check_shape(shape):

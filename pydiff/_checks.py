@@ -1,0 +1,29 @@
+"""Argument checks shared by the faces and the plans (one wording of each error across pydiff)."""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+
+
+def real_number(name: str, value, *, minimum: float | None = None, strict: bool = False,
+                tensors: bool = False) -> float:
+    """``value`` as a finite float, else TypeError / ValueError naming ``name``.
+
+    Python and NumPy real numbers (not bools); with ``tensors``, a one-element real tensor too (read on the
+    host, as diffusers multiplies by whatever it is given). ``minimum``: the value must be ``>= minimum``
+    (``> minimum`` with ``strict``).
+    """
+    if tensors and isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool \
+            and not value.is_complex():
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    low = minimum is not None and (value <= minimum if strict else value < minimum)
+    if not math.isfinite(value) or low:
+        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return value
