@@ -235,6 +235,9 @@ struct StepFlags {
   // true: the static clip is known to be +inf (a kernel's run-time check of the row), and the clamp,
   // the identity then (the quiet NaN w stays w, +-inf stay), is left out
   static constexpr bool NOCLIP = false;
+  // true: the row has P = 1 and O = 1 (a kernel's run-time check), and those products, exact
+  // identities then, are left out
+  static constexpr bool UNIT = false;
 };
 
 // The data pointers of one fused_step (storage type S), indexed by the flat element g.
@@ -257,9 +260,9 @@ PYDIFF_HD T model_eff(const Row<T>& r, T m, T m2) {
 }
 
 // w = S*(P*x + Q*m_e) (before clipping): x0 of dynamic_threshold.
-template <typename T>
+template <typename T, bool UNIT = false>
 PYDIFF_HD T convert_w(const Row<T>& r, T x, T me) {
-  return r.c[kS] * (r.c[kP] * x + r.c[kQ] * me);
+  return r.c[kS] * ((UNIT ? x : r.c[kP] * x) + r.c[kQ] * me);
 }
 
 // The contract's formula for one element, on loaded values (z is the noise value when NOISE != kNoNoise,
@@ -267,7 +270,7 @@ PYDIFF_HD T convert_w(const Row<T>& r, T x, T me) {
 template <class F, typename T>
 PYDIFF_HD T fused_step_value(const Row<T>& r, T s, T x, T m, T m2, T v, const T* h, T z, T& w_ref) {
   const T me = model_eff<F::M2>(r, m, m2);
-  T w = convert_w(r, x, me);
+  T w = convert_w<T, F::UNIT>(r, x, me);
   if (F::THR)
     w = nan_clamp(w, -s, s) / s;
   else if (!F::NOCLIP)
@@ -287,7 +290,7 @@ PYDIFF_HD T fused_step_value(const Row<T>& r, T s, T x, T m, T m2, T v, const T*
     if (F::M2) acc = acc + r.c[kG] * m2;
     if (F::NOISE != kNoNoise) acc = acc + r.c[kC] * z;
   }
-  return r.c[kO] * acc;
+  return F::UNIT ? acc : r.c[kO] * acc;
 }
 
 // fused_step at flat element g: reads every input of g, then writes out[g] (and w_out[g]). Conv is the
