@@ -27,3 +27,14 @@ def real_number(name: str, value, *, minimum: float | None = None, strict: bool 
         bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
         raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
     return value
+
+
+def sample_tensor(name: str, x) -> torch.Tensor:
+    """``x`` if it is a floating-point tensor of shape ``(B, ...)`` with ``B >= 1``, else TypeError / ValueError."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, ...), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (B, ...) with B >= 1, got {tuple(x.shape)}")
+    return x

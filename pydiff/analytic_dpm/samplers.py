@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import sample_tensor
 from ..ops import compute_dtype, fused_step
 from ..ops.columns import COL
 from ..plans import analytic_dpm as plan
@@ -38,13 +39,7 @@ def check_noise_source(noise_source) -> str:
 
 
 def check_x(x, name="x_init"):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, ...), got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (B, ...) with B >= 1, got {tuple(x.shape)}")
-    return x
+    return sample_tensor(name, x)
 
 
 def check_model(model, name):

@@ -12,6 +12,8 @@ import numbers
 import numpy as np
 import torch
 
+from .._checks import sample_tensor
+
 
 def check_choice(name, value, choices):
     if not isinstance(value, str) or value not in choices:
@@ -69,10 +71,4 @@ def check_callable(name, value, allow_none=True):
 
 
 def check_sample_tensor(name, x):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"{name} must have a non-empty batch dimension, got shape {tuple(x.shape)}")
-    return x
+    return sample_tensor(name, x)

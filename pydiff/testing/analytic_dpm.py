@@ -295,30 +295,26 @@ def level_of(t, N, rescale_timesteps, shift1):
     return n + 1 if shift1 else n
 
 
-def gaussian_eps_model(betas, mu, s, rescale_timesteps=False, shift1=False):
-    """The exact noise prediction ``E[eps | x_n]`` for ``x_0 ~ N(mu, s^2)`` as an ``eps_model(x, t)``."""
+def _gaussian_model(pred, betas, mu, s, rescale_timesteps, shift1):
     cum_alphas = torch.from_numpy(np.cumprod(1. - np.asarray(betas, np.float64)))
     N = len(betas) - 1
 
-    def eps_model(x, t):
+    def model(x, t):
         n = level_of(t, N, rescale_timesteps, shift1)
         a2 = gaussian.bcast(cum_alphas[n], x)
-        return gaussian.eps_pred(x.to(F64), a2.sqrt(), (1 - a2).sqrt(), mu, s).to(x.dtype)
+        return pred(x.to(F64), a2.sqrt(), (1 - a2).sqrt(), mu, s).to(x.dtype)
 
-    return eps_model
+    return model
+
+
+def gaussian_eps_model(betas, mu, s, rescale_timesteps=False, shift1=False):
+    """The exact noise prediction ``E[eps | x_n]`` for ``x_0 ~ N(mu, s^2)`` as an ``eps_model(x, t)``."""
+    return _gaussian_model(gaussian.eps_pred, betas, mu, s, rescale_timesteps, shift1)
 
 
 def gaussian_x0_model(betas, mu, s, rescale_timesteps=False, shift1=False):
     """The exact data prediction ``E[x_0 | x_n]`` as a ``d_model(x, t)``."""
-    cum_alphas = torch.from_numpy(np.cumprod(1. - np.asarray(betas, np.float64)))
-    N = len(betas) - 1
-
-    def d_model(x, t):
-        n = level_of(t, N, rescale_timesteps, shift1)
-        a2 = gaussian.bcast(cum_alphas[n], x)
-        return gaussian.x0_pred(x.to(F64), a2.sqrt(), (1 - a2).sqrt(), mu, s).to(x.dtype)
-
-    return d_model
+    return _gaussian_model(gaussian.x0_pred, betas, mu, s, rescale_timesteps, shift1)
 
 
 def gaussian_ms_eps(betas, s):
