@@ -261,7 +261,8 @@ BIAS = {
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    # (80, 256) elementwise steps: intra-op threads only add wake-up latency on a loaded 2-core machine
+    # (80, 256) elementwise steps gain nothing from intra-op threads (this file: 20.4 s with 2 threads, 20.3 s
+    # with 1, on 2 cores); one thread leaves the other core to whatever runs beside it
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
