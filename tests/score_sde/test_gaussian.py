@@ -6,6 +6,7 @@ Predictor-only and annealed-Langevin runs are affine steps, so their exact finit
 the data is the discretisation bias, stated per case below (measured with ``gaussian_law.law``; at N = 1000
 every predictor-only bias is below 0.025 in std and 0.005 in mean). Langevin runs (step sizes from the
 sample's norms) are compared with the data itself, within 4 standard errors plus their measured bias.
+Every predictor-corrector combination at N = 50: ``test_gaussian_all.py``.
 """
 import pytest
 import torch
