@@ -19,6 +19,7 @@ def _shape(text: str):
 
 def _parser():
     from .bench import SAMPLERS
+    from .ops.backends import BACKENDS
     p = argparse.ArgumentParser(prog="pydiff", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="per-step time: diffusers vs pydiff on every available backend")
@@ -27,7 +28,7 @@ def _parser():
     b.add_argument("--shape", type=_shape, default=(1, 4, 64, 64), help="sample shape, e.g. 8x4x128x128")
     b.add_argument("--dtype", default="fp32", choices=["fp16", "bf16", "fp32", "fp64"])
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    b.add_argument("--backend", action="append", choices=["reference", "cpu", "cuda", "triton"],
+    b.add_argument("--backend", action="append", choices=BACKENDS,
                    help="pydiff backend(s) to time (repeatable; default: every one available here)")
     b.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per candidate (default 0.3)")
     b.add_argument("--no-peer", action="store_true",
