@@ -23,7 +23,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .._checks import real_number
-from ..ops import COL, int64_to_seed, philox_normal
+from ..ops import int64_to_seed, philox_normal
+from ..plans.rows import with_guidance
 
 logger = logging.getLogger("pydiff.diffusers")
 
@@ -182,14 +183,6 @@ def guidance_arg(model_output, model_output_uncond, guidance_scale):
         raise ValueError(f"model_output_uncond is on {model_output_uncond.device} but model_output is on "
                          f"{model_output.device}")
     return Guidance(model_output_uncond, s)
-
-
-def with_guidance(coef: torch.Tensor, scale: float) -> torch.Tensor:
-    """A copy of a row or row table with the guidance columns ``M1 = 1 - scale``, ``M2 = scale``."""
-    c = coef.clone()
-    c[..., COL["M1"]] = 1.0 - scale
-    c[..., COL["M2"]] = scale
-    return c
 
 
 def guided_table(scheduler, table: torch.Tensor, scale: float) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 
 from ..ops import COL
 from ..schedules import make_betas
-from .rows import RowBuilder, check_finite
+from .rows import RowBuilder, check_finite, with_guidance
 
 MEAN_TYPES = ("previous_x", "start_x", "epsilon")
 VAR_TYPES = ("learned", "fixed_small", "fixed_large", "learned_range")
@@ -305,8 +305,7 @@ def cfg_row(scale: float) -> np.ndarray:
 def with_cfg(rows: np.ndarray, scale: float) -> np.ndarray:
     """Rows whose model output is the classifier-free combination ``(1 - s) m + s m2`` (``M1 = 1 - s``,
     ``M2 = s``), for rows that have no ``G`` term (the pair takes the ``m2`` input)."""
-    rows = np.array(rows, dtype=np.float64)
-    rows[:, COL["M1"]], rows[:, COL["M2"]] = 1.0 - scale, scale
+    rows = with_guidance(rows, scale)
     rows[:, COL["G"]] = 0.0
     return rows
 

@@ -67,6 +67,15 @@ class RowBuilder:
         return np.concatenate(self._blocks, axis=0)
 
 
+def with_guidance(rows, scale: float):
+    """A copy of a row or row table (NumPy array or torch tensor) whose model output is the classifier-free
+    combination ``m_e = (1 - s) m + s m2`` (Ho & Salimans, arXiv:2207.12598): ``M1 = 1 - s``, ``M2 = s``."""
+    rows = rows.clone() if hasattr(rows, "clone") else np.array(rows, dtype=np.float64)
+    rows[..., COL["M1"]] = 1.0 - scale
+    rows[..., COL["M2"]] = scale
+    return rows
+
+
 def finite_rows(rows: np.ndarray) -> np.ndarray:
     """Per row: every column but CLIP (which may be +inf: no clipping) is finite."""
     return np.isfinite(np.delete(np.asarray(rows), COL["CLIP"], axis=-1)).all(axis=-1)

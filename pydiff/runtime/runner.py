@@ -30,6 +30,7 @@ import torch
 
 from pydiff.ops import COL, coef_row, dynamic_threshold, fused_step
 from pydiff.ops import compute_dtype
+from pydiff.plans.rows import with_guidance
 
 MODE_NONE, MODE_THRESHOLD, MODE_CALLABLE = "none", "threshold", "callable"
 
@@ -46,7 +47,7 @@ def correction_tables(rows, to_x0, mode, max_val, guidance=None):
     if mode == MODE_THRESHOLD:
         rows[to_x0, COL["S"]] /= max_val
     if guidance is not None:
-        rows[:, COL["M1"]], rows[:, COL["M2"]] = 1.0 - guidance, guidance
+        rows = with_guidance(rows, guidance)
     conv = np.tile(coef_row(B0=1.0), (rows.shape[0], 1))
     for c in ("M1", "M2", "P", "Q", "S"):
         conv[:, COL[c]] = rows[:, COL[c]]
