@@ -41,5 +41,10 @@ echo "== step latency (eager, host time included)"
 python3 -m pydiff bench --device cuda --dtype fp16 --shape 1x4x64x64 --json "$OUT/step_fp16.json" --min-time 0.5
 echo "== bandwidth"
 python3 -m pydiff bench --device cuda --dtype fp32 --shape 32x3x512x512 --bandwidth --json "$OUT/bandwidth.json"
+echo "== score-SDE PC step from a CUDA graph (goal <= 6 us at 1x3x64x64; corrector <= 1.3x a fused_step)"
+for b in cuda triton; do
+  python3 -m benchmarks.bench_pc_graph --shape 1x3x64x64 --backend $b --json > "$OUT/pc_graph_$b.json" \
+    && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); [print(r['backend'], r['what'], round(r['us_per_replay'],2)) for r in d['rows']]; print('ratio', round(d['corrector_over_fused_step'],2))" "$OUT/pc_graph_$b.json"
+done
 
 fi

@@ -4,6 +4,8 @@
   learned variances).
 * ``sumsq``             (``sumsq.py``): per-sample sums of squares of one or two sources.
 * ``dynamic_threshold`` (``dynamic_threshold.py``): Imagen's dynamic-thresholding scale.
+* ``langevin_step``     (``langevin_step.py``): the step-size rows of the Langevin corrector (between its
+  ``sumsq`` and ``fused_step`` passes).
 * ``philox``            (``philox.py``): Philox4x32-10 normals, the counter layout of docs/ops.md.
 * ``_common``           the column constants (from ``pydiff.ops.columns``), the index rule, seed packing.
 

@@ -8,6 +8,11 @@ Three tables:
 * a whole run the way a pipeline drives a scheduler: ``set_timesteps`` and every ``step`` (``whole_run``);
 * with ``bandwidth``: the fused step against a device copy.
 
+``score_sde_ve`` times one predictor-corrector step pair (``step_correct`` then ``step_pred``) with diffusers'
+noise and, per backend, with in-kernel Philox noise (``philox``); next to it ``score_sde_ode`` times score_sde's
+probability-flow ODE sampler (VE, exact Gaussian score) with the reference's scipy solver (the baseline of those
+rows) and pydiff's device-resident RK45, the number of model evaluations in each label.
+
 The ``*_cfg`` samplers (``ddim_cfg``, ``ddpm_cfg``, ``dpm2m_cfg``) time one classifier-free guided step
 (Ho & Salimans 2022; guidance scale ``CFG_SCALE``): diffusers' step after the combination
 ``uncond + s (cond - uncond)`` in torch (the baseline, as a pipeline runs it), and per backend pydiff's plain
@@ -134,6 +139,8 @@ def step_callables(sampler: str, shape, dtype: torch.dtype, device, backends=Non
         fn = make(s)
         _check_agrees(f"pydiff {sampler} on backend {b}", fn(), expect, dtype)
         out[f"pydiff-{b}"] = fn
+    if pc:
+        out.update(_philox_pc_steps(ours, prepare, make, backends, dtype))
     fn = compiled_peer(sampler, ref, t, shape, dtype, device, kw) if peer else None
     if fn is not None:
         z = kw["variance_noise"] if sampler == "ddim" else torch.randn(
@@ -250,6 +257,56 @@ def _pc_step(s, m, t, x, generator):
     """One predictor-corrector step as diffusers' ScoreSdeVePipeline drives the scheduler (one corrector step)."""
     x = s.step_correct(m, x, generator=generator).prev_sample
     return s.step_pred(m, t, x, generator=generator).prev_sample
+
+
+def _philox_pc_steps(ours, prepare, make, backends, dtype):
+    """The score-SDE step pair with in-kernel Philox noise (``pydiff_noise = "philox"``) per backend, each
+    checked against the reference backend's Philox step (the same noise stream, so the same result)."""
+    out, expect = {}, None
+    for b in ["reference"] + [b for b in backends if b != "reference"]:
+        s = type(ours).from_config(ours.config)
+        s.pydiff_backend, s.pydiff_noise = b, "philox"
+        prepare(s)
+        fn = make(s)
+        if expect is None:
+            expect = fn().double()
+        else:
+            _check_agrees(f"pydiff philox step pair on backend {b} (against the reference backend)", fn(), expect,
+                          dtype)
+        if b in backends:
+            out[f"pydiff-{b} philox"] = fn
+    return out
+
+
+def ode_callables(shape, dtype: torch.dtype, device, backends=None, tol: float = 1e-5):
+    """``{name: callable}`` for score_sde's probability-flow ODE sampler on a VE SDE (N = 1000) with the exact
+    score of Gaussian data: the reference's ``solver='scipy'`` (``solve_ivp`` RK45 on the host, the baseline
+    of the table) and pydiff's device-resident ``solver='rk45'`` per backend, at ``rtol = atol = tol``. The
+    labels carry the number of model evaluations; every rk45 result is checked against scipy's first."""
+    from .score_sde import sampling, sde_lib
+    from .testing import score_sde as oracle
+
+    device = torch.device(device)
+    sde = sde_lib.VESDE(N=1000)
+    model = oracle.gaussian_model(oracle.OracleSDE("ve", N=1000), True, mu=0.3, s=0.8, wiggle=0.0)
+    z = sde.prior_sampling(shape).to(device=device, dtype=dtype)
+
+    def make(solver, backend=None):
+        fn = sampling.get_ode_sampler(sde, shape, lambda x: x, rtol=tol, atol=tol, device=device, solver=solver,
+                                      **({} if backend is None else {"backend": backend}))
+        return lambda: fn(model, z=z)
+
+    ref = make("scipy")
+    x_ref, nfe_ref = ref()
+    out = {f"scipy nfe={nfe_ref}": lambda: ref()[0]}
+    if backends is None:
+        backends = [b for b in available_backends() if _runs_on(b, device, dtype)]
+    for b in backends:
+        fn = make("rk45", b)
+        x, nfe = fn()
+        _check_agrees(f"rk45 ODE sampler on backend {b} (against scipy)", x, x_ref, dtype)
+        out[f"pydiff-{b} rk45 nfe={nfe}"] = (lambda f: lambda: f()[0])(fn)
+    return out
 
 
 def _check_agrees(what, got, expect, dtype):
@@ -373,11 +430,14 @@ def run(samplers=SAMPLERS, shape=(1, 4, 64, 64), dtype="fp32", device=None, back
         jobs += [(f"{s}/run{whole_run_steps}", whole_run_callables(s, shape, tdtype, device, backends,
                                                                      whole_run_steps))
                  for s in samplers if not s.endswith("_cfg")]
+    if "score_sde_ve" in samplers and tdtype != torch.float16 and tdtype != torch.bfloat16:
+        # the probability-flow ODE sampler next to the PC step; its baseline is the reference's scipy solver
+        jobs.append(("score_sde_ode", ode_callables(shape, tdtype, device, backends)))
     for label, calls in jobs:
         base = None
         for name, fn in calls.items():
             us = time_callable(fn, device, min_time=min_time)
-            base = us if name == "diffusers" else base
+            base = us if (name == "diffusers" or name.startswith("scipy")) else base
             rows.append(Row(label, name, str(device), dtype, "x".join(map(str, shape)), us, base / us))
     return rows
 

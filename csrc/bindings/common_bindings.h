@@ -104,6 +104,28 @@ inline DynThreshArgs make_dyn_thresh_args(int dtype, int64_t B, int64_t N, uintp
   return a;
 }
 
+inline LangevinArgs make_langevin_args(int dtype, int64_t B, int64_t N, uintptr_t x, uintptr_t m, uintptr_t coef,
+                                       int64_t coef_stride, bool sample_norm, uintptr_t out, uintptr_t w_out,
+                                       uintptr_t noise, std::optional<uint64_t> seed, uint64_t offset, uintptr_t rng,
+                                       uintptr_t sums, uintptr_t rows) {
+  LangevinArgs a;
+  a.dtype = dtype;
+  a.B = B;
+  a.N = N;
+  a.x = ptr(x);
+  a.m = ptr(m);
+  a.coef = ptr(coef);
+  a.coef_stride = coef_stride;
+  a.sample_norm = sample_norm;
+  a.out = ptr(out);
+  a.w_out = ptr(w_out);
+  a.noise = ptr(noise);
+  a.philox = make_philox("langevin_step", seed, offset, rng);
+  a.sums = ptr(sums);
+  a.rows = ptr(rows);
+  return a;
+}
+
 inline PhiloxNormalArgs make_philox_normal_args(int dtype, int64_t numel, uintptr_t out, std::optional<uint64_t> seed,
                                                 uint64_t offset, uintptr_t rng) {
   PhiloxNormalArgs a;

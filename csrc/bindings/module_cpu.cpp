@@ -59,6 +59,24 @@ PYBIND11_MODULE(_C, mod) {
       "per-sample sums of squares into out (S, B) of the compute type");
 
   mod.def(
+      "langevin_step",
+      [](int dtype, int64_t B, int64_t N, uintptr_t x, uintptr_t m, uintptr_t coef, int64_t coef_stride,
+         bool sample_norm, uintptr_t out, uintptr_t w_out, uintptr_t noise, std::optional<uint64_t> seed,
+         uint64_t offset, uintptr_t rng, uintptr_t sums, uintptr_t rows, int num_threads) {
+        const LangevinArgs a = make_langevin_args(dtype, B, N, x, m, coef, coef_stride, sample_norm, out, w_out, noise,
+                                                  seed, offset, rng, sums, rows);
+        check_langevin_step(a, true);
+        py::gil_scoped_release release;
+        cpu::langevin_step(a, num_threads);
+      },
+      py::arg("dtype"), py::arg("B"), py::arg("N"), py::arg("x"), py::arg("m"), py::arg("coef"),
+      py::arg("coef_stride"), py::arg("sample_norm"), py::arg("out"), py::arg("w_out"), py::arg("noise"),
+      py::arg("seed"), py::arg("offset"), py::arg("rng"), py::arg("sums"), py::arg("rows"),
+      py::arg("num_threads") = 0,
+      "one Langevin corrector step (docs/ops.md, langevin_step): sums of squares into sums (2, B), rows into "
+      "rows (B, NCOEF), the update into out (and x_mean into w_out)");
+
+  mod.def(
       "dynamic_threshold",
       [](int dtype, int64_t B, int64_t N, uintptr_t x, uintptr_t m, uintptr_t coef, int64_t R, uintptr_t index,
          int64_t index_stride, int64_t row_stride, uintptr_t m2, int64_t lo, int64_t hi, double wt, double max_val,

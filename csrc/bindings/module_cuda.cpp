@@ -47,6 +47,25 @@ PYBIND11_MODULE(_C_cuda, mod) {
       "per-sample sums of squares into out (S, B) float32; partials: S*B*sumsq_num_partials(N) floats");
 
   mod.def(
+      "langevin_step",
+      [](int dtype, int64_t B, int64_t N, uintptr_t x, uintptr_t m, uintptr_t coef, int64_t coef_stride,
+         bool sample_norm, uintptr_t out, uintptr_t w_out, uintptr_t noise, std::optional<uint64_t> seed,
+         uint64_t offset, uintptr_t rng, uintptr_t sums, uintptr_t rows, uintptr_t partials, int device,
+         uintptr_t stream) {
+        const LangevinArgs a = make_langevin_args(dtype, B, N, x, m, coef, coef_stride, sample_norm, out, w_out, noise,
+                                                  seed, offset, rng, sums, rows);
+        check_langevin_step(a, false);
+        if (B > 0 && N > 0) require(partials != 0, "langevin_step", "the partials buffer must not be null");
+        py::gil_scoped_release release;
+        cuda::langevin_step(a, ptr(partials), device, stream);
+      },
+      py::arg("dtype"), py::arg("B"), py::arg("N"), py::arg("x"), py::arg("m"), py::arg("coef"),
+      py::arg("coef_stride"), py::arg("sample_norm"), py::arg("out"), py::arg("w_out"), py::arg("noise"),
+      py::arg("seed"), py::arg("offset"), py::arg("rng"), py::arg("sums"), py::arg("rows"), py::arg("partials"),
+      py::arg("device"), py::arg("stream"),
+      "enqueue one Langevin corrector step (sumsq, rows, fused_step) on `stream`; partials as for sumsq (S = 2)");
+
+  mod.def(
       "abs_x0",
       [](int dtype, int64_t B, int64_t N, uintptr_t x, uintptr_t m, uintptr_t coef, int64_t R, uintptr_t index,
          int64_t index_stride, int64_t row_stride, uintptr_t m2, uintptr_t abs_out, int device, uintptr_t stream) {

@@ -151,6 +151,46 @@ void philox_normal(const PhiloxNormalArgs& a, int num_threads) {
   table().philox_normal(a, key, ctr, resolve_threads(num_threads));
 }
 
+// langevin_step: pass 1 the sums of squares of m and z (the sumsq loop), the rows on the host (serial in b,
+// pydiff_math.h), pass 2 the fused_step loop with one row per sample. With Philox both passes use the same key
+// and counter offset, so the z of the update is the z of the norm.
+void langevin_step(const LangevinArgs& a, int num_threads) {
+  if (a.B == 0 || a.N == 0) return;
+  const int nt = resolve_threads(num_threads);
+  uint64_t key = 0, ctr = 0;
+  if (a.philox.on) philox_key_ctr(a.philox, key, ctr);
+  SumsqArgs s;
+  s.dtype = a.dtype;
+  s.B = a.B;
+  s.N = a.N;
+  s.a = a.m;
+  s.b = a.noise;
+  s.philox = a.philox;
+  s.out = a.sums;
+  const KernelTable& k = table();
+  k.sumsq(s, key, ctr, nt);
+  if (a.dtype == kFloat64)
+    langevin_rows(static_cast<const double*>(a.sums), static_cast<const double*>(a.coef), a.coef_stride, a.B,
+                  a.sample_norm, static_cast<double*>(a.rows));
+  else
+    langevin_rows(static_cast<const float*>(a.sums), static_cast<const float*>(a.coef), a.coef_stride, a.B,
+                  a.sample_norm, static_cast<float*>(a.rows));
+  FusedStepArgs f;
+  f.dtype = a.dtype;
+  f.B = a.B;
+  f.N = a.N;
+  f.x = a.x;
+  f.m = a.m;
+  f.coef = a.rows;
+  f.R = a.B;
+  f.row_stride = 1;
+  f.out = a.out;
+  f.w_out = a.w_out;
+  f.noise = a.noise;
+  f.philox = a.philox;
+  k.fused_step(f, key, ctr, nt);
+}
+
 // dynamic_threshold: per sample, |x0| into a per-thread scratch buffer (the level's loop), then
 // std::nth_element for rank lo and a min over the upper partition for rank hi = lo + 1; the quantile rule
 // and torch.clamp semantics of pydiff_math.h. Ranks and weight come from the host (quantile_rank).

@@ -21,6 +21,8 @@ void fused_step(const FusedStepArgs& a, int num_threads);
 void sumsq(const SumsqArgs& a, int num_threads);
 void dynamic_threshold(const DynThreshArgs& a, int num_threads);
 void philox_normal(const PhiloxNormalArgs& a, int num_threads);
+// sumsq, langevin_rows (pydiff_math.h), fused_step: the two passes of a Langevin corrector step.
+void langevin_step(const LangevinArgs& a, int num_threads);
 
 // Checks every selected coef row against [-R, R); throws std::out_of_range (IndexError).
 void check_row_range(const char* op, const int64_t* index, int64_t index_stride, int64_t row_stride, int64_t R,

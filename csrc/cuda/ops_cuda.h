@@ -31,6 +31,9 @@ void dyn_thresh_finish(int64_t B, const void* vlo, const void* vhi, const void* 
 
 void philox_normal(const PhiloxNormalArgs& a, int device, uintptr_t stream);
 
+// langevin_step: sumsq (partials as for sumsq, S = 2), the rows kernel, fused_step with one row per sample.
+void langevin_step(const LangevinArgs& a, void* partials, int device, uintptr_t stream);
+
 // Introspection (no GPU needed): device count (0 when there is no driver/GPU), cudart version,
 // the architectures compiled in.
 int device_count();

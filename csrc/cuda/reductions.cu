@@ -247,5 +247,50 @@ void dyn_thresh_finish(int64_t B, const void* vlo, const void* vhi, const void* 
 
 #endif  // !__CUDACC_RTC__
 
+// langevin_step's rows (pydiff_math.h): thread 0 forms the batch ratio (serial in b, the order of every
+// backend), then the block writes one row per sample. One block: B is a batch size.
+__global__ void __launch_bounds__(kThreads) langevin_rows_kernel(const float* sums, const float* coef,
+                                                                 int64_t coef_stride, int64_t B, int sample,
+                                                                 float* rows) {
+  __shared__ float ratio2;
+  if (threadIdx.x == 0) ratio2 = sample ? 0.0f : langevin_ratio2(sums, B);
+  __syncthreads();
+  for (int64_t b = threadIdx.x; b < B; b += blockDim.x)
+    langevin_row(sums, coef, coef_stride, B, sample != 0, ratio2, b, rows + b * kNCoef);
+}
+
+#if !defined(__CUDACC_RTC__)
+void langevin_step(const LangevinArgs& a, void* partials, int device, uintptr_t stream) {
+  if (a.B == 0 || a.N == 0) return;
+  SumsqArgs s;
+  s.dtype = a.dtype;
+  s.B = a.B;
+  s.N = a.N;
+  s.a = a.m;
+  s.b = a.noise;
+  s.philox = a.philox;
+  s.out = a.sums;
+  sumsq(s, partials, device, stream);  // sets the device
+  langevin_rows_kernel<<<1, kThreads, 0, as_stream(stream)>>>(static_cast<const float*>(a.sums),
+                                                              static_cast<const float*>(a.coef), a.coef_stride,
+                                                              a.B, a.sample_norm ? 1 : 0, static_cast<float*>(a.rows));
+  check(cudaGetLastError(), "langevin_step rows launch");
+  FusedStepArgs f;
+  f.dtype = a.dtype;
+  f.B = a.B;
+  f.N = a.N;
+  f.x = a.x;
+  f.m = a.m;
+  f.coef = a.rows;
+  f.R = a.B;
+  f.row_stride = 1;
+  f.out = a.out;
+  f.w_out = a.w_out;
+  f.noise = a.noise;
+  f.philox = a.philox;
+  fused_step(f, device, stream);
+}
+#endif  // !__CUDACC_RTC__
+
 }  // namespace cuda
 }  // namespace pydiff

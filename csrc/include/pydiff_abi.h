@@ -70,6 +70,24 @@ struct SumsqArgs {
   void* out = nullptr;              // (S, B) T, S = 1 + (b || philox.on)
 };
 
+// Normalized arguments of langevin_step: sumsq of (m, z) into sums, langevin_rows into rows, then fused_step
+// with one row per sample. sums and rows are caller-provided scratch in T.
+struct LangevinArgs {
+  int dtype = kFloat32;
+  int64_t B = 0, N = 0;
+  const void* x = nullptr;          // (B, N) data
+  const void* m = nullptr;          // (B, N) data: the score (model output)
+  const void* coef = nullptr;       // (R, 2) T: (c, kappa) per row; R = 1 (coef_stride 0) or B (1)
+  int64_t coef_stride = 0;
+  bool sample_norm = false;         // per-sample norms (else batch means)
+  void* out = nullptr;              // (B, N) data; may equal x
+  void* w_out = nullptr;            // optional (B, N) data: x_mean; may equal m
+  const void* noise = nullptr;      // (B, N) data, or
+  PhiloxSource philox;              // in-kernel Philox noise (exactly one of the two)
+  void* sums = nullptr;             // (2, B) T scratch: sum m^2, sum z^2
+  void* rows = nullptr;             // (B, kNCoef) T scratch
+};
+
 struct DynThreshArgs {
   int dtype = kFloat32;
   int64_t B = 0, N = 0;

@@ -50,6 +50,17 @@ inline void check_sumsq(const SumsqArgs& a, bool allow_f64) {
   if (a.N > 0) require(a.a != nullptr, op, "a must not be null");
 }
 
+inline void check_langevin_step(const LangevinArgs& a, bool allow_f64) {
+  const char* op = "langevin_step";
+  check_dtype(op, a.dtype, allow_f64);
+  require(a.B >= 0 && a.N >= 0, op, "B and N must be >= 0");
+  require((a.noise != nullptr) != a.philox.on, op, "give exactly one of noise, seed and rng");
+  require(a.coef_stride == 0 || a.coef_stride == 1, op, "coef_stride must be 0 or 1");
+  if (a.B == 0 || a.N == 0) return;
+  require(a.x && a.m && a.out && a.coef, op, "x, m, coef and out must not be null");
+  require(a.sums && a.rows, op, "the sums and rows scratch buffers must not be null");
+}
+
 inline void check_dynamic_threshold(const DynThreshArgs& a, bool allow_f64) {
   const char* op = "dynamic_threshold";
   check_dtype(op, a.dtype, allow_f64);

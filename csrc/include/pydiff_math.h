@@ -407,6 +407,63 @@ PYDIFF_HD T threshold_scale(T q, T max_val) {
   return nan_min(nan_max(q, T(1)), max_val);
 }
 
+// ---------------------------------------------------------------------------------------------- langevin_step
+// The Langevin corrector's step size and row (docs/ops.md, "langevin_step"; Song et al. 2021, Algorithms 4/5),
+// from the per-sample sums of squares sums = (S_m[0..B), S_z[0..B)) of the score and the noise and the
+// per-sample parameters coef (R, 2) = (c, kappa) (R = 1 with coef_stride 0, or R = B):
+//   batch  (score_sde's LangevinCorrector): eps_b = c_b (mean_b sqrt(S_z) / mean_b sqrt(S_m))^2
+//   sample (the paper's per-sample norms):  eps_b = c_b S_z[b] / S_m[b]
+//   row_b: P = 1, Q = eps_b kappa_b, B0 = 1, C = sqrt(2 eps_b) (w = x_mean = x + eps kappa m, out = w + C z)
+// The batch means add b = 0, 1, ... in order and divide by B, in T. Serial in b: B is a batch size, and
+// one thread computing it keeps the order (so every bit) the same on every backend.
+template <typename T>
+PYDIFF_HD T sqrt_t(T v) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    return sqrt_f(v);
+  } else {
+#if defined(__CUDA_ARCH__)
+    return __dsqrt_rn(v);
+#else
+    return __builtin_sqrt(v);
+#endif
+  }
+}
+
+// (mean_b sqrt(S_z) / mean_b sqrt(S_m))^2, the batch form's ratio.
+template <typename T>
+PYDIFF_HD T langevin_ratio2(const T* sums, int64_t B) {
+  T nm = T(0), nz = T(0);
+  for (int64_t b = 0; b < B; ++b) {
+    nm += sqrt_t(sums[b]);
+    nz += sqrt_t(sums[B + b]);
+  }
+  const T r = (nz / static_cast<T>(B)) / (nm / static_cast<T>(B));
+  return r * r;
+}
+
+// Row b (kNCoef values at row); ratio2 from langevin_ratio2 (unused with sample).
+template <typename T>
+PYDIFF_HD void langevin_row(const T* sums, const T* coef, int64_t coef_stride, int64_t B, bool sample, T ratio2,
+                            int64_t b, T* row) {
+  const T* p = coef + 2 * b * coef_stride;
+  const T eps = sample ? p[0] * (sums[B + b] / sums[b]) : p[0] * ratio2;
+  for (int k = 0; k < kNCoef; ++k) row[k] = T(0);
+  row[kM1] = T(1);
+  row[kS] = T(1);
+  row[kCLIP] = static_cast<T>(bits_to_float(0x7F800000u));  // +inf: no clip
+  row[kO] = T(1);
+  row[kP] = T(1);
+  row[kB0] = T(1);
+  row[kQ] = eps * p[1];
+  row[kC] = sqrt_t(T(2) * eps);
+}
+
+template <typename T>
+PYDIFF_HD void langevin_rows(const T* sums, const T* coef, int64_t coef_stride, int64_t B, bool sample, T* rows) {
+  const T ratio2 = sample ? T(0) : langevin_ratio2(sums, B);
+  for (int64_t b = 0; b < B; ++b) langevin_row(sums, coef, coef_stride, B, sample, ratio2, b, rows + b * kNCoef);
+}
+
 }  // namespace pydiff
 
 // ---------------------------------------------------------------------------------------------- fused_step_backward

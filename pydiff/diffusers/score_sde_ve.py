@@ -14,8 +14,8 @@ from diffusers.schedulers.scheduling_sde_ve import SdeVeOutput
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..ops import fused_step, sumsq
-from ..plans.score_sde import smld_step_rows, unit_rows, ve_corrector_row, ve_sigmas
+from ..ops import compute_dtype, fused_step, langevin_step
+from ..plans.score_sde import smld_step_rows, ve_sigmas
 from ._common import (DropinMixin, StepIO, check_num_inference_steps, fallback, guarded_table, select_rows,
                       step_noise, validated_init)
 
@@ -88,8 +88,8 @@ def _corrector_draw(shape, generator=None, device=None, dtype=None):
 
 class ScoreSdeVeScheduler(DropinMixin, _DiffusersVE):
     """Drop-in for ``diffusers.ScoreSdeVeScheduler`` (Song et al., arXiv:2011.13456, the SMLD/NCSN chain as a
-    variance-exploding SDE): ``step_pred`` is one fused kernel, ``step_correct`` one ``sumsq`` and one fused
-    kernel with the step size computed on the device (no host sync).
+    variance-exploding SDE): ``step_pred`` is one fused kernel, ``step_correct`` one ``langevin_step`` (the
+    norms, then the update, with the step size computed on the device: no host sync).
 
     Same constructor, config, ``set_timesteps``, ``set_sigmas``, ``step_pred``, ``step_correct``, ``add_noise``
     and outputs as diffusers, and the same noise for the same generator (the corrector's drawn, as diffusers
@@ -99,14 +99,17 @@ class ScoreSdeVeScheduler(DropinMixin, _DiffusersVE):
         predictor  g = sqrt(sigma_i^2 - sigma_{i-1}^2),  x_mean = x + g^2 m,  x = x_mean + g z
         corrector  eps = 2 (snr mean_b ||z_b|| / mean_b ||m_b||)^2,  x = x + eps m + sqrt(2 eps) z
 
-    (the corrector's norms are per-sample L2 norms averaged over the batch, as diffusers computes them).
+    (the corrector's norms are per-sample L2 norms averaged over the batch, as diffusers computes them; ``eps``
+    is computed in the data's compute type, so for float64 data it differs from diffusers', which is a float32
+    number whatever the data, by at most one float32 rounding).
     ``set_sigmas`` computes ``sigmas = sigma_min (sigma_max/sigma_min)^t`` in log space: diffusers' float32
     power is inf for every step once ``sigma_max / sigma_min`` exceeds 3.4e38 (see ``ve_sigmas``), and it also
     evaluates a discarded ``(sigma_max/sigma_min)^(t / sampling_eps)``, inf for nearly every step at the
     default ``sampling_eps = 1e-5``, which is not computed here.
 
     ``scheduler.pydiff_noise = "philox"`` draws the noise inside the kernels (a Philox key from the generator
-    per call); the corrector's ``sumsq`` regenerates the very ``z`` its update adds. Half-precision samples:
+    per call); the corrector's second pass regenerates the very ``z`` whose norm its first pass took.
+    Half-precision samples:
     ``step_pred`` runs fused in float32 (diffusers promotes the result to float32 too); ``step_correct`` runs
     diffusers' code (it takes half-precision norms). Off-range or non-finite timesteps and mixed dtypes run
     diffusers' code too, with a warning once per reason (``pydiff.explain``). A timestep tensor on the GPU is
@@ -163,13 +166,16 @@ class ScoreSdeVeScheduler(DropinMixin, _DiffusersVE):
             t = cache[2][key] = torch.from_numpy(cache[1]).to(device=device, dtype=cdtype)
         return t
 
-    def _units(self, device, dtype) -> torch.Tensor:
-        cache = self.__dict__.setdefault("_pydiff_units", {})
-        key = (torch.device(device), dtype)
-        u = cache.get(key)
-        if u is None:
-            u = cache[key] = unit_rows({"A": 1.0}, ("D", "C"), dtype, device)
-        return u
+    def _corrector_coef(self, device, dtype) -> torch.Tensor:
+        """``(c, kappa) = (2 snr^2, 1)`` on the device (``langevin_step``'s ``eps = c (||z|| / ||m||)^2``, batch
+        norms), copied there once per (snr, device, dtype)."""
+        cache = self.__dict__.setdefault("_pydiff_corrector", {})
+        snr = float(self.config.snr)
+        key = (snr, torch.device(device), dtype)
+        c = cache.get(key)
+        if c is None:
+            c = cache[key] = torch.tensor([2.0 * snr * snr, 1.0], dtype=compute_dtype(dtype), device=device)
+        return c
 
     def _level(self, timestep, sample, batch):
         """``("int", i)``, ``("index", int64 tensor)`` or ``(None, reason)``: the noise level(s) diffusers'
@@ -246,17 +252,11 @@ class ScoreSdeVeScheduler(DropinMixin, _DiffusersVE):
                            "result to float32; one fused pass does not reproduce that rounding)", key="half corrector")
             return super().step_correct(model_output, sample, generator, return_dict)
         self.last_fallback_reason = None
-        backend = self.pydiff_backend
         noise, seed, offset, rng = step_noise(self, sample.shape, generator, sample.device, None, io,
                                               draw=_corrector_draw)
-        if noise is not None:
-            sum_m2, sum_z2 = sumsq(io.m, noise, backend=backend)
-        else:  # Philox: the z that the step below adds, regenerated for its norm
-            sum_m2, sum_z2 = sumsq(io.m, seed=seed, offset=offset, rng=rng, backend=backend)
-        T = torch.float64 if io.dtype == torch.float64 else torch.float32
-        coef = ve_corrector_row(self._units(io.device, T), float(self.config.snr), sum_m2, sum_z2)
         prev, prev_k = io.empty()
-        fused_step(io.x, io.m, coef, out=prev_k, noise=noise, seed=seed, offset=offset, rng=rng, backend=backend)
+        langevin_step(io.x, io.m, self._corrector_coef(io.device, io.dtype), out=prev_k, noise=noise, seed=seed,
+                      offset=offset, rng=rng, backend=self.pydiff_backend)
         prev = io.result(prev)
         if not return_dict:
             return (prev,)

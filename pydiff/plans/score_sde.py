@@ -18,8 +18,8 @@ one ``fused_step`` row per step. The rows, with ``lam = 1/2`` for the probabilit
 
 (Song et al. 2021, eqs. 6, 13, 45-47; for VP the reverse-diffusion rule is their Algorithm 3,
 ``x' = (2 - sqrt(1 - beta_i)) x + beta_i s``). The Langevin corrector (their Algorithms 4 and 5) steps by
-``eps = 2 alpha (r ||z|| / ||s||)^2``: ``P = 1, Q = eps kappa, C = sqrt(2 eps)``, with the norms measured on
-the device (``langevin_rows``); the annealed Langevin corrector of NCSN uses ``eps = 2 alpha (r std(t))^2``
+``eps = 2 alpha (r ||z|| / ||s||)^2``: ``P = 1, Q = eps kappa, C = sqrt(2 eps)``, with the norms measured and
+the row built by the ``pydiff.ops.langevin_step`` kernel from ``langevin_host``'s ``(c, kappa)``; the annealed Langevin corrector of NCSN uses ``eps = 2 alpha (r std(t))^2``
 and is a host table (``ald_rows``).
 
 The probability-flow ODE (eq. 13), ``dx/dt = f(t) x - g(t)^2 kappa m / 2``, is affine in ``x`` and ``m`` too:
@@ -183,36 +183,6 @@ def langevin_host(schedule, i, kappa, snr: float) -> np.ndarray:
     return np.stack([2.0 * langevin_alpha(schedule, i) * snr * snr / (kappa * kappa), kappa], axis=-1)
 
 
-def langevin_units(dtype, device) -> torch.Tensor:
-    """``(3, NCOEF)`` device rows: the Langevin row's constant part (``P = 1, B0 = 1``) and the unit rows of
-    columns ``Q`` and ``C`` (``langevin_rows`` combines them on the device)."""
-    b = RowBuilder()
-    b.add(P=1.0, B0=1.0)
-    base = b.table()[0]
-    eq, ec = np.zeros_like(base), np.zeros_like(base)
-    eq[COL["Q"]], ec[COL["C"]] = 1.0, 1.0
-    return torch.as_tensor(np.stack([base, eq, ec]), dtype=dtype, device=device)
-
-
-def langevin_rows(units: torch.Tensor, c, kappa, sum_m2: torch.Tensor, sum_z2: torch.Tensor,
-                  norm: str) -> torch.Tensor:
-    """The Langevin corrector's row(s), computed on the device from per-sample ``||m||^2`` and ``||z||^2``
-    (no host sync): ``eps = c (||z|| / ||m||)^2`` (``c``, ``kappa`` from ``langevin_host``: scalars or
-    per-sample tensors), ``Q = eps kappa``, ``C = sqrt(2 eps)``. ``norm='batch'``: score_sde's ``sampling.py``
-    -- ``||z||`` and ``||m||`` are batch means of the per-sample norms; ``'sample'``: the paper's Algorithms
-    4/5 -- per-sample norms. One ``(NCOEF,)`` row when ``eps`` is one number, else ``(B, NCOEF)`` rows."""
-    if norm == "batch":
-        ratio = sum_z2.sqrt().mean() / sum_m2.sqrt().mean()
-        eps = c * (ratio * ratio)
-    else:
-        eps = c * (sum_z2 / sum_m2)
-    eps = torch.as_tensor(eps)
-    q = (eps * kappa)[..., None]
-    cc = torch.sqrt(2.0 * eps)[..., None]
-    rows = units[0] + q * units[1] + cc * units[2]
-    return rows if rows.ndim == 2 and rows.shape[0] > 1 else rows.reshape(-1)
-
-
 # ----------------------------------------------------------------------------- the probability-flow ODE
 def flow_drift_coefs(schedule, t, kappa):
     """``(a, d)`` float64 with the probability-flow drift (Song et al. 2021, eq. 13)
@@ -288,23 +258,6 @@ def unit_rows(base: dict, columns, dtype, device) -> torch.Tensor:
         e[COL[name]] = 1.0
         rows.append(e)
     return torch.as_tensor(np.stack(rows), dtype=dtype, device=device)
-
-
-def ve_corrector_row(units: torch.Tensor, snr: float, sum_m2: torch.Tensor, sum_z2: torch.Tensor) -> torch.Tensor:
-    """diffusers' VE corrector row (``ScoreSdeVeScheduler.step_correct``), on the device from per-sample
-    ``||m||^2`` and ``||z||^2`` (``sumsq``), no host sync:
-
-        eps    = 2 (snr mean_b ||z_b|| / mean_b ||m_b||)^2      (batch means of per-sample norms)
-        x_mean = x + eps m,   x = x_mean + sqrt(2 eps) z        (A = 1, D = eps, C = sqrt(2 eps))
-
-    ``units``: ``unit_rows({"A": 1}, ("D", "C"))``. diffusers multiplies its step size by a float32
-    ``torch.ones`` before use, so ``eps`` is a float32 number whatever the data's dtype, and ``sqrt(2 eps)`` a
-    float32 square root: both are rounded the same way here.
-    """
-    ratio = snr * sum_z2.sqrt().mean() / sum_m2.sqrt().mean()
-    eps = (ratio * ratio * 2).to(torch.float32)
-    c = (eps * 2).sqrt()
-    return torch.addmm(units[0], torch.stack([eps, c]).to(units.dtype)[None], units[1:])[0]
 
 
 def vp_euler_rows(units: torch.Tensor, t: torch.Tensor, beta_min: float, beta_max: float, n: int) -> torch.Tensor:

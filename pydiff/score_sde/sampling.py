@@ -5,9 +5,10 @@ Same registries, names, classes, constructor signatures and ``get_pc_sampler`` a
 
 How a step runs (``get_pc_sampler``): one model call and **one** ``pydiff.ops.fused_step`` per predictor step
 (a float64 row from ``pydiff.plans.score_sde``, copied to the device once; ``w_out`` gives ``x_mean``); the
-Langevin corrector is one model call, one ``sumsq`` (per-sample ``||m||^2`` and ``||z||^2``), the step size
-``eps = 2 alpha (snr ||z|| / ||s||)^2`` and its row computed on the device (no ``.item()``, no host sync), and
-one ``fused_step``. The annealed Langevin corrector's step size does not depend on the data: a host table.
+Langevin corrector is one model call and one ``pydiff.ops.langevin_step`` (two passes: per-sample ``||m||^2`` and
+``||z||^2``, then the update, with the step size ``eps = 2 alpha (snr ||z|| / ||s||)^2`` computed by the kernel
+from the sums: no ``.item()``, no host sync). The annealed Langevin corrector's step size does not depend on
+the data: a host table, one ``fused_step``.
 
 Noise (``noise_source``): ``'torch'`` draws ``torch.randn_like(x)`` exactly where the reference draws it
 (the prior, then per step the corrector's draws and the predictor's), so with the same seed the result is
@@ -16,8 +17,8 @@ probability flow), which keep the generator in step. ``'philox'`` draws an int64
 ``pc_sampler`` call (after the prior sample) from the device's torch generator and generates the noise inside
 the kernels (``fused_step(rng=...)``): the reference's ``k``-th ``randn_like`` after the prior is the Philox
 stream at counter offset ``k`` (draws whose noise is multiplied by zero take their number too, nothing is
-generated for them). The Langevin ``sumsq`` regenerates the same ``z`` that the following ``fused_step``
-adds. No noise tensor is stored.
+generated for them). The Langevin step's second pass regenerates the same ``z`` whose norm the first took. No
+noise tensor is stored.
 
 ``corrector_norm``: ``'batch'`` (default) is the reference's ``LangevinCorrector`` -- batch means of the
 per-sample norms, one step size per batch; ``'sample'`` is the paper's Algorithms 4/5 -- one step size per
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 from .._checks import real_number
-from ..ops import compute_dtype, fused_step, sumsq
+from ..ops import compute_dtype, fused_step, langevin_step
 from ..plans import score_sde as plan
 from . import sde_lib
 from . import utils as mutils
@@ -213,18 +214,13 @@ class LangevinCorrector(Corrector):
 
     def update_fn(self, x, t):
         t64, i = _host_t(t, self.sde)
-        host = plan.langevin_host(self.sde._schedule, i, 1.0, float(self.snr))
-        T = compute_dtype(x.dtype)
-        c = torch.as_tensor(host[:, 0], dtype=T, device=x.device)
-        units = plan.langevin_units(T, x.device)
+        host = np.broadcast_to(plan.langevin_host(self.sde._schedule, i, 1.0, float(self.snr)), (x.shape[0], 2))
+        coef = torch.tensor(host, dtype=compute_dtype(x.dtype), device=x.device)
         x_mean = x
         for _ in range(self.n_steps):
             grad = mutils.check_model_output(self.score_fn(x, t), x, "score_fn").to(x.dtype)
-            z = torch.randn_like(x)
-            sg, sz = sumsq(grad, z)
-            rows = plan.langevin_rows(units, c, 1.0, sg, sz, self.corrector_norm)
             x_mean = torch.empty_like(x)
-            x = fused_step(x, grad, rows.expand(x.shape[0], -1).contiguous(), noise=z, w_out=x_mean)
+            x = langevin_step(x, grad, coef, norm=self.corrector_norm, noise=torch.randn_like(x), w_out=x_mean)
         return x, x_mean
 
 
@@ -389,7 +385,6 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
                 score_fn = mutils.get_score_fn(sde, model, train=False, continuous=continuous)
             prow = None if pred_rows is None else torch.as_tensor(pred_rows, dtype=T, device=dev)
             crow = None if corr is None else torch.as_tensor(corr, dtype=T, device=dev)
-            units = plan.langevin_units(T, dev) if cname == "langevin" else None
             rng = None
             if noise_source == "philox":
                 rng = torch.randint(-(1 << 63), (1 << 63) - 1, (2,), device=dev, dtype=torch.int64)
@@ -417,13 +412,9 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
                         m = m_of(x, k)
                         kw = noise_kw(draw(x))
                         if cname == "langevin":
-                            sums = sumsq(m, kw.get("noise"), seed=None, offset=kw.get("offset", 0),
-                                         rng=kw.get("rng"), backend=backend)
-                            row = plan.langevin_rows(units, crow[k, 0], crow[k, 1], sums[0], sums[1],
-                                                     corrector_norm)
+                            langevin_step(x, m, crow[k], norm=corrector_norm, out=x, backend=backend, **kw)
                         else:
-                            row = crow[k]
-                        x = fused_step(x, m, row, out=x, backend=backend, **kw)
+                            fused_step(x, m, crow[k], out=x, backend=backend, **kw)
                     x_mean = x
                 # ---- predictor
                 if pname is None:

@@ -66,6 +66,8 @@ def test_cpu_tensor_is_refused_by_name():
         cuda_jit.philox_normal(x, 1, 0, None)
     with pytest.raises(ValueError, match="CUDA tensors; x is on cpu"):
         cuda_jit.dynamic_threshold(x, None, None, None, 0, 0, None, 0, 0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="CUDA tensors; x is on cpu"):
+        cuda_jit.langevin_step(x, x, torch.ones(1, 2), 0, False, x, None, x, None, 0, None)
 
 
 def test_float64_is_refused_by_name():
@@ -91,6 +93,8 @@ def test_cuda_backend_refuses_cpu_tensors_by_name():
         cuda.fused_step(**_args(x))
     with pytest.raises(ValueError, match="the cuda backend runs on CUDA tensors; out is on cpu"):
         cuda.philox_normal(x, 1, 0, None)
+    with pytest.raises(ValueError, match="the cuda backend runs on CUDA tensors; x is on cpu"):
+        cuda.langevin_step(x, x, torch.ones(1, 2), 0, False, x, None, x, None, 0, None)
 
 
 def test_grid_rule():

@@ -50,7 +50,7 @@ INFO = {
 }
 BACKENDS = tuple(INFO)
 AUTOMATIC_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "cuda-jit", "triton")}
-OPS = ("fused_step", "sumsq", "dynamic_threshold", "philox_normal", "fused_step_backward")
+OPS = ("fused_step", "sumsq", "dynamic_threshold", "philox_normal", "fused_step_backward", "langevin_step")
 
 _MODULES: dict = {}
 _IMPORT_ERRORS: dict = {}

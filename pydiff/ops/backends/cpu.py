@@ -13,7 +13,8 @@ import torch
 
 from . import _native
 
-__all__ = ["available", "unavailable_reason", "fused_step", "sumsq", "dynamic_threshold", "philox_normal"]
+__all__ = ["available", "unavailable_reason", "fused_step", "sumsq", "dynamic_threshold", "philox_normal",
+           "langevin_step"]
 
 _C, _REASON = _native.load("pydiff._C")
 _CODES = _native.dtype_codes(_C, float64=True) if _C is not None else {}
@@ -54,6 +55,16 @@ def sumsq(a, b, seed, offset, rng) -> torch.Tensor:
     p = _native.ptr
     _C.sumsq(_code(a.dtype), B, N, p(a), p(b), _native.seed_arg(seed), int(offset), p(rng), p(out), _threads())
     return out
+
+
+def langevin_step(x, m, coef, coef_stride, sample_norm, out, w_out, noise, seed, offset, rng) -> None:
+    B, N = _native.batch_and_numel(x)
+    T = _native.compute_dtype(x.dtype)
+    sums = torch.empty(2, B, dtype=T)
+    rows = torch.empty(B, _C.NCOEF, dtype=T)
+    p = _native.ptr
+    _C.langevin_step(_code(x.dtype), B, N, p(x), p(m), p(coef), int(coef_stride), bool(sample_norm), p(out),
+                     p(w_out), p(noise), _native.seed_arg(seed), int(offset), p(rng), p(sums), p(rows), _threads())
 
 
 def dynamic_threshold(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, max_val) -> torch.Tensor:

@@ -24,7 +24,8 @@ import torch
 
 from . import _native
 
-__all__ = ["available", "unavailable_reason", "fused_step", "sumsq", "dynamic_threshold", "philox_normal"]
+__all__ = ["available", "unavailable_reason", "fused_step", "sumsq", "dynamic_threshold", "philox_normal",
+           "langevin_step"]
 
 _C_cuda, _REASON = _native.load("pydiff._C_cuda")
 _CODES = _native.dtype_codes(_C_cuda, float64=False) if _C_cuda is not None else {}
@@ -105,6 +106,18 @@ def sumsq(a, b, seed, offset, rng) -> torch.Tensor:
     _C_cuda.sumsq(_code(a.dtype), B, N, p(a), p(b), _native.seed_arg(seed), int(offset), p(rng), p(out),
                   p(partials), dev, stream)
     return out
+
+
+def langevin_step(x, m, coef, coef_stride, sample_norm, out, w_out, noise, seed, offset, rng) -> None:
+    B, N = _native.batch_and_numel(x)
+    dev, stream = _dev_stream(x)
+    sums = torch.empty(2, B, dtype=torch.float32, device=x.device)
+    rows = torch.empty(B, _C_cuda.NCOEF, dtype=torch.float32, device=x.device)
+    partials = torch.empty(max(2 * B * _C_cuda.sumsq_num_partials(N), 1), dtype=torch.float32, device=x.device)
+    p = _native.ptr
+    _C_cuda.langevin_step(_code(x.dtype), B, N, p(x), p(m), p(coef), int(coef_stride), bool(sample_norm), p(out),
+                          p(w_out), p(noise), _native.seed_arg(seed), int(offset), p(rng), p(sums), p(rows),
+                          p(partials), dev, stream)
 
 
 def dynamic_threshold(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, max_val) -> torch.Tensor:

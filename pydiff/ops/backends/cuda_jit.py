@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from . import _native, _nvrtc
-from ..columns import K_MAX
+from ..columns import K_MAX, NCOEF
 
 __all__ = ["available", "unavailable_reason", "fused_step", "sumsq", "dynamic_threshold", "philox_normal",
-           "fused_step_backward", "cache_dir", "include_dirs", "kernel_key", "fused_step_expression",
+           "langevin_step", "fused_step_backward", "cache_dir", "include_dirs", "kernel_key", "fused_step_expression",
            "fused_step_backward_expression", "grid_2d", "blocks_along", "sumsq_num_partials", "FusedStepArgs",
            "SumsqArgs", "DynThreshArgs", "FusedStepBackwardArgs", "PhiloxSource"]
 
@@ -389,6 +389,21 @@ def sumsq(a, b, seed, offset, rng) -> torch.Tensor:
     _launch(dev, "reductions.cu", "pydiff::cuda::sumsq_final_kernel", (min(B, MAX_GRID_Y), S),
             (np.uint64(partials.data_ptr()), np.int64(P), np.int64(B), np.uint64(out.data_ptr())), block=32)
     return out
+
+
+def langevin_step(x, m, coef, coef_stride, sample_norm, out, w_out, noise, seed, offset, rng) -> None:
+    """sumsq, reductions.cu's ``langevin_rows_kernel`` (one block), fused_step with one row per sample."""
+    dev = _device(x, "x")
+    _same_device(dev, m=m, coef=coef, out=out, w_out=w_out, noise=noise, rng=rng)
+    B, N = _native.batch_and_numel(x)
+    if B == 0 or N == 0:
+        return
+    sums = sumsq(m, noise, seed, offset, rng)
+    rows = torch.empty(B, NCOEF, dtype=torch.float32, device=x.device)
+    _launch(dev, "reductions.cu", "pydiff::cuda::langevin_rows_kernel", (1,),
+            (np.uint64(sums.data_ptr()), np.uint64(coef.data_ptr()), np.int64(coef_stride), np.int64(B),
+             np.int32(1 if sample_norm else 0), np.uint64(rows.data_ptr())))
+    fused_step(x, m, rows, None, 0, 1, out, w_out, (), noise, seed, offset, rng, None, None, None)
 
 
 def dynamic_threshold(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, max_val) -> torch.Tensor:

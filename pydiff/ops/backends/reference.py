@@ -8,9 +8,11 @@ from __future__ import annotations
 from ..dynamic_threshold import dynamic_threshold_reference as dynamic_threshold
 from ..fused_step import fused_step_reference as fused_step
 from ..philox import philox_normal_reference as philox_normal
+from ..langevin_step import langevin_step_reference as langevin_step
 from ..sumsq import sumsq_reference as sumsq
 
-__all__ = ["available", "unavailable_reason", "fused_step", "sumsq", "dynamic_threshold", "philox_normal"]
+__all__ = ["available", "unavailable_reason", "fused_step", "sumsq", "dynamic_threshold", "philox_normal",
+           "langevin_step"]
 
 
 def available() -> bool:

@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..columns import K_MAX
+from ..columns import K_MAX, NCOEF
 
 __all__ = ["available", "unavailable_reason", "fused_step", "sumsq", "dynamic_threshold", "philox_normal",
-           "kernels_module", "philox4x32_10_raw"]
+           "langevin_step", "kernels_module", "philox4x32_10_raw"]
 
 _PACKAGE = "pydiff.kernels"
-_SUBMODULES = ("_common", "philox", "fused_step", "sumsq", "dynamic_threshold")
+_SUBMODULES = ("_common", "philox", "fused_step", "sumsq", "dynamic_threshold", "langevin_step")
 DATA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # No FMA contraction: every product and sum rounds separately, like the reference and the cpu/cuda builds
 # (-ffp-contract=off, --fmad=false), so only the transcendentals may differ from them. The kernels are
@@ -252,6 +252,21 @@ def sumsq(a, b, seed, offset, rng) -> torch.Tensor:
         num_warps=km.NUM_WARPS, **_OPTIONS,
     )
     return part.sum(dim=-1)
+
+
+def langevin_step(x, m, coef, coef_stride, sample_norm, out, w_out, noise, seed, offset, rng) -> None:
+    """docs/ops.md ``langevin_step``: ``sumsq``, the rows kernel (kernels/langevin_step.py), ``fused_step``."""
+    mods = _mods("langevin_step")
+    _check_data("x", x)
+    B = x.shape[0]
+    if x.numel() == 0:
+        return
+    sums = sumsq(m, noise, seed, offset, rng)
+    rows = torch.empty((B, NCOEF), dtype=torch.float32, device=x.device)
+    mods["langevin_step"].langevin_rows_kernel[(1,)](
+        sums, coef, rows, B, COEF_STRIDE=int(coef_stride), SAMPLE=bool(sample_norm),
+        NC_BLOCK=1 << (NCOEF - 1).bit_length(), **_OPTIONS)
+    fused_step(x, m, rows, None, 0, 1, out, w_out, (), noise, seed, offset, rng, None, None, None)
 
 
 def dynamic_threshold(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, max_val) -> torch.Tensor:
