@@ -1,7 +1,8 @@
 """A VE predictor-corrector loop (N steps, one Langevin corrector step each): diffusers' scheduler pair against
 pydiff's drop-in, and score_sde's ``get_pc_sampler`` with reference noise against in-kernel Philox noise.
 
-The model is trivial (a fixed model output for the drop-ins, ``score = -x`` for ``get_pc_sampler``) so that the
+The model is trivial (a fixed model output for the drop-ins, the exact score of Gaussian data for
+``get_pc_sampler``) so that the
 figures are the sampler's own cost. Per row: the median wall time of ``--repeats`` whole loops and the time per
 predictor-corrector step. Every pydiff loop is first checked against its baseline (the drop-ins against
 diffusers with the same generator; Philox loops, which draw other numbers, only for finiteness)::
@@ -74,8 +75,10 @@ def pc_sampler_loops(shape, steps, backend):
 
     sde = sde_lib.VESDE(N=steps)
 
-    def model(x, labels):  # a trivial score model (score_sde's VE models output the score)
-        return -x
+    def model(x, labels):
+        # a trivial score model: the exact score of data N(0.3, 0.8^2) under VE noise of std sigma = labels
+        # (score_sde's continuous VE models take sigma as their label and output the score)
+        return (0.3 - x) / (0.64 + labels.view(-1, *([1] * (x.ndim - 1))) ** 2)
 
     def make(source):
         fn = sampling.get_pc_sampler(sde, shape, "reverse_diffusion", "langevin", lambda x: x, snr=0.16,

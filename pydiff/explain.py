@@ -20,6 +20,11 @@ _PER_CALL = {
                                     "a model output in another dtype than the sample"),
     "DPMSolverSinglestepScheduler": ("a step past the last one", "steps whose coefficients are not finite",
                                      "a model output in another dtype than the sample"),
+    "ScoreSdeVeScheduler": ("a model output in another dtype than the sample", "a half-precision step_correct "
+                            "(diffusers takes the norms in that precision)", "timesteps selecting a noise level "
+                            "outside discrete_sigmas, or non-finite timesteps (step_pred)"),
+    "ScoreSdeVpScheduler": ("a model output in another dtype than the sample", "a float64 t with a float32 or "
+                            "half sample (diffusers' result is then float64)", "a half-precision t"),
 }
 
 _NOISE = {

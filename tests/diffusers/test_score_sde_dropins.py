@@ -447,3 +447,15 @@ def test_bad_call_arguments():
         v.step_pred(x, x, "0.5")
     with pytest.raises(ValueError, match="pydiff_noise"):
         v.pydiff_noise = "numpy"
+
+
+def test_explain_names_the_score_sde_fallbacks():
+    s = pd.ScoreSdeVeScheduler()
+    s.set_timesteps(5)
+    s.set_sigmas(5)
+    text = pydiff.explain(s)
+    assert "half-precision step_correct" in text and "nothing (no step has run diffusers' own code)" in text
+    x = torch.randn(2, 3, 4, dtype=torch.float16)
+    s.step_correct(x, x, generator=torch.Generator().manual_seed(0))  # diffusers' code, with a logged warning
+    assert "torch.float16 corrector step" in pydiff.explain(s)
+    assert "float64 t" in pydiff.explain(pd.ScoreSdeVpScheduler())
