@@ -13,11 +13,12 @@ from diffusers import ScoreSdeVeScheduler as _DiffusersVE
 from diffusers.schedulers.scheduling_sde_ve import SdeVeOutput
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
+from diffusers.utils.torch_utils import randn_tensor as _diffusers_randn_tensor  # to tell a patched global
 
 from ..ops import fused_step, sumsq
 from ..plans.score_sde import smld_step_rows, unit_rows, ve_corrector_row, ve_sigmas
-from ._common import (DropinMixin, StepIO, check_num_inference_steps, fallback, guarded_table, select_rows,
-                      step_noise, validated_init)
+from ._common import (DropinMixin, StepIO, check_num_inference_steps, compiling, fallback, fast_randn_tensor,
+                      guarded_table, select_rows, step_noise, validated_init)
 
 _NO_TIMESTEPS = "`self.timesteps` is not set, you need to run 'set_timesteps' after creating the scheduler"
 HALF = (torch.float16, torch.bfloat16)
@@ -83,6 +84,11 @@ def _corrector_draw(shape, generator=None, device=None, dtype=None):
     first = generator[0] if isinstance(generator, list) and generator else generator
     if first is not None and first.device.type != "cpu":
         return randn_tensor(shape, generator=generator, device=first.device).to(device)
+    if randn_tensor is _diffusers_randn_tensor and not compiling():
+        # one CPU torch.randn: drawn by torch_randn (same numbers and generator state, ~4x faster)
+        fast = fast_randn_tensor(shape, generator, None, None)
+        if fast is not None:
+            return fast.to(device)
     return randn_tensor(shape, generator=generator).to(device)
 
 

@@ -1,4 +1,4 @@
-"""``torch_randn``: ``torch.randn`` on the CPU, same numbers and same generator state, about 3x faster.
+"""``torch_randn``: ``torch.randn`` on the CPU, same numbers and same generator state, about 4x faster.
 
 Why: the diffusers drop-ins draw their noise as diffusers does (``randn_tensor``, i.e. ``torch.randn(shape,
 generator=g)`` on the CPU for a CPU sample), so that a seed gives the images it gives in diffusers. torch draws
@@ -16,8 +16,8 @@ tempering and the Box-Muller blocks, and the advanced state is ``set_state`` bac
 bit-identical to the one ``torch.randn`` leaves. The values agree with torch's to float32 rounding (ln, sin and
 cos are float32 polynomials here, libm or ATen's vector code there: a few ulp, not the bit).
 
-Cost (single thread; the stream is serial): ~1.0 ns per element with the AVX-512 loops, ~2.7 ns with the
-baseline SSE2 loops, against torch's 3.4 ns, plus ~2 us for ``get_state``/``set_state`` (benchmarks/RESULTS.md).
+Cost (single thread; the stream is serial): 0.7-0.8 ns per element with the AVX-512 loops (~1.0 ns AVX2,
+~2.7 ns baseline SSE2), against torch's 3.4 ns; ``get_state``/``set_state`` add ~1 us (benchmarks/RESULTS.md).
 
 Everything else -- fewer than 16 elements (torch's double normal cache), another dtype or device, ``out`` that
 is not a float32 contiguous CPU tensor of the shape, a tensor requiring grad, a ``torch.compile`` trace, no

@@ -191,3 +191,75 @@ def test_self_check_disables_on_mismatch(monkeypatch):
     ref = clone(g)
     got = torch_randn(64, generator=g)
     assert torch.equal(got, torch.randn(64, generator=ref))  # the patched (doubled) draw: it fell back
+
+
+# ---- the diffusers drop-ins draw their randn_tensor noise through torch_randn
+
+def _spy(monkeypatch, module):
+    calls = []
+    real = module.torch_randn
+
+    def spy(*a, **k):
+        calls.append(a[0])
+        return real(*a, **k)
+    monkeypatch.setattr(module, "torch_randn", spy)
+    return calls
+
+
+def test_ddpm_dropin_draws_through_torch_randn(monkeypatch):
+    diffusers = pytest.importorskip("diffusers")
+    import pydiff.diffusers as pd
+    from pydiff.diffusers import _common
+    calls = _spy(monkeypatch, _common)
+    a, b = diffusers.DDPMScheduler(), pd.DDPMScheduler()
+    for s in (a, b):
+        s.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x, m = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    t = a.timesteps[3]
+    ga, gb = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    ra = a.step(m, t, x, generator=ga).prev_sample
+    rb = b.step(m, t, x, generator=gb).prev_sample
+    assert calls == [(2, 3, 8, 8)]
+    torch.testing.assert_close(rb, ra, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ga.get_state(), gb.get_state())
+
+
+def test_ve_corrector_draws_through_torch_randn(monkeypatch):
+    diffusers = pytest.importorskip("diffusers")
+    import pydiff.diffusers as pd
+    from pydiff.diffusers import _common
+    calls = _spy(monkeypatch, _common)
+    a, b = diffusers.ScoreSdeVeScheduler(), pd.ScoreSdeVeScheduler()
+    for s in (a, b):
+        s.set_timesteps(5)
+    x, m = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    torch.manual_seed(7)
+    ra = a.step_correct(m, x).prev_sample
+    after_a = torch.default_generator.get_state()
+    torch.manual_seed(7)
+    rb = b.step_correct(m, x).prev_sample
+    assert calls == [(2, 3, 8, 8)]
+    assert torch.equal(after_a, torch.default_generator.get_state())
+    torch.testing.assert_close(rb, ra, rtol=1e-5, atol=1e-5)
+
+
+def test_patched_randn_tensor_is_honoured(monkeypatch):
+    # a module global patched by the caller (as tests of schedulers do) is drawn with, not bypassed: both
+    # schedulers then add the same fixed z
+    diffusers = pytest.importorskip("diffusers")
+    import diffusers.schedulers.scheduling_sde_ve as ref_mod
+    import pydiff.diffusers as pd
+    from pydiff.diffusers import _common, score_sde_ve
+    calls = _spy(monkeypatch, _common)
+    z = torch.linspace(-2, 2, 2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
+    for mod in (score_sde_ve, ref_mod):
+        monkeypatch.setattr(mod, "randn_tensor", lambda *a, **k: z.clone())
+    a, b = diffusers.ScoreSdeVeScheduler(), pd.ScoreSdeVeScheduler()
+    for s in (a, b):
+        s.set_timesteps(5)
+    x, m = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    ra = a.step_correct(m, x, generator=torch.Generator().manual_seed(1)).prev_sample
+    rb = b.step_correct(m, x, generator=torch.Generator().manual_seed(1)).prev_sample
+    assert calls == []
+    torch.testing.assert_close(rb, ra, rtol=1e-5, atol=1e-5)
