@@ -130,6 +130,8 @@ def torch_randn(shape, generator: torch.Generator | None = None, *, out: torch.T
     if fast:
         res = torch.empty(dims, dtype=torch.float32) if out is None else out
         if _fill(_native(), res, torch.default_generator if generator is None else generator):
+            if out is not None:  # written through its pointer: tell autograd, as torch.randn(out=) would
+                torch.autograd.graph.increment_version(out)
             return res
     kw = {}
     if out is not None:

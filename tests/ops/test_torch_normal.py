@@ -95,8 +95,9 @@ def test_shapes_and_out():
     assert_same_draw(got, want, g, ref)
     out = torch.empty(2, 3, 5, 7)
     want = torch.randn(torch.Size([2, 3, 5, 7]), generator=ref)
+    version = out._version
     res = torch_randn(torch.Size([2, 3, 5, 7]), generator=g, out=out)
-    assert res is out
+    assert res is out and out._version > version
     assert_same_draw(out, want, g, ref)
 
 
