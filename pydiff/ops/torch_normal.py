@@ -17,7 +17,8 @@ bit-identical to the one ``torch.randn`` leaves. The values agree with torch's t
 cos are float32 polynomials here, libm or ATen's vector code there: a few ulp, not the bit).
 
 Cost (single thread; the stream is serial): 0.7-0.8 ns per element with the AVX-512 loops (~1.0 ns AVX2,
-~2.7 ns baseline SSE2), against torch's 3.4 ns; ``get_state``/``set_state`` add ~1 us (benchmarks/RESULTS.md).
+~2.7 ns baseline SSE2), against torch's 3.4 ns, plus ~4 us per call (``get_state``/``set_state``, the checks, the
+allocation): below ~1500 elements ``torch.randn`` is the quicker of the two (benchmarks/RESULTS.md).
 
 Everything else -- fewer than 16 elements (torch's double normal cache), another dtype or device, ``out`` that
 is not a float32 contiguous CPU tensor of the shape, a tensor requiring grad, a ``torch.compile`` trace, no
@@ -35,16 +36,20 @@ import torch
 
 __all__ = ["torch_randn", "torch_randn_fast"]
 
-_STATE = {"checked": False, "ok": False, "reason": None}
+_STATE = {"checked": False, "ok": False, "reason": None, "C": False}  # C: the module once looked up
 
 
 def _native():
-    from .backends import cpu  # lazy: importing pydiff.ops must not load the extension
-    C = cpu._C if cpu.available() else None
-    return C if hasattr(C, "torch_normal_fill") else None  # None also for a build from older sources
+    if _STATE["C"] is False:
+        from .backends import cpu  # lazy: importing pydiff.ops must not load the extension
+        C = cpu._C if cpu.available() else None
+        _STATE["C"] = C if hasattr(C, "torch_normal_fill") else None  # None also for a build from older sources
+    return _STATE["C"]
 
 
 def _shape(shape) -> tuple[int, ...]:
+    if type(shape) is tuple and all(type(d) is int and d >= 0 for d in shape):
+        return shape  # the common case, without the ABC checks below (~2 us)
     if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
         shape = (int(shape),)
     try:
@@ -112,24 +117,25 @@ def torch_randn(shape, generator: torch.Generator | None = None, *, out: torch.T
     float32 contiguous request of at least 16 elements (see the module docstring); ``generator=None`` is
     ``torch.default_generator``, as in ``torch.randn``."""
     dims = _shape(shape)
-    fast = not _compiling() and (generator is None or (isinstance(generator, torch.Generator)
-                                                       and generator.device.type == "cpu"))
-    if fast:
-        dt = torch.get_default_dtype() if dtype is None else dtype
-        dev = torch.get_default_device() if device is None else torch.device(device)
-        fast = dt == torch.float32 and dev.type == "cpu"
+    fast = ((dtype is None or dtype == torch.float32) and (device is None or torch.device(device).type == "cpu")
+            and (generator is None or (isinstance(generator, torch.Generator) and generator.device.type == "cpu"))
+            and not _compiling())
     if fast and out is not None:
         fast = (out.dtype == torch.float32 and out.device.type == "cpu" and out.is_contiguous()
-                and tuple(out.shape) == dims and not out.requires_grad
-                and (dtype is None or dtype == out.dtype))
+                and tuple(out.shape) == dims and not out.requires_grad)
+    elif fast:
+        fast = dtype is not None or torch.get_default_dtype() == torch.float32
     if fast:
         n = 1
         for d in dims:
             n *= d
         fast = n >= 16 and torch_randn_fast()
     if fast:
+        # without a device, torch.empty follows torch's default device (torch.set_default_device, a device
+        # context), as torch.randn does: anything but the CPU goes to torch.randn
         res = torch.empty(dims, dtype=torch.float32) if out is None else out
-        if _fill(_native(), res, torch.default_generator if generator is None else generator):
+        if res.device.type == "cpu" and _fill(_native(), res, torch.default_generator if generator is None
+                                               else generator):
             if out is not None:  # written through its pointer: tell autograd, as torch.randn(out=) would
                 torch.autograd.graph.increment_version(out)
             return res

@@ -180,7 +180,7 @@ def test_bad_shape():
 
 def test_self_check_disables_on_mismatch(monkeypatch):
     # a torch whose randn draws otherwise: one warning, then torch.randn for every call
-    monkeypatch.setattr(torch_normal, "_STATE", {"checked": False, "ok": False, "reason": None})
+    monkeypatch.setattr(torch_normal, "_STATE", {"checked": False, "ok": False, "reason": None, "C": False})
     real = torch.randn
     monkeypatch.setattr(torch, "randn", lambda *a, **k: real(*a, **k) * 2)
     with pytest.warns(RuntimeWarning, match="torch_randn"):
@@ -264,3 +264,12 @@ def test_patched_randn_tensor_is_honoured(monkeypatch):
     rb = b.step_correct(m, x, generator=torch.Generator().manual_seed(1)).prev_sample
     assert calls == []
     torch.testing.assert_close(rb, ra, rtol=1e-5, atol=1e-5)
+
+
+def test_fallback_default_device_context():
+    # no device argument under a device context: torch.randn's device, not the CPU kernel
+    before = torch.default_generator.get_state()
+    with torch.device("meta"):
+        got, want = torch_randn((8, 9)), torch.randn((8, 9))
+    assert got.device == want.device == torch.device("meta") and got.shape == want.shape
+    assert torch.equal(torch.default_generator.get_state(), before)
