@@ -80,8 +80,9 @@ def _self_check(C) -> str | None:
     for n in (16, 17, 1000, 1249):
         ref = torch.Generator()
         ref.set_state(g.get_state())
-        want = torch.randn(n, generator=ref)
-        got = torch.empty(n)
+        # explicit dtype and device: the first call may come under set_default_dtype or a device context
+        want = torch.randn(n, generator=ref, dtype=torch.float32, device="cpu")
+        got = torch.empty(n, dtype=torch.float32, device="cpu")
         if not _fill(C, got, g):
             return f"the kernel refused the generator state of this torch (n={n})"
         if not torch.equal(g.get_state(), ref.get_state()):

@@ -266,10 +266,24 @@ def test_patched_randn_tensor_is_honoured(monkeypatch):
     torch.testing.assert_close(rb, ra, rtol=1e-5, atol=1e-5)
 
 
-def test_fallback_default_device_context():
-    # no device argument under a device context: torch.randn's device, not the CPU kernel
+def test_fallback_default_device_context(monkeypatch):
+    # no device argument under a device context: torch.randn's device, not the CPU kernel; and the first-use
+    # self-check, when it runs there (or under another default dtype), still draws on the CPU in float32
+    monkeypatch.setattr(torch_normal, "_STATE", {"checked": False, "ok": False, "reason": None, "C": False})
     before = torch.default_generator.get_state()
     with torch.device("meta"):
         got, want = torch_randn((8, 9)), torch.randn((8, 9))
     assert got.device == want.device == torch.device("meta") and got.shape == want.shape
     assert torch.equal(torch.default_generator.get_state(), before)
+
+    assert torch_normal._STATE["checked"] and torch_randn_fast()
+
+
+def test_self_check_under_float64_default(monkeypatch):
+    monkeypatch.setattr(torch_normal, "_STATE", {"checked": False, "ok": False, "reason": None, "C": False})
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert torch_randn_fast(), torch_normal._STATE["reason"]
+    finally:
+        torch.set_default_dtype(old)
