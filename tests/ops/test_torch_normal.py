@@ -287,3 +287,19 @@ def test_self_check_under_float64_default(monkeypatch):
         assert torch_randn_fast(), torch_normal._STATE["reason"]
     finally:
         torch.set_default_dtype(old)
+
+
+def test_float64_steps_keep_torch_randn_exact(monkeypatch):
+    # a float64 step draws with torch.randn itself: the noise is then bit-identical to diffusers'
+    diffusers = pytest.importorskip("diffusers")
+    import pydiff.diffusers as pd
+    from pydiff.diffusers import _common
+    calls = _spy(monkeypatch, _common)
+    a, b = diffusers.DDPMScheduler(), pd.DDPMScheduler()
+    for s in (a, b):
+        s.set_timesteps(10)
+    x, m = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    ga, gb = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    a.step(m, a.timesteps[3], x, generator=ga)
+    b.step(m, b.timesteps[3], x, generator=gb)
+    assert calls == [] and torch.equal(ga.get_state(), gb.get_state())
