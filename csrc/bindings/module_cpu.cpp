@@ -7,6 +7,13 @@
 #include "common_bindings.h"
 #include "ops_cpu.h"
 
+namespace pydiff {
+namespace cpu {
+// csrc/cpu/torch_normal.cpp: torch.randn's float32 normals from a CPU generator's get_state() bytes
+int torch_normal_fill(float* out, int64_t n, uint8_t* state, int64_t state_bytes);
+}  // namespace cpu
+}  // namespace pydiff
+
 namespace py = pybind11;
 using namespace pydiff;
 using namespace pydiff::bind;
@@ -124,6 +131,17 @@ PYBIND11_MODULE(_C, mod) {
       py::arg("threshold"), py::arg("m2"), py::arg("var"), py::arg("dx"), py::arg("dm"), py::arg("dm2"),
       py::arg("dnoise"), py::arg("dvar"), py::arg("num_threads") = 0,
       "gradients of fused_step (pydiff/ops/fused_step_backward.py) into dx, dm, dm2, dnoise, dvar; 0 = None");
+
+  mod.def(
+      "torch_normal_fill",
+      [](uintptr_t out, int64_t n, uintptr_t state, int64_t state_bytes) {
+        py::gil_scoped_release release;
+        return cpu::torch_normal_fill(reinterpret_cast<float*>(out), n, reinterpret_cast<uint8_t*>(state),
+                                      state_bytes);
+      },
+      py::arg("out"), py::arg("n"), py::arg("state"), py::arg("state_bytes"),
+      "out[:n] = torch.randn(n) of the CPU generator whose get_state() bytes are at state, which are advanced "
+      "in place; returns 0, or < 0 (nothing written) for a short or invalid state or 0 < n < 16");
 
   mod.def("isa", &cpu::active_isa, "the ISA level whose kernels run (baseline, avx2, avx512)");
   mod.def("compiled_isas", &cpu::compiled_isas, "the ISA levels compiled into this module, best first");

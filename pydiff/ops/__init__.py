@@ -14,9 +14,11 @@ from .fused_step import fused_step
 from .langevin_step import langevin_step
 from .philox import philox_normal
 from .sumsq import sumsq
+from .torch_normal import torch_randn, torch_randn_fast
 
 __all__ = [
     "BACKENDS", "COL", "COLUMNS", "K_MAX", "NCOEF", "available_backends", "backend_available", "backend_report",
-    "coef_row", "coef_table", "compute_dtype", "dynamic_threshold", "fused_step", "int64_to_seed", "langevin_step", "philox_normal",
-    "quantile_rank", "resolve_backend", "runs_on", "seed_to_int64", "sumsq", "unavailable_reason",
+    "coef_row", "coef_table", "compute_dtype", "dynamic_threshold", "fused_step", "int64_to_seed", "langevin_step",
+    "philox_normal", "quantile_rank", "resolve_backend", "runs_on", "seed_to_int64", "sumsq", "torch_randn",
+    "torch_randn_fast", "unavailable_reason",
 ]
