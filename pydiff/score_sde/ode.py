@@ -170,7 +170,7 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
                 x, nfe, n_acc, n_rej = res.y, res.nfev, res.n_accepted, res.n_rejected
             if denoise:
                 m = m_at(x, eps)
-                torch.randn_like(x)  # the reference's predictor draws its (discarded) noise here
+                mutils.randn_like(x)  # the reference's predictor draws its (discarded) noise here
                 row = torch.as_tensor(denoise_row, dtype=compute_dtype(x.dtype), device=x.device)
                 x = fused_step(x, m, row, backend=backend)
             ode_sampler.last_run = ODERun(nfe, n_acc, n_rej, solver)

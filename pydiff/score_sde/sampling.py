@@ -11,8 +11,9 @@ from the sums: no ``.item()``, no host sync). The annealed Langevin corrector's 
 the data: a host table, one ``fused_step``.
 
 Noise (``noise_source``): ``'torch'`` draws ``torch.randn_like(x)`` exactly where the reference draws it
-(the prior, then per step the corrector's draws and the predictor's), so with the same seed the result is
-the reference's up to float32 rounding -- including the draws whose noise is multiplied by zero (the
+(the prior, then per step the corrector's draws and the predictor's; on the CPU through
+``pydiff.ops.torch_randn``: the same numbers to float32 rounding, the same generator state), so with the
+same seed the result is the reference's up to float32 rounding -- including the draws whose noise is multiplied by zero (the
 probability flow), which keep the generator in step. ``'philox'`` draws an int64 key of two words once per
 ``pc_sampler`` call (after the prior sample) from the device's torch generator and generates the noise inside
 the kernels (``fused_step(rng=...)``): the reference's ``k``-th ``randn_like`` after the prior is the Philox
@@ -129,10 +130,10 @@ class _FusedPredictor(Predictor):
     def update_fn(self, x, t):
         t64, i = _host_t(t, self.sde)
         rows = plan.predictor_rows(self.sde._schedule, self.fused_name, t64, i, 1.0, self.probability_flow)
-        z = torch.randn_like(x) if self.noise_first else None
+        z = mutils.randn_like(x) if self.noise_first else None
         score = mutils.check_model_output(self.score_fn(x, t), x, "score_fn")
         if not self.noise_first:
-            z = torch.randn_like(x)
+            z = mutils.randn_like(x)
         return _run_row(x, score, _device_rows(rows, x), None if self.probability_flow else z, True)
 
 
@@ -220,7 +221,7 @@ class LangevinCorrector(Corrector):
         for _ in range(self.n_steps):
             grad = mutils.check_model_output(self.score_fn(x, t), x, "score_fn").to(x.dtype)
             x_mean = torch.empty_like(x)
-            x = langevin_step(x, grad, coef, norm=self.corrector_norm, noise=torch.randn_like(x), w_out=x_mean)
+            x = langevin_step(x, grad, coef, norm=self.corrector_norm, noise=mutils.randn_like(x), w_out=x_mean)
         return x, x_mean
 
 
@@ -239,7 +240,7 @@ class AnnealedLangevinDynamics(Corrector):
         x_mean = x
         for _ in range(self.n_steps):
             grad = mutils.check_model_output(self.score_fn(x, t), x, "score_fn")
-            x, x_mean = _run_row(x, grad, rows, torch.randn_like(x), True)
+            x, x_mean = _run_row(x, grad, rows, mutils.randn_like(x), True)
         return x, x_mean
 
 
@@ -394,7 +395,7 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
                 """The reference's ``randn_like`` at this point: the tensor, or (Philox) its counter offset."""
                 nonlocal draws
                 draws += 1
-                return torch.randn_like(like) if rng is None else draws - 1
+                return mutils.randn_like(like) if rng is None else draws - 1
 
             def noise_kw(z):
                 return {"noise": z} if rng is None else {"rng": rng, "offset": z}
