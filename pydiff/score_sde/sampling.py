@@ -13,8 +13,8 @@ the data: a host table, one ``fused_step``.
 Noise (``noise_source``): ``'torch'`` draws ``torch.randn_like(x)`` exactly where the reference draws it
 (the prior, then per step the corrector's draws and the predictor's; on the CPU through
 ``pydiff.ops.torch_randn``: the same numbers to float32 rounding, the same generator state), so with the
-same seed the result is the reference's up to float32 rounding -- including the draws whose noise is multiplied by zero (the
-probability flow), which keep the generator in step. ``'philox'`` draws an int64 key of two words once per
+same seed the result is the reference's up to float32 rounding -- including the draws whose noise is
+multiplied by zero (the probability flow), which keep the generator in step. ``'philox'`` draws an int64 key of two words once per
 ``pc_sampler`` call (after the prior sample) from the device's torch generator and generates the noise inside
 the kernels (``fused_step(rng=...)``): the reference's ``k``-th ``randn_like`` after the prior is the Philox
 stream at counter offset ``k`` (draws whose noise is multiplied by zero take their number too, nothing is
