@@ -185,14 +185,7 @@ void langevin_step(const LangevinArgs& a, int num_threads) {
     noise = p.out;
     philox = PhiloxSource();
   }
-  SumsqArgs s;
-  s.dtype = a.dtype;
-  s.B = a.B;
-  s.N = a.N;
-  s.a = a.m;
-  s.b = noise;
-  s.philox = philox;
-  s.out = a.sums;
+  const SumsqArgs s = langevin_sumsq_args(a, noise, philox);
   k.sumsq(s, key, ctr, nt);
   if (a.dtype == kFloat64)
     langevin_rows(static_cast<const double*>(a.sums), static_cast<const double*>(a.coef), a.coef_stride, a.B,
@@ -200,19 +193,7 @@ void langevin_step(const LangevinArgs& a, int num_threads) {
   else
     langevin_rows(static_cast<const float*>(a.sums), static_cast<const float*>(a.coef), a.coef_stride, a.B,
                   a.sample_norm, static_cast<float*>(a.rows));
-  FusedStepArgs f;
-  f.dtype = a.dtype;
-  f.B = a.B;
-  f.N = a.N;
-  f.x = a.x;
-  f.m = a.m;
-  f.coef = a.rows;
-  f.R = a.B;
-  f.row_stride = 1;
-  f.out = a.out;
-  f.w_out = a.w_out;
-  f.noise = noise;
-  f.philox = philox;
+  const FusedStepArgs f = langevin_fused_args(a, noise, philox);
   k.fused_step(f, key, ctr, nt);
 }
 

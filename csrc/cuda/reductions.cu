@@ -262,33 +262,12 @@ __global__ void __launch_bounds__(kThreads) langevin_rows_kernel(const float* su
 #if !defined(__CUDACC_RTC__)
 void langevin_step(const LangevinArgs& a, void* partials, int device, uintptr_t stream) {
   if (a.B == 0 || a.N == 0) return;
-  SumsqArgs s;
-  s.dtype = a.dtype;
-  s.B = a.B;
-  s.N = a.N;
-  s.a = a.m;
-  s.b = a.noise;
-  s.philox = a.philox;
-  s.out = a.sums;
-  sumsq(s, partials, device, stream);  // sets the device
+  sumsq(langevin_sumsq_args(a, a.noise, a.philox), partials, device, stream);  // sets the device
   langevin_rows_kernel<<<1, kThreads, 0, as_stream(stream)>>>(static_cast<const float*>(a.sums),
                                                               static_cast<const float*>(a.coef), a.coef_stride,
                                                               a.B, a.sample_norm ? 1 : 0, static_cast<float*>(a.rows));
   check(cudaGetLastError(), "langevin_step rows launch");
-  FusedStepArgs f;
-  f.dtype = a.dtype;
-  f.B = a.B;
-  f.N = a.N;
-  f.x = a.x;
-  f.m = a.m;
-  f.coef = a.rows;
-  f.R = a.B;
-  f.row_stride = 1;
-  f.out = a.out;
-  f.w_out = a.w_out;
-  f.noise = a.noise;
-  f.philox = a.philox;
-  fused_step(f, device, stream);
+  fused_step(langevin_fused_args(a, a.noise, a.philox), device, stream);
 }
 #endif  // !__CUDACC_RTC__
 

@@ -464,6 +464,39 @@ PYDIFF_HD void langevin_rows(const T* sums, const T* coef, int64_t coef_stride, 
   for (int64_t b = 0; b < B; ++b) langevin_row(sums, coef, coef_stride, B, sample, ratio2, b, rows + b * kNCoef);
 }
 
+#if !defined(__CUDACC_RTC__)
+// The two passes of langevin_step as the arguments of sumsq (into a.sums) and of fused_step (a.rows, one row
+// per sample), both reading z from noise or philox (host code of the cpu and cuda backends).
+inline SumsqArgs langevin_sumsq_args(const LangevinArgs& a, const void* noise, const PhiloxSource& philox) {
+  SumsqArgs s;
+  s.dtype = a.dtype;
+  s.B = a.B;
+  s.N = a.N;
+  s.a = a.m;
+  s.b = noise;
+  s.philox = philox;
+  s.out = a.sums;
+  return s;
+}
+
+inline FusedStepArgs langevin_fused_args(const LangevinArgs& a, const void* noise, const PhiloxSource& philox) {
+  FusedStepArgs f;
+  f.dtype = a.dtype;
+  f.B = a.B;
+  f.N = a.N;
+  f.x = a.x;
+  f.m = a.m;
+  f.coef = a.rows;
+  f.R = a.B;
+  f.row_stride = 1;
+  f.out = a.out;
+  f.w_out = a.w_out;
+  f.noise = noise;
+  f.philox = philox;
+  return f;
+}
+#endif
+
 }  // namespace pydiff
 
 // ---------------------------------------------------------------------------------------------- fused_step_backward
