@@ -7,13 +7,6 @@
 #include "common_bindings.h"
 #include "ops_cpu.h"
 
-namespace pydiff {
-namespace cpu {
-// csrc/cpu/torch_normal.cpp: torch.randn's float32 normals from a CPU generator's get_state() bytes
-int torch_normal_fill(float* out, int64_t n, uint8_t* state, int64_t state_bytes);
-}  // namespace cpu
-}  // namespace pydiff
-
 namespace py = pybind11;
 using namespace pydiff;
 using namespace pydiff::bind;
@@ -134,12 +127,12 @@ PYBIND11_MODULE(_C, mod) {
 
   mod.def(
       "torch_normal_fill",
-      [](uintptr_t out, int64_t n, uintptr_t state, int64_t state_bytes) {
+      [](uintptr_t out, int64_t n, uintptr_t state, int64_t state_bytes, int num_threads) {
         py::gil_scoped_release release;
         return cpu::torch_normal_fill(reinterpret_cast<float*>(out), n, reinterpret_cast<uint8_t*>(state),
-                                      state_bytes);
+                                      state_bytes, num_threads);
       },
-      py::arg("out"), py::arg("n"), py::arg("state"), py::arg("state_bytes"),
+      py::arg("out"), py::arg("n"), py::arg("state"), py::arg("state_bytes"), py::arg("num_threads") = 0,
       "out[:n] = torch.randn(n) of the CPU generator whose get_state() bytes are at state, which are advanced "
       "in place; returns 0, or < 0 (nothing written) for a short or invalid state or 0 < n < 16");
 

@@ -23,6 +23,9 @@ void dynamic_threshold(const DynThreshArgs& a, int num_threads);
 void philox_normal(const PhiloxNormalArgs& a, int num_threads);
 // sumsq, langevin_rows (pydiff_math.h), fused_step: the two passes of a Langevin corrector step.
 void langevin_step(const LangevinArgs& a, int num_threads);
+// torch.randn's float32 normals from a CPU generator's get_state() bytes, advanced in place (torch_normal.cpp):
+// 0, or < 0 with nothing written for a short or invalid state or 0 < n < 16.
+int torch_normal_fill(float* out, int64_t n, uint8_t* state, int64_t state_bytes, int num_threads);
 
 // Checks every selected coef row against [-R, R); throws std::out_of_range (IndexError).
 void check_row_range(const char* op, const int64_t* index, int64_t index_stride, int64_t row_stride, int64_t R,

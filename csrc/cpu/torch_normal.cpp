@@ -210,12 +210,23 @@ constexpr int64_t kStretch = 4096;
 
 }  // namespace
 
-void torch_normal_fill_kernel(float* out, int64_t n, Mt19937& g) {
+void torch_normal_fill_kernel(float* out, int64_t n, Mt19937& g, int nt) {
   const int64_t full = n & ~static_cast<int64_t>(15);
-  for (int64_t i0 = 0; i0 < n; i0 += kStretch) {
-    const int64_t i1 = min64(n, i0 + kStretch);
-    mt_uniforms(g, out + i0, i1 - i0);
-    box_muller_blocks(out + i0, (min64(i1, full) - i0) / 16);
+  if (nt > 1 && n >= kParallelMin) {
+    // The engine's stream is serial, but it is the small part (~11 of 72 us at 98304 values on one thread):
+    // all uniforms first, then the Box-Muller blocks on nt threads (2 threads, loaded machine: 73 -> 57 us).
+    mt_uniforms(g, out, n);
+    constexpr int64_t kBlocks = kStretch / 16;
+    const int64_t nb = full / 16, stretches = (nb + kBlocks - 1) / kBlocks;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t s = 0; s < stretches; ++s)
+      box_muller_blocks(out + 16 * s * kBlocks, min64(nb - s * kBlocks, kBlocks));
+  } else {
+    for (int64_t i0 = 0; i0 < n; i0 += kStretch) {
+      const int64_t i1 = min64(n, i0 + kStretch);
+      mt_uniforms(g, out + i0, i1 - i0);
+      box_muller_blocks(out + i0, (min64(i1, full) - i0) / 16);
+    }
   }
   if (n != full) {  // the last 16 again, from 16 further uniforms
     mt_uniforms(g, out + n - 16, 16);
@@ -228,16 +239,16 @@ void torch_normal_fill_kernel(float* out, int64_t n, Mt19937& g) {
 #else  // the module's entry point
 
 namespace isa_baseline {
-void torch_normal_fill_kernel(float* out, int64_t n, Mt19937& g);
+void torch_normal_fill_kernel(float* out, int64_t n, Mt19937& g, int nt);
 }
 #if defined(PYDIFF_HAVE_AVX2)
 namespace isa_avx2 {
-void torch_normal_fill_kernel(float* out, int64_t n, Mt19937& g);
+void torch_normal_fill_kernel(float* out, int64_t n, Mt19937& g, int nt);
 }
 #endif
 #if defined(PYDIFF_HAVE_AVX512)
 namespace isa_avx512 {
-void torch_normal_fill_kernel(float* out, int64_t n, Mt19937& g);
+void torch_normal_fill_kernel(float* out, int64_t n, Mt19937& g, int nt);
 }
 #endif
 
@@ -254,7 +265,7 @@ constexpr int64_t kStateEnd = kOffState + 624 * 8;
 // 0 on success; -1 when state_bytes is too short, -2 when the state is not one the engine accepts (torch's
 // is_valid, plus next + left <= 625 so that no read passes the 624 words), -3 when 0 < n < 16 (torch draws
 // those one at a time from its double normal cache). Nothing is written on failure.
-int torch_normal_fill(float* out, int64_t n, uint8_t* state, int64_t state_bytes) {
+int torch_normal_fill(float* out, int64_t n, uint8_t* state, int64_t state_bytes, int num_threads) {
   if (state_bytes < kStateEnd) return -1;
   if (n < 0 || (n > 0 && n < 16)) return -3;  // torch draws fewer than 16 another way
   Mt19937 g;
@@ -270,18 +281,19 @@ int torch_normal_fill(float* out, int64_t n, uint8_t* state, int64_t state_bytes
     g.s[i] = static_cast<uint32_t>(word);
   }
   if (n > 0) {
+    const int nt = resolve_threads(num_threads);
     const std::string isa = active_isa();
 #if defined(PYDIFF_HAVE_AVX512)
     if (isa == "avx512")
-      isa_avx512::torch_normal_fill_kernel(out, n, g);
+      isa_avx512::torch_normal_fill_kernel(out, n, g, nt);
     else
 #endif
 #if defined(PYDIFF_HAVE_AVX2)
         if (isa == "avx2")
-      isa_avx2::torch_normal_fill_kernel(out, n, g);
+      isa_avx2::torch_normal_fill_kernel(out, n, g, nt);
     else
 #endif
-      isa_baseline::torch_normal_fill_kernel(out, n, g);
+      isa_baseline::torch_normal_fill_kernel(out, n, g, nt);
   }
   next = static_cast<uint64_t>(g.next);
   memcpy(state + kOffLeft, &g.left, 4);

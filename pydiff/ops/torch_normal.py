@@ -67,7 +67,8 @@ def _shape(shape) -> tuple[int, ...]:
 def _fill(C, out: torch.Tensor, generator: torch.Generator) -> bool:
     """``out`` (float32, contiguous, CPU, numel >= 16) from ``generator``; False (nothing changed) on refusal."""
     state = generator.get_state()
-    if C.torch_normal_fill(out.data_ptr(), out.numel(), state.data_ptr(), state.numel()) != 0:
+    threads = torch.get_num_threads()  # the Box-Muller blocks run on them; the engine's stream is serial
+    if C.torch_normal_fill(out.data_ptr(), out.numel(), state.data_ptr(), state.numel(), threads) != 0:
         return False
     generator.set_state(state)
     return True
