@@ -7,6 +7,9 @@ The oracle: the Philox words of the reference (pydiff/ops/philox.py), then pydif
 log and cos and Box-Muller, one float32 torch operation per C operation in the same order (torch's CPU element-
 wise ops round each result to float32, like the kernels' -ffp-contract=off code; the square root is numpy's). The reference backend itself
 uses libm's log/cos and differs from this by a few ulp, so it cannot be the bitwise oracle.
+
+Counters past 2^32 (the carry of g's low word inside a vector, g wrapping at 2^64) need more elements than a
+tensor here can hold: a small C++ program checks those against the scalar philox_normal_z at each vector level.
 """
 from fractions import Fraction
 
@@ -206,3 +209,64 @@ def test_sumsq_philox_bits(isa_levels, threads, dtype):
         C.set_isa(isa)
         got = sumsq(x, seed=seed, offset=offset, backend="cpu")
         assert_same_bits(got[1], sumsq(z, backend="cpu"))
+
+
+_LEVEL_FLAGS = {  # the -m flags of the avx2 / avx512 levels (CMakeLists.txt, PYDIFF_ISA_FLAGS_*)
+    "avx2": ["-mavx2", "-mf16c", "-mfma"],
+    "avx512": ["-mavx2", "-mf16c", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+               "-mprefer-vector-width=512"],
+}
+_HARNESS = r"""
+#include <cstdio>
+#include <cstring>
+#include "philox_vec.h"
+using namespace pydiff;
+int main() {
+  if (!__builtin_cpu_supports(LEVEL)) { std::printf("unsupported\n"); return 0; }
+  // counters a tensor cannot reach: g lo wrapping into g hi inside a vector, g wrapping at 2^64
+  const uint64_t starts[] = {0xFFFFFFFFull - 20, 0x2FFFFFFF0ull, 0xFFFFFFFFFFFFFFFFull - 20, 0x8000000000000000ull - 7};
+  const uint64_t keys[] = {0, 0xFFFFFFFFFFFFFFFFull, 0x00000001FFFFFFFFull};
+  const uint64_t ctrs[] = {0, 0xFFFFFFFFull, 0xFFFFFFFFFFFFFFFFull};
+  long bad = 0, total = 0;
+  float z[64];
+  for (uint64_t g0 : starts)
+    for (uint64_t k : keys)
+      for (uint64_t c : ctrs)
+        for (int64_t n = 1; n <= 41; n += 4) {
+          cpu::PYDIFF_ISA_NS::philox_normal_fill(k, c, g0, n, z);
+          for (int64_t i = 0; i < n; ++i, ++total) {
+            const float want = philox_normal_z(k, c, g0 + static_cast<uint64_t>(i));
+            bad += std::memcmp(&want, &z[i], sizeof want) != 0;
+          }
+        }
+  std::printf("%ld %ld %d\n", bad, total, cpu::PYDIFF_ISA_NS::kPhiloxLanes);
+}
+"""
+
+
+@pytest.mark.parametrize("level,lanes", [("avx2", 8), ("avx512", 16)])
+def test_vector_fill_matches_scalar_past_2_32(tmp_path, level, lanes):
+    """philox_normal_fill of philox_vec.h against pydiff_math.h's scalar philox_normal_z, compiled as the kernel
+    TUs are (-O3 -ffp-contract=off and the level's flags), where the counter's low word wraps inside a vector and
+    where g wraps at 2^64: element indices no tensor here can have."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    cxx = shutil.which("g++") or shutil.which("c++")
+    root = Path(__file__).resolve().parents[2] / "csrc"
+    if cxx is None or not (root / "cpu" / "philox_vec.h").is_file():
+        pytest.skip("needs a C++ compiler and the csrc/ sources")
+    src = tmp_path / "fill.cpp"
+    src.write_text(_HARNESS)
+    exe = tmp_path / "fill"
+    subprocess.run([cxx, "-std=c++17", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-w",
+                    f"-DPYDIFF_ISA_NS=isa_{level}", f'-DLEVEL="{"avx512f" if level == "avx512" else level}"',
+                    *_LEVEL_FLAGS[level], f"-I{root / 'include'}", f"-I{root / 'cpu'}", str(src), "-o", str(exe)],
+                   check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
+    if out == ["unsupported"]:
+        pytest.skip(f"this CPU has no {level}")
+    bad, total, got_lanes = map(int, out)
+    assert got_lanes == lanes and total > 0
+    assert bad == 0, f"{bad} of {total} differ"
