@@ -110,17 +110,20 @@ void fused_run(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
   const T* coef = static_cast<const T*>(a.coef);
   const T* thr = static_cast<const T*>(a.threshold);
   const int64_t B = a.B, N = a.N, R = a.R;
-  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  // Philox noise: the smaller tasks of philox_vec.h (kPhiloxTask)
+  constexpr int64_t kTask = F::NOISE == kNoisePhilox ? kPhiloxTask : kChunk;
+  constexpr int64_t kParMin = F::NOISE == kNoisePhilox ? kPhiloxParallelMin : kParallelMin;
+  const int64_t chunks = (N + kTask - 1) / kTask;
   const int64_t tasks = B * chunks;
   const int64_t* index = a.index;
   const int64_t index_stride = a.index_stride, row_stride = a.row_stride;
 
-#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParallelMin && nt > 1)
+#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParMin && nt > 1)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t b = t / chunks;
-    const int64_t c0 = (t - b * chunks) * kChunk;
+    const int64_t c0 = (t - b * chunks) * kTask;
     const int64_t g0 = b * N + c0;
-    const int64_t g1 = g0 + imin(kChunk, N - c0);
+    const int64_t g1 = g0 + imin(kTask, N - c0);
     const StepPtrs<S> q = p;  // task-local copies: the vectoriser sees loop-invariant pointers and row
     const Row<T> r = load_row(coef, R, index, index_stride, row_stride, b);
     const T s = F::THR ? thr[b] : T(0);
@@ -173,18 +176,21 @@ void fused_run_blocked(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int n
   const T* coef = static_cast<const T*>(a.coef);
   const T* thr = static_cast<const T*>(a.threshold);
   const int64_t B = a.B, N = a.N, R = a.R;
-  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  // Philox noise: the smaller tasks of philox_vec.h (kPhiloxTask)
+  constexpr int64_t kTask = F::NOISE == kNoisePhilox ? kPhiloxTask : kChunk;
+  constexpr int64_t kParMin = F::NOISE == kNoisePhilox ? kPhiloxParallelMin : kParallelMin;
+  const int64_t chunks = (N + kTask - 1) / kTask;
   const int64_t tasks = B * chunks;
   const int64_t* index = a.index;
   const int64_t index_stride = a.index_stride, row_stride = a.row_stride;
   constexpr int KB = F::K > 0 ? F::K : 1;
 
-#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParallelMin && nt > 1)
+#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParMin && nt > 1)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t b = t / chunks;
-    const int64_t c0 = (t - b * chunks) * kChunk;
+    const int64_t c0 = (t - b * chunks) * kTask;
     const int64_t g0 = b * N + c0;
-    const int64_t g1 = g0 + imin(kChunk, N - c0);
+    const int64_t g1 = g0 + imin(kTask, N - c0);
     const Row<T> r = load_row(coef, R, index, index_stride, row_stride, b);
     const T s = F::THR ? thr[b] : T(0);
     alignas(64) T bx[kBlockElems], bm[kBlockElems], bm2[F::M2 ? kBlockElems : 1], bv[F::VAR ? kBlockElems : 1];

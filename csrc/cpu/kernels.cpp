@@ -123,11 +123,10 @@ void philox_normal_typed(const PhiloxNormalArgs& a, uint64_t key, uint64_t ctr, 
   using S = typename Tr::S;
   S* out = static_cast<S*>(a.out);
   const int64_t numel = a.numel;
-  const int64_t chunks = (numel + kChunk - 1) / kChunk;
-  // Philox costs ~4x a fused_step element, so a quarter of fused_step's minimum already pays for threads
-#pragma omp parallel for schedule(static) num_threads(nt) if (numel >= kParallelMin / 4 && nt > 1)
+  const int64_t chunks = (numel + kPhiloxTask - 1) / kPhiloxTask;
+#pragma omp parallel for schedule(static) num_threads(nt) if (numel >= kPhiloxParallelMin && nt > 1)
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t g0 = c * kChunk, g1 = g0 + imin(kChunk, numel - g0);
+    const int64_t g0 = c * kPhiloxTask, g1 = g0 + imin(kPhiloxTask, numel - g0);
     if constexpr (std::is_same<S, float>::value) {
       philox_normal_fill(key, ctr, static_cast<uint64_t>(g0), g1 - g0, out + g0);
     } else {

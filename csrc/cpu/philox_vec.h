@@ -40,6 +40,13 @@ namespace pydiff {
 namespace cpu {
 namespace PYDIFF_ISA_NS {
 
+// Work decomposition of the loops that draw normals (philox_normal; fused_step with Philox noise; not sumsq,
+// whose chunks fix its order of summation): a normal costs ~12x a fused_step element (2.9 vs 0.23 ns on one
+// AVX-512 thread), so tasks of kPhiloxTask elements (~12 us) are long enough for OpenMP, and two threads then
+// split a 1x4x64x64 draw, one kChunk (ops_cpu.h) of elements.
+constexpr int64_t kPhiloxTask = 4096;
+constexpr int64_t kPhiloxParallelMin = 2 * kPhiloxTask;
+
 // The key words of each of the 10 rounds and the first round's product of the (uniform) counter word 2,
 // computed once per fill instead of per vector.
 struct PhiloxVecKey {

@@ -117,8 +117,8 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # (seed, offset): zero; all ones (2^64 - 1 wraps the key schedule at once); the low word's wrap at 2^32;
 # high bits set on either side
 KEYS = [(0, 0), (2**64 - 1, 2**64 - 1), (2**32 - 1, 2**32 - 1), (2**63 + 12345, 2**32), (987654321123, 2**63 + 7)]
-# 1 element, one vector less / more one, a block (512) and a chunk (16384) boundary +- 1
-SIZES = [1, 15, 17, 513, 16385]
+# 1 element, one vector less / more one, past a block (512), a Philox task (4096) and a chunk (16384)
+SIZES = [1, 15, 17, 513, 4097, 16385]
 
 
 @pytest.fixture
