@@ -1,7 +1,8 @@
 // fused_step on the CPU (docs/ops.md), for the dtype PYDIFF_DT: OpenMP over (sample, chunk) tasks; per
 // task the coefficient row (index rule of pydiff_math.h) is loaded once, then one `#pragma omp simd` loop
 // runs pydiff_math.h's fused_step_at with the configuration's compile-time flags, so each loop is
-// straight-line arithmetic that vectorises (the Philox rounds and the polynomial log/cos included).
+// straight-line arithmetic that vectorises. Philox noise is drawn first, per block, by the explicit vector
+// generator of philox_vec.h (the vectoriser emulates its 32x32->64 products on 64-bit lanes).
 // `omp simd` asserts what the contract guarantees: out may be x and w_out may be m, m2 or a history
 // tensor (identical storage), and every element is read before it is written, so the iterations are
 // independent despite the aliasing.
@@ -16,9 +17,11 @@
 #pragma once
 
 #include <limits>
+#include <type_traits>
 
 #include "convert_block.h"
 #include "kernel_common.h"
+#include "philox_vec.h"
 
 namespace pydiff {
 namespace cpu {
@@ -63,6 +66,33 @@ inline void with_clip(const Row<T>& r, Body&& body) {
   body(F{});
 }
 
+// Philox noise: per task, blocks of kPhiloxBlock z are drawn with the vector generator (philox_vec.h) into
+// a buffer, and the element loop reads z from it as from a noise tensor: F as the tensor-noise configuration
+// (fused_step_value only asks whether there is noise), on pointers advanced to the block's first element.
+// fp64 widens the float32 z to double in the buffer (exact), the conversion fused_step_at makes.
+// 512 floats (2 KiB) stay in L1 next to the data.
+constexpr int64_t kPhiloxBlock = 512;
+
+template <class F>
+struct ZBuffer : F {
+  static constexpr int NOISE = kNoiseTensor;
+};
+
+template <typename S>
+StepPtrs<S> step_ptrs_from(const StepPtrs<S>& p, int64_t g, const S* z) {
+  auto at = [g](auto* q) { return q ? q + g : q; };
+  StepPtrs<S> r;
+  r.x = at(p.x);
+  r.m = at(p.m);
+  r.m2 = at(p.m2);
+  r.var = at(p.var);
+  for (int k = 0; k < kKMax; ++k) r.h[k] = at(p.h[k]);
+  r.noise = z;
+  r.out = at(p.out);
+  r.w_out = at(p.w_out);
+  return r;
+}
+
 template <int DT, class F>
 void fused_run(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
   using Tr = Traits<DT>;
@@ -80,24 +110,49 @@ void fused_run(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
   const T* coef = static_cast<const T*>(a.coef);
   const T* thr = static_cast<const T*>(a.threshold);
   const int64_t B = a.B, N = a.N, R = a.R;
-  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  // Philox noise: the smaller tasks of philox_vec.h (kPhiloxTask)
+  constexpr int64_t kTask = F::NOISE == kNoisePhilox ? kPhiloxTask : kChunk;
+  constexpr int64_t kParMin = F::NOISE == kNoisePhilox ? kPhiloxParallelMin : kParallelMin;
+  const int64_t chunks = (N + kTask - 1) / kTask;
   const int64_t tasks = B * chunks;
   const int64_t* index = a.index;
   const int64_t index_stride = a.index_stride, row_stride = a.row_stride;
 
-#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParallelMin && nt > 1)
+#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParMin && nt > 1)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t b = t / chunks;
-    const int64_t c0 = (t - b * chunks) * kChunk;
+    const int64_t c0 = (t - b * chunks) * kTask;
     const int64_t g0 = b * N + c0;
-    const int64_t g1 = g0 + imin(kChunk, N - c0);
+    const int64_t g1 = g0 + imin(kTask, N - c0);
     const StepPtrs<S> q = p;  // task-local copies: the vectoriser sees loop-invariant pointers and row
     const Row<T> r = load_row(coef, R, index, index_stride, row_stride, b);
     const T s = F::THR ? thr[b] : T(0);
     with_clip<F>(r, [&](auto flags) {
       using G = decltype(flags);
+      // (S != T: fp16 / bf16 at the baseline level, where the generator is the scalar function anyway and
+      // a storage-typed buffer would round z: those keep philox_normal_z per element)
+      if constexpr (F::NOISE == kNoisePhilox && std::is_same<S, T>::value) {
+        alignas(64) float zf[kPhiloxBlock];
+        alignas(64) S zs[std::is_same<S, float>::value ? 1 : kPhiloxBlock];
+        for (int64_t gb = g0; gb < g1; gb += kPhiloxBlock) {
+          const int64_t n = imin(kPhiloxBlock, g1 - gb);
+          philox_normal_fill(key, ctr, static_cast<uint64_t>(gb), n, zf);
+          const S* z = nullptr;
+          if constexpr (std::is_same<S, float>::value) {
+            z = zf;
+          } else {
 #pragma omp simd
-      for (int64_t g = g0; g < g1; ++g) fused_step_at<G, T, Tr>(q, g, r, s, key, ctr);
+            for (int64_t i = 0; i < n; ++i) zs[i] = static_cast<S>(zf[i]);
+            z = zs;
+          }
+          const StepPtrs<S> qb = step_ptrs_from(q, gb, z);
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) fused_step_at<ZBuffer<G>, T, Tr>(qb, i, r, s, key, ctr);
+        }
+      } else {
+#pragma omp simd
+        for (int64_t g = g0; g < g1; ++g) fused_step_at<G, T, Tr>(q, g, r, s, key, ctr);
+      }
     });
   }
 }
@@ -121,22 +176,25 @@ void fused_run_blocked(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int n
   const T* coef = static_cast<const T*>(a.coef);
   const T* thr = static_cast<const T*>(a.threshold);
   const int64_t B = a.B, N = a.N, R = a.R;
-  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  // Philox noise: the smaller tasks of philox_vec.h (kPhiloxTask)
+  constexpr int64_t kTask = F::NOISE == kNoisePhilox ? kPhiloxTask : kChunk;
+  constexpr int64_t kParMin = F::NOISE == kNoisePhilox ? kPhiloxParallelMin : kParallelMin;
+  const int64_t chunks = (N + kTask - 1) / kTask;
   const int64_t tasks = B * chunks;
   const int64_t* index = a.index;
   const int64_t index_stride = a.index_stride, row_stride = a.row_stride;
   constexpr int KB = F::K > 0 ? F::K : 1;
 
-#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParallelMin && nt > 1)
+#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParMin && nt > 1)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t b = t / chunks;
-    const int64_t c0 = (t - b * chunks) * kChunk;
+    const int64_t c0 = (t - b * chunks) * kTask;
     const int64_t g0 = b * N + c0;
-    const int64_t g1 = g0 + imin(kChunk, N - c0);
+    const int64_t g1 = g0 + imin(kTask, N - c0);
     const Row<T> r = load_row(coef, R, index, index_stride, row_stride, b);
     const T s = F::THR ? thr[b] : T(0);
     alignas(64) T bx[kBlockElems], bm[kBlockElems], bm2[F::M2 ? kBlockElems : 1], bv[F::VAR ? kBlockElems : 1];
-    alignas(64) T bz[F::NOISE == kNoiseTensor ? kBlockElems : 1], bh[KB][F::K > 0 ? kBlockElems : 1];
+    alignas(64) T bz[F::NOISE != kNoNoise ? kBlockElems : 1], bh[KB][F::K > 0 ? kBlockElems : 1];
     alignas(64) T bo[kBlockElems], bw[F::WOUT ? kBlockElems : 1];
     for (int64_t gb = g0; gb < g1; gb += kBlockElems) {
       const int64_t n = imin(kBlockElems, g1 - gb);
@@ -145,6 +203,7 @@ void fused_run_blocked(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int n
       if (F::M2) load_block<DT>(m2 + gb, bm2, n);
       if (F::VAR) load_block<DT>(var + gb, bv, n);
       if (F::NOISE == kNoiseTensor) load_block<DT>(noise + gb, bz, n);
+      if (F::NOISE == kNoisePhilox) philox_normal_fill(key, ctr, static_cast<uint64_t>(gb), n, bz);
       PYDIFF_UNROLL
       for (int k = 0; k < F::K; ++k) load_block<DT>(hist[k] + gb, bh[k], n);
 #pragma omp simd
@@ -152,9 +211,7 @@ void fused_run_blocked(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int n
         T h[KB];
         PYDIFF_UNROLL
         for (int k = 0; k < F::K; ++k) h[k] = bh[k][i];
-        T z = T(0);
-        if (F::NOISE == kNoiseTensor) z = bz[i];
-        if (F::NOISE == kNoisePhilox) z = philox_normal_z(key, ctr, static_cast<uint64_t>(gb + i));
+        const T z = F::NOISE != kNoNoise ? bz[i] : T(0);
         T w;
         bo[i] = fused_step_value<F>(r, s, bx[i], bm[i], F::M2 ? bm2[i] : T(0), F::VAR ? bv[i] : T(0), h, z, w);
         if (F::WOUT) bw[i] = w;

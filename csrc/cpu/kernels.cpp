@@ -1,6 +1,10 @@
 // The element loops of sumsq, philox_normal and the |x0| pass of dynamic_threshold, and the KernelTable
 // of this ISA level (see kernel_common.h; fused_step is in fused_step_<dtype>.cpp).
+#include <type_traits>
+
+#include "convert_block.h"
 #include "kernel_common.h"
+#include "philox_vec.h"
 
 namespace pydiff {
 namespace cpu {
@@ -34,7 +38,8 @@ PYDIFF_HD T sum_squares(int64_t g0, int64_t g1, Fn f) {
   return acc;
 }
 
-// Elements per block of a sumsq task: block sums are in T, blocks are accumulated in double.
+// Elements per block of a sumsq task (block sums are in T, blocks are accumulated in double), and per
+// float32 block of Philox z in sumsq and philox_normal.
 constexpr int64_t kBlock = 512;
 
 // sumsq: per (sample, chunk) task, chunks combined in a fixed order (deterministic for any thread count).
@@ -66,8 +71,9 @@ void sumsq_typed(const SumsqArgs& a, uint64_t key, uint64_t ctr, int nt) {
       if (pb) {
         s1 += static_cast<double>(sum_squares<T>(g0, g1, [&](int64_t g) { return Tr::load(pb[g]); }));
       } else if (philox) {
-        s1 += static_cast<double>(sum_squares<T>(
-            g0, g1, [&](int64_t g) { return static_cast<T>(philox_normal_z(key, ctr, static_cast<uint64_t>(g))); }));
+        alignas(64) float z[kBlock];
+        philox_normal_fill(key, ctr, static_cast<uint64_t>(g0), g1 - g0, z);
+        s1 += static_cast<double>(sum_squares<T>(g0, g1, [&](int64_t g) { return static_cast<T>(z[g - g0]); }));
       }
     }
     part[2 * t] = s0;
@@ -94,22 +100,44 @@ void sumsq(const SumsqArgs& a, uint64_t key, uint64_t ctr, int nt) {
   }
 }
 
-// philox_normal: out[g] = z(key, ctr, g), computed in float32, rounded to the dtype.
+// dst[i] = z[i] rounded to the dtype (the conversions of convert.h, on whole vectors where convert_block.h has them).
+template <int DT>
+void store_z(const float* z, typename Traits<DT>::S* dst, int64_t n) {
+#if defined(PYDIFF_BLOCK_CONVERT)
+  if constexpr (DT == kFloat16 || DT == kBFloat16) {
+    store_block<DT>(z, dst, n);
+    return;
+  } else
+#endif
+  {
+    using Tr = Traits<DT>;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dst[i] = Tr::store(static_cast<typename Tr::T>(z[i]));
+  }
+}
+
+// philox_normal: out[g] = z(key, ctr, g), computed in float32 (philox_vec.h), rounded to the dtype.
 template <int DT>
 void philox_normal_typed(const PhiloxNormalArgs& a, uint64_t key, uint64_t ctr, int nt) {
   using Tr = Traits<DT>;
   using S = typename Tr::S;
-  using T = typename Tr::T;
   S* out = static_cast<S*>(a.out);
   const int64_t numel = a.numel;
-  const int64_t chunks = (numel + kChunk - 1) / kChunk;
-  // Philox costs ~4x a fused_step element, so a quarter of fused_step's minimum already pays for threads
-#pragma omp parallel for schedule(static) num_threads(nt) if (numel >= kParallelMin / 4 && nt > 1)
+  const int64_t chunks = (numel + kPhiloxTask - 1) / kPhiloxTask;
+#pragma omp parallel for schedule(static) num_threads(nt) if (numel >= kPhiloxParallelMin && nt > 1)
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t g0 = c * kChunk, g1 = g0 + imin(kChunk, numel - g0);
-#pragma omp simd
-    for (int64_t g = g0; g < g1; ++g)
-      out[g] = Tr::store(static_cast<T>(philox_normal_z(key, ctr, static_cast<uint64_t>(g))));
+    const int64_t g0 = c * kPhiloxTask, g1 = g0 + imin(kPhiloxTask, numel - g0);
+    if constexpr (std::is_same<S, float>::value) {
+      philox_normal_fill(key, ctr, static_cast<uint64_t>(g0), g1 - g0, out + g0);
+    } else {
+      // z in float32 blocks (L1-resident), then rounded to the dtype
+      alignas(64) float z[kBlock];
+      for (int64_t gb = g0; gb < g1; gb += kBlock) {
+        const int64_t n = imin(kBlock, g1 - gb);
+        philox_normal_fill(key, ctr, static_cast<uint64_t>(gb), n, z);
+        store_z<DT>(z, out + gb, n);
+      }
+    }
   }
 }
 

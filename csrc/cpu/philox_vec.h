@@ -1,0 +1,322 @@
+// The Philox normal of pydiff_math.h (philox_normal_z) on whole vectors, for the CPU kernel TUs: 16 lanes with
+// AVX-512, 8 with AVX2, the scalar function otherwise. philox_normal_fill(key, ctr, g0, n, z) writes
+// z[i] = philox_normal_z(key, ctr, g0 + i) for i < n, bit for bit.
+//
+// Why explicit intrinsics: the scalar function inside an `omp simd` loop vectorises with the 32x32->64
+// products of the Philox rounds emulated on 64-bit lanes (GCC 12, avx512 level: no 512-bit vpmuludq at all),
+// 5.1 ns per element on one thread, slower than torch.randn. Here each product is one vpmuludq on the even
+// lanes and one on the odd lanes (shifted down), and the hi / lo words are blended back into 32-bit lanes.
+//
+// Same bits as the scalar code: the integer words are exact; the float part performs the same IEEE
+// operations as poly_logf / poly_cosf / philox_uniform in the same order, with the same float32 constants
+// (every literal below is copied from pydiff_math.h), and separately rounded: the kernel TUs are compiled
+// with -ffp-contract=off at every level (CMakeLists.txt), so GCC contracts neither the scalar code nor the
+// vector + / * of these intrinsics into FMAs (the scalar and vector object code of the avx2 and avx512
+// levels holds no vfmadd in these functions). Truncation (cvttps), int -> float (exact here), sqrt and
+// the selects are exact or correctly rounded alike in both. tests/ops/test_philox_vec.py checks the bits
+// against a float32 evaluation of the formula at every ISA level; the tail of a fill that does not make a
+// whole vector computes one (lanes past n not stored).
+#pragma once
+
+#include <stdint.h>
+
+#include "pydiff_math.h"
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+// GCC 12's AVX-512 intrinsics start from an "undefined" register, which -Wmaybe-uninitialized reports at
+// every inlined use (a false positive, fixed in GCC 13); as in convert_block.h.
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#ifndef PYDIFF_ISA_NS
+#error "philox_vec.h is for the kernel TUs (compiled with -DPYDIFF_ISA_NS=<namespace>)"
+#endif
+
+namespace pydiff {
+namespace cpu {
+namespace PYDIFF_ISA_NS {
+
+// Work decomposition of the loops that draw normals (philox_normal; fused_step with Philox noise; not sumsq,
+// whose chunks fix its order of summation): a normal costs ~12x a fused_step element (2.9 vs 0.23 ns on one
+// AVX-512 thread), so tasks of kPhiloxTask elements (~12 us) are long enough for OpenMP, and two threads then
+// split a 1x4x64x64 draw, one kChunk (ops_cpu.h) of elements.
+constexpr int64_t kPhiloxTask = 4096;
+constexpr int64_t kPhiloxParallelMin = 2 * kPhiloxTask;
+
+// The key words of each of the 10 rounds and the first round's product of the (uniform) counter word 2,
+// computed once per fill instead of per vector.
+struct PhiloxVecKey {
+  uint32_t k0[10], k1[10];
+  uint32_t c2, c3;      // offset lo, hi
+  uint32_t hi1, lo1;    // round 0: kPhiloxM1 * c2
+  PhiloxVecKey(uint64_t key, uint64_t ctr) {
+    uint32_t a = static_cast<uint32_t>(key), b = static_cast<uint32_t>(key >> 32);
+    for (int r = 0; r < 10; ++r) {
+      k0[r] = a;
+      k1[r] = b;
+      a += kPhiloxW0;
+      b += kPhiloxW1;
+    }
+    c2 = static_cast<uint32_t>(ctr);
+    c3 = static_cast<uint32_t>(ctr >> 32);
+    philox_mulhilo(kPhiloxM1, c2, hi1, lo1);
+  }
+};
+
+#if defined(__AVX512F__)
+constexpr int kPhiloxLanes = 16;
+
+inline __m512 philox_uniform16(__m512i r) {
+  return _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(r, 8)), _mm512_set1_ps(0.5f)),
+                       _mm512_set1_ps(5.9604644775390625e-08f));
+}
+
+// poly_logf on 16 lanes.
+inline __m512 poly_logf16(__m512 x) {
+  const __m512i ux = _mm512_castps_si512(x);
+  __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(ux, 23), _mm512_set1_epi32(126));
+  __m512 m = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(ux, _mm512_set1_epi32(0x007FFFFF)),
+                                                 _mm512_set1_epi32(0x3F000000)));
+  const __mmask16 small = _mm512_cmp_ps_mask(m, _mm512_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
+  e = _mm512_mask_sub_epi32(e, small, e, _mm512_set1_epi32(1));
+  const __m512 one = _mm512_set1_ps(1.0f);
+  m = _mm512_mask_blend_ps(small, _mm512_sub_ps(m, one), _mm512_sub_ps(_mm512_add_ps(m, m), one));
+  const __m512 z = _mm512_mul_ps(m, m);
+  __m512 y = _mm512_set1_ps(7.0376836292e-2f);
+  y = _mm512_sub_ps(_mm512_mul_ps(y, m), _mm512_set1_ps(1.1514610310e-1f));
+  y = _mm512_add_ps(_mm512_mul_ps(y, m), _mm512_set1_ps(1.1676998740e-1f));
+  y = _mm512_sub_ps(_mm512_mul_ps(y, m), _mm512_set1_ps(1.2420140846e-1f));
+  y = _mm512_add_ps(_mm512_mul_ps(y, m), _mm512_set1_ps(1.4249322787e-1f));
+  y = _mm512_sub_ps(_mm512_mul_ps(y, m), _mm512_set1_ps(1.6668057665e-1f));
+  y = _mm512_add_ps(_mm512_mul_ps(y, m), _mm512_set1_ps(2.0000714765e-1f));
+  y = _mm512_sub_ps(_mm512_mul_ps(y, m), _mm512_set1_ps(2.4999993993e-1f));
+  y = _mm512_add_ps(_mm512_mul_ps(y, m), _mm512_set1_ps(3.3333331174e-1f));
+  y = _mm512_mul_ps(_mm512_mul_ps(y, m), z);
+  const __m512 fe = _mm512_cvtepi32_ps(e);
+  y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_set1_ps(-2.12194440e-4f), fe));
+  y = _mm512_sub_ps(y, _mm512_mul_ps(_mm512_set1_ps(0.5f), z));
+  __m512 r = _mm512_add_ps(m, y);
+  r = _mm512_add_ps(r, _mm512_mul_ps(_mm512_set1_ps(0.693359375f), fe));
+  return r;
+}
+
+// poly_cosf on 16 lanes (a in [0, 8]).
+inline __m512 poly_cosf16(__m512 a) {
+  __m512i j = _mm512_cvttps_epi32(_mm512_mul_ps(a, _mm512_set1_ps(1.27323954473516f)));
+  j = _mm512_and_si512(_mm512_add_epi32(j, _mm512_set1_epi32(1)), _mm512_set1_epi32(~1));
+  const __m512 y = _mm512_cvtepi32_ps(j);
+  const __m512 r = _mm512_sub_ps(
+      _mm512_sub_ps(_mm512_sub_ps(a, _mm512_mul_ps(y, _mm512_set1_ps(0.78515625f))),
+                    _mm512_mul_ps(y, _mm512_set1_ps(2.4187564849853515625e-4f))),
+      _mm512_mul_ps(y, _mm512_set1_ps(3.77489497744594108e-8f)));
+  const __m512 zz = _mm512_mul_ps(r, r);
+  __m512 c = _mm512_set1_ps(2.443315711809948e-5f);
+  c = _mm512_sub_ps(_mm512_mul_ps(c, zz), _mm512_set1_ps(1.388731625493765e-3f));
+  c = _mm512_add_ps(_mm512_mul_ps(c, zz), _mm512_set1_ps(4.166664568298827e-2f));
+  c = _mm512_mul_ps(_mm512_mul_ps(c, zz), zz);
+  c = _mm512_sub_ps(c, _mm512_mul_ps(_mm512_set1_ps(0.5f), zz));
+  c = _mm512_add_ps(c, _mm512_set1_ps(1.0f));
+  __m512 s = _mm512_set1_ps(-1.9515295891e-4f);
+  s = _mm512_add_ps(_mm512_mul_ps(s, zz), _mm512_set1_ps(8.3321608736e-3f));
+  s = _mm512_sub_ps(_mm512_mul_ps(s, zz), _mm512_set1_ps(1.6666654611e-1f));
+  s = _mm512_mul_ps(_mm512_mul_ps(s, zz), r);
+  s = _mm512_add_ps(s, r);
+  // q = j & 7 in {0, 2, 4, 6}: sin for q & 2, negated for q = 2, 4, i.e. where (j + 2) & 4
+  const __mmask16 use_s = _mm512_test_epi32_mask(j, _mm512_set1_epi32(2));
+  const __m512i v = _mm512_castps_si512(_mm512_mask_blend_ps(use_s, c, s));
+  const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(_mm512_add_epi32(j, _mm512_set1_epi32(2)),
+                                                          _mm512_set1_epi32(4)), 29);
+  return _mm512_castsi512_ps(_mm512_xor_si512(v, sign));
+}
+
+// The Philox words r0, r1 of 8 elements, one per 64-bit lane (the counter g of each lane given): each
+// 32-bit word sits in the low half of its lane, so one vpmuludq gives hi:lo of a product in place and only
+// the hi word needs a shift; the high halves of the other words carry junk that nothing reads (vpmuludq
+// ignores them, and the result keeps only the low halves). 6 operations per round for 8 elements, against
+// 8 with the words packed 16 to a register (two vpmuludq on the even and odd lanes, then shifts and
+// blends to interleave hi and lo).
+inline void philox_r01_x8(const PhiloxVecKey& k, __m512i g, __m512i& r0, __m512i& r1) {
+  const __m512i m0 = _mm512_set1_epi64(kPhiloxM0);
+  const __m512i m1 = _mm512_set1_epi64(kPhiloxM1);
+  // round 0: c2, c3 are the same in every lane, so kPhiloxM1 * c2 is the scalar product of the key setup
+  __m512i p0 = _mm512_mul_epu32(g, m0);
+  __m512i c0 = _mm512_xor_si512(_mm512_srli_epi64(g, 32), _mm512_set1_epi32(static_cast<int>(k.hi1 ^ k.k0[0])));
+  __m512i c1 = _mm512_set1_epi32(static_cast<int>(k.lo1));
+  __m512i c2 = _mm512_xor_si512(_mm512_srli_epi64(p0, 32), _mm512_set1_epi32(static_cast<int>(k.c3 ^ k.k1[0])));
+  __m512i c3 = p0;
+  for (int r = 1; r < 10; ++r) {
+    p0 = _mm512_mul_epu32(c0, m0);
+    const __m512i p1 = _mm512_mul_epu32(c2, m1);
+    c0 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), c1, _mm512_set1_epi32(static_cast<int>(k.k0[r])),
+                                   0x96);  // a ^ b ^ c
+    c2 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), c3, _mm512_set1_epi32(static_cast<int>(k.k1[r])),
+                                   0x96);
+    c1 = p1;
+    c3 = p0;
+  }
+  r0 = c0;
+  r1 = c1;
+}
+
+// z of the 16 elements g0 .. g0 + 15.
+inline __m512 philox_normal16(const PhiloxVecKey& k, uint64_t g0) {
+  // a holds g0 + {0, 1, 4, 5, 8, 9, 12, 13}, b g0 + {2, 3, 6, 7, ...}: vshufps of their low halves then gives
+  // the 16 words in element order (per 128-bit lane: a.q0, a.q1, b.q0, b.q1); the 64-bit adds carry g lo
+  // into g hi
+  const __m512i base = _mm512_set1_epi64(static_cast<long long>(g0));
+  const __m512i ga = _mm512_add_epi64(base, _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13));
+  const __m512i gb = _mm512_add_epi64(base, _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15));
+  __m512i a0, a1, b0, b1;
+  philox_r01_x8(k, ga, a0, a1);
+  philox_r01_x8(k, gb, b0, b1);
+  const __m512i r0 = _mm512_castps_si512(
+      _mm512_shuffle_ps(_mm512_castsi512_ps(a0), _mm512_castsi512_ps(b0), _MM_SHUFFLE(2, 0, 2, 0)));
+  const __m512i r1 = _mm512_castps_si512(
+      _mm512_shuffle_ps(_mm512_castsi512_ps(a1), _mm512_castsi512_ps(b1), _MM_SHUFFLE(2, 0, 2, 0)));
+  const __m512 u1 = philox_uniform16(r0);
+  const __m512 u2 = philox_uniform16(r1);
+  const __m512 rad = _mm512_sqrt_ps(_mm512_mul_ps(_mm512_set1_ps(-2.0f), poly_logf16(u1)));
+  return _mm512_mul_ps(rad, poly_cosf16(_mm512_mul_ps(_mm512_set1_ps(kTwoPiF), u2)));
+}
+
+#elif defined(__AVX2__)
+constexpr int kPhiloxLanes = 8;
+
+inline __m256 philox_uniform8(__m256i r) {
+  return _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(r, 8)), _mm256_set1_ps(0.5f)),
+                       _mm256_set1_ps(5.9604644775390625e-08f));
+}
+
+inline __m256 poly_logf8(__m256 x) {
+  const __m256i ux = _mm256_castps_si256(x);
+  __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(ux, 23), _mm256_set1_epi32(126));
+  __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(ux, _mm256_set1_epi32(0x007FFFFF)),
+                                                 _mm256_set1_epi32(0x3F000000)));
+  const __m256 small = _mm256_cmp_ps(m, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
+  e = _mm256_add_epi32(e, _mm256_castps_si256(small));  // all-ones lanes are -1
+  const __m256 one = _mm256_set1_ps(1.0f);
+  m = _mm256_blendv_ps(_mm256_sub_ps(m, one), _mm256_sub_ps(_mm256_add_ps(m, m), one), small);
+  const __m256 z = _mm256_mul_ps(m, m);
+  __m256 y = _mm256_set1_ps(7.0376836292e-2f);
+  y = _mm256_sub_ps(_mm256_mul_ps(y, m), _mm256_set1_ps(1.1514610310e-1f));
+  y = _mm256_add_ps(_mm256_mul_ps(y, m), _mm256_set1_ps(1.1676998740e-1f));
+  y = _mm256_sub_ps(_mm256_mul_ps(y, m), _mm256_set1_ps(1.2420140846e-1f));
+  y = _mm256_add_ps(_mm256_mul_ps(y, m), _mm256_set1_ps(1.4249322787e-1f));
+  y = _mm256_sub_ps(_mm256_mul_ps(y, m), _mm256_set1_ps(1.6668057665e-1f));
+  y = _mm256_add_ps(_mm256_mul_ps(y, m), _mm256_set1_ps(2.0000714765e-1f));
+  y = _mm256_sub_ps(_mm256_mul_ps(y, m), _mm256_set1_ps(2.4999993993e-1f));
+  y = _mm256_add_ps(_mm256_mul_ps(y, m), _mm256_set1_ps(3.3333331174e-1f));
+  y = _mm256_mul_ps(_mm256_mul_ps(y, m), z);
+  const __m256 fe = _mm256_cvtepi32_ps(e);
+  y = _mm256_add_ps(y, _mm256_mul_ps(_mm256_set1_ps(-2.12194440e-4f), fe));
+  y = _mm256_sub_ps(y, _mm256_mul_ps(_mm256_set1_ps(0.5f), z));
+  __m256 r = _mm256_add_ps(m, y);
+  r = _mm256_add_ps(r, _mm256_mul_ps(_mm256_set1_ps(0.693359375f), fe));
+  return r;
+}
+
+inline __m256 poly_cosf8(__m256 a) {
+  __m256i j = _mm256_cvttps_epi32(_mm256_mul_ps(a, _mm256_set1_ps(1.27323954473516f)));
+  j = _mm256_and_si256(_mm256_add_epi32(j, _mm256_set1_epi32(1)), _mm256_set1_epi32(~1));
+  const __m256 y = _mm256_cvtepi32_ps(j);
+  const __m256 r = _mm256_sub_ps(
+      _mm256_sub_ps(_mm256_sub_ps(a, _mm256_mul_ps(y, _mm256_set1_ps(0.78515625f))),
+                    _mm256_mul_ps(y, _mm256_set1_ps(2.4187564849853515625e-4f))),
+      _mm256_mul_ps(y, _mm256_set1_ps(3.77489497744594108e-8f)));
+  const __m256 zz = _mm256_mul_ps(r, r);
+  __m256 c = _mm256_set1_ps(2.443315711809948e-5f);
+  c = _mm256_sub_ps(_mm256_mul_ps(c, zz), _mm256_set1_ps(1.388731625493765e-3f));
+  c = _mm256_add_ps(_mm256_mul_ps(c, zz), _mm256_set1_ps(4.166664568298827e-2f));
+  c = _mm256_mul_ps(_mm256_mul_ps(c, zz), zz);
+  c = _mm256_sub_ps(c, _mm256_mul_ps(_mm256_set1_ps(0.5f), zz));
+  c = _mm256_add_ps(c, _mm256_set1_ps(1.0f));
+  __m256 s = _mm256_set1_ps(-1.9515295891e-4f);
+  s = _mm256_add_ps(_mm256_mul_ps(s, zz), _mm256_set1_ps(8.3321608736e-3f));
+  s = _mm256_sub_ps(_mm256_mul_ps(s, zz), _mm256_set1_ps(1.6666654611e-1f));
+  s = _mm256_mul_ps(_mm256_mul_ps(s, zz), r);
+  s = _mm256_add_ps(s, r);
+  const __m256 use_s = _mm256_castsi256_ps(
+      _mm256_cmpeq_epi32(_mm256_and_si256(j, _mm256_set1_epi32(2)), _mm256_set1_epi32(2)));
+  const __m256i v = _mm256_castps_si256(_mm256_blendv_ps(c, s, use_s));
+  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(_mm256_add_epi32(j, _mm256_set1_epi32(2)),
+                                                          _mm256_set1_epi32(4)), 29);
+  return _mm256_castsi256_ps(_mm256_xor_si256(v, sign));
+}
+
+// As philox_r01_x8 above, 4 elements per register.
+inline void philox_r01_x4(const PhiloxVecKey& k, __m256i g, __m256i& r0, __m256i& r1) {
+  const __m256i m0 = _mm256_set1_epi64x(kPhiloxM0);
+  const __m256i m1 = _mm256_set1_epi64x(kPhiloxM1);
+  __m256i p0 = _mm256_mul_epu32(g, m0);
+  __m256i c0 = _mm256_xor_si256(_mm256_srli_epi64(g, 32), _mm256_set1_epi32(static_cast<int>(k.hi1 ^ k.k0[0])));
+  __m256i c1 = _mm256_set1_epi32(static_cast<int>(k.lo1));
+  __m256i c2 = _mm256_xor_si256(_mm256_srli_epi64(p0, 32), _mm256_set1_epi32(static_cast<int>(k.c3 ^ k.k1[0])));
+  __m256i c3 = p0;
+  for (int r = 1; r < 10; ++r) {
+    p0 = _mm256_mul_epu32(c0, m0);
+    const __m256i p1 = _mm256_mul_epu32(c2, m1);
+    c0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), c1),
+                          _mm256_set1_epi32(static_cast<int>(k.k0[r])));
+    c2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), c3),
+                          _mm256_set1_epi32(static_cast<int>(k.k1[r])));
+    c1 = p1;
+    c3 = p0;
+  }
+  r0 = c0;
+  r1 = c1;
+}
+
+inline __m256 philox_normal8(const PhiloxVecKey& k, uint64_t g0) {
+  // a: g0 + {0, 1, 4, 5}, b: g0 + {2, 3, 6, 7}, so that vshufps puts the words in element order
+  const __m256i base = _mm256_set1_epi64x(static_cast<long long>(g0));
+  const __m256i ga = _mm256_add_epi64(base, _mm256_setr_epi64x(0, 1, 4, 5));
+  const __m256i gb = _mm256_add_epi64(base, _mm256_setr_epi64x(2, 3, 6, 7));
+  __m256i a0, a1, b0, b1;
+  philox_r01_x4(k, ga, a0, a1);
+  philox_r01_x4(k, gb, b0, b1);
+  const __m256i r0 = _mm256_castps_si256(
+      _mm256_shuffle_ps(_mm256_castsi256_ps(a0), _mm256_castsi256_ps(b0), _MM_SHUFFLE(2, 0, 2, 0)));
+  const __m256i r1 = _mm256_castps_si256(
+      _mm256_shuffle_ps(_mm256_castsi256_ps(a1), _mm256_castsi256_ps(b1), _MM_SHUFFLE(2, 0, 2, 0)));
+  const __m256 u1 = philox_uniform8(r0);
+  const __m256 u2 = philox_uniform8(r1);
+  const __m256 rad = _mm256_sqrt_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), poly_logf8(u1)));
+  return _mm256_mul_ps(rad, poly_cosf8(_mm256_mul_ps(_mm256_set1_ps(kTwoPiF), u2)));
+}
+
+#else
+constexpr int kPhiloxLanes = 1;
+#endif
+
+// z[i] = philox_normal_z(key, ctr, g0 + i) for i < n (g0 + i mod 2^64, as the scalar counter).
+inline void philox_normal_fill(uint64_t key, uint64_t ctr, uint64_t g0, int64_t n, float* z) {
+#if defined(__AVX512F__) || defined(__AVX2__)
+  const PhiloxVecKey k(key, ctr);
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(z + i, philox_normal16(k, g0 + static_cast<uint64_t>(i)));
+  if (i < n) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(z + i, tail, philox_normal16(k, g0 + static_cast<uint64_t>(i)));
+  }
+#else
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(z + i, philox_normal8(k, g0 + static_cast<uint64_t>(i)));
+  if (i < n) {
+    alignas(32) float t[8];
+    _mm256_store_ps(t, philox_normal8(k, g0 + static_cast<uint64_t>(i)));
+    for (int l = 0; i + l < n; ++l) z[i + l] = t[l];
+  }
+#endif
+#else
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) z[i] = philox_normal_z(key, ctr, g0 + static_cast<uint64_t>(i));
+#endif
+}
+
+}  // namespace PYDIFF_ISA_NS
+}  // namespace cpu
+}  // namespace pydiff
