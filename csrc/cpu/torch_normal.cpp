@@ -94,33 +94,12 @@ PYDIFF_HD float madd(float a, float b, float c) {
 #endif
 }
 
-// ln x for x in [2^-24, 1]: pydiff_math.h's poly_logf (the Cephes logf polynomial, branch-free), its Horner
-// steps through madd.
-PYDIFF_HD float logf_u1(float x) {
-  const uint32_t ux = float_to_bits(x);
-  int32_t e = static_cast<int32_t>(ux >> 23) - 126;  // x = m * 2^e, m in [0.5, 1)
-  float m = bits_to_float((ux & 0x007FFFFFu) | 0x3F000000u);
-  const bool small = m < 0.707106781186547524f;  // sqrt(1/2)
-  e = small ? e - 1 : e;
-  m = small ? (m + m) - 1.0f : m - 1.0f;  // exact (Sterbenz)
-  const float z = m * m;
-  float y = 7.0376836292e-2f;
-  y = madd(y, m, -1.1514610310e-1f);
-  y = madd(y, m, 1.1676998740e-1f);
-  y = madd(y, m, -1.2420140846e-1f);
-  y = madd(y, m, 1.4249322787e-1f);
-  y = madd(y, m, -1.6668057665e-1f);
-  y = madd(y, m, 2.0000714765e-1f);
-  y = madd(y, m, -2.4999993993e-1f);
-  y = madd(y, m, 3.3333331174e-1f);
-  y = y * m * z;
-  const float fe = static_cast<float>(e);
-  y = madd(-2.12194440e-4f, fe, y);
-  y = madd(-0.5f, z, y);
-  float r = m + y;
-  r = madd(0.693359375f, fe, r);
-  return r;
-}
+struct FusedMulAdd {
+  PYDIFF_HD float operator()(float a, float b, float c) const { return madd(a, b, c); }
+};
+
+// ln x for x in [2^-24, 1]: pydiff_math.h's Cephes polynomial, its multiply-adds through madd.
+PYDIFF_HD float logf_u1(float x) { return poly_logf_with(x, FusedMulAdd()); }
 
 // sin and cos of a in [0, 2 pi]: the Cephes sinf/cosf polynomials after reduction by pi/4 in three parts
 // (the reduction of pydiff_math.h's poly_cosf), the octant handled by selects so that the loop vectorises.

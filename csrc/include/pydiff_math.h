@@ -137,9 +137,17 @@ PYDIFF_HD float philox_uniform(uint32_t r) {
 // 2*pi rounded to float32 (6.2831855f), the constant the reference multiplies u2 by.
 constexpr float kTwoPiF = 6.28318530717958647692f;
 
+// a * b + c as a product and a sum, each rounded (the Philox normal's contract: the same bits on every backend).
+struct SeparateMulAdd {
+  PYDIFF_HD float operator()(float a, float b, float c) const { return a * b + c; }
+};
+
 // Natural log for positive normal x (here u1 in [2^-25, 1)); the Cephes logf polynomial, branch-free
-// (both ranges of the mantissa are computed with selects), < 1 ulp from the correctly rounded value.
-PYDIFF_HD float poly_logf(float x) {
+// (both ranges of the mantissa are computed with selects), < 1 ulp from the correctly rounded value. Its
+// multiply-adds go through madd: separately rounded for the Philox normal (poly_logf), fused where a caller
+// may (torch_normal.cpp).
+template <class MulAdd>
+PYDIFF_HD float poly_logf_with(float x, MulAdd madd) {
   const uint32_t ux = float_to_bits(x);
   int32_t e = static_cast<int32_t>(ux >> 23) - 126;  // x = m * 2^e, m in [0.5, 1)
   float m = bits_to_float((ux & 0x007FFFFFu) | 0x3F000000u);
@@ -148,22 +156,24 @@ PYDIFF_HD float poly_logf(float x) {
   m = small ? (m + m) - 1.0f : m - 1.0f;  // exact (Sterbenz)
   const float z = m * m;
   float y = 7.0376836292e-2f;
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
+  y = madd(y, m, -1.1514610310e-1f);
+  y = madd(y, m, 1.1676998740e-1f);
+  y = madd(y, m, -1.2420140846e-1f);
+  y = madd(y, m, 1.4249322787e-1f);
+  y = madd(y, m, -1.6668057665e-1f);
+  y = madd(y, m, 2.0000714765e-1f);
+  y = madd(y, m, -2.4999993993e-1f);
+  y = madd(y, m, 3.3333331174e-1f);
   y = y * m * z;
   const float fe = static_cast<float>(e);
-  y = y + -2.12194440e-4f * fe;
-  y = y - 0.5f * z;
+  y = madd(-2.12194440e-4f, fe, y);
+  y = madd(-0.5f, z, y);
   float r = m + y;
-  r = r + 0.693359375f * fe;
+  r = madd(0.693359375f, fe, r);
   return r;
 }
+
+PYDIFF_HD float poly_logf(float x) { return poly_logf_with(x, SeparateMulAdd()); }
 
 // cos(a) for a in [0, 8]; the Cephes cosf polynomials with range reduction by pi/4 in three parts,
 // branch-free (octant handled by selects).
