@@ -37,11 +37,21 @@ def test_bench_rejects_bad_options(argv, message, capsys):
 
 
 def test_bench_score_sde_ve_pc_rows(tmp_path):
-    """The VE predictor-corrector pair (step_correct + step_pred) is a sampler the bench knows: one step and a
-    whole run, diffusers against the drop-in, each checked against diffusers before it is timed."""
+    """The VE predictor-corrector pair (step_correct + step_pred) is a sampler the bench knows: one step (with
+    diffusers' noise and with Philox) and a whole run, diffusers against the drop-in, each checked before it is
+    timed; next to it the probability-flow ODE sampler, scipy against the device-resident RK45, NFE in the label."""
     path = tmp_path / "rows.json"
     assert main(["bench", "--sampler", "score_sde_ve", "--shape", "2x3x8x8", "--min-time", "0.01", "--whole-run",
                  "3", "--backend", "reference", "--json", str(path)]) == 0
-    impls = {(r["sampler"], r["impl"]) for r in json.loads(path.read_text())}
-    assert impls == {("score_sde_ve", "diffusers"), ("score_sde_ve", "pydiff-reference"),
-                     ("score_sde_ve/run3", "diffusers"), ("score_sde_ve/run3", "pydiff-reference")}
+    rows = json.loads(path.read_text())
+    impls = {(r["sampler"], r["impl"]) for r in rows}
+    ode = {i for s, i in impls if s == "score_sde_ode"}
+    assert impls - {("score_sde_ode", i) for i in ode} == {
+        ("score_sde_ve", "diffusers"), ("score_sde_ve", "pydiff-reference"),
+        ("score_sde_ve", "pydiff-reference philox"), ("score_sde_ve/run3", "diffusers"),
+        ("score_sde_ve/run3", "pydiff-reference")}
+    nfe = {i.split()[0]: int(i.rsplit("nfe=", 1)[1]) for i in ode}
+    assert set(nfe) == {"scipy", "pydiff-reference"} and nfe["scipy"] > 0
+    assert abs(nfe["pydiff-reference"] - nfe["scipy"]) <= 0.5 * nfe["scipy"]  # rk45 within 1.5x of scipy's NFE
+    base = [r for r in rows if r["sampler"] == "score_sde_ode" and r["impl"].startswith("scipy")]
+    assert base[0]["speedup_vs_diffusers"] == 1.0  # the ODE rows' baseline is scipy
