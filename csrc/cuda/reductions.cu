@@ -259,9 +259,80 @@ __global__ void __launch_bounds__(kThreads) langevin_rows_kernel(const float* su
     langevin_row(sums, coef, coef_stride, B, sample != 0, ratio2, b, rows + b * kNCoef);
 }
 
+// langevin_step in one launch for small steps: one block takes both passes -- the sums per sample (block_sum,
+// the samples one after another), the rows in shared memory (thread 0, langevin_rows), then the update with
+// fused_step_value. At such sizes a step costs its launches, not its bytes: the general path is four
+// kernels (two sumsq stages, the rows, fused_step), this is one. The limits are an estimate (a block of 256
+// threads streams 64 Ki elements in about the time of one launch); not yet measured on a GPU.
+constexpr int64_t kLangevinSmallB = 64;
+constexpr int64_t kLangevinSmallElems = 65536;
+
+template <typename S, bool PHILOX, bool WOUT>
+__global__ void __launch_bounds__(kThreads) langevin_small_kernel(const LangevinArgs a) {
+  __shared__ float smem[kThreads / 32];
+  __shared__ float sums[2 * kLangevinSmallB];
+  __shared__ float rows[kLangevinSmallB * kNCoef];
+  const S* x = static_cast<const S*>(a.x);
+  const S* m = static_cast<const S*>(a.m);
+  const S* noise = static_cast<const S*>(a.noise);
+  S* out = static_cast<S*>(a.out);
+  S* w_out = static_cast<S*>(a.w_out);
+  const int64_t B = a.B, N = a.N;
+  uint64_t key = 0, ctr = 0;
+  if (PHILOX) philox_key_ctr(a.philox, key, ctr);
+  for (int64_t b = 0; b < B; ++b) {
+    float s0 = 0.0f, s1 = 0.0f;
+    for (int64_t i = threadIdx.x; i < N; i += kThreads) {
+      const int64_t g = b * N + i;
+      const float v = Conv<S>::load(m[g]);
+      const float z = PHILOX ? philox_normal_z(key, ctr, static_cast<uint64_t>(g)) : Conv<S>::load(noise[g]);
+      s0 += v * v;
+      s1 += z * z;
+    }
+    s0 = block_sum(s0, smem);
+    s1 = block_sum(s1, smem);
+    if (threadIdx.x == 0) {
+      sums[b] = s0;
+      sums[B + b] = s1;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) langevin_rows(sums, static_cast<const float*>(a.coef), a.coef_stride, B, a.sample_norm, rows);
+  __syncthreads();
+  using F = StepFlags<0, false, false, PHILOX ? kNoisePhilox : kNoiseTensor, false, WOUT>;
+  for (int64_t b = 0; b < B; ++b) {
+    Row<float> r;
+    for (int k = 0; k < kNCoef; ++k) r.c[k] = rows[b * kNCoef + k];
+    for (int64_t i = threadIdx.x; i < N; i += kThreads) {
+      const int64_t g = b * N + i;
+      const float z = PHILOX ? philox_normal_z(key, ctr, static_cast<uint64_t>(g)) : Conv<S>::load(noise[g]);
+      float w;
+      const float o = fused_step_value<F>(r, 0.0f, Conv<S>::load(x[g]), Conv<S>::load(m[g]), 0.0f, 0.0f,
+                                          static_cast<const float*>(nullptr), z, w);
+      if (WOUT) w_out[g] = Conv<S>::store(w);
+      out[g] = Conv<S>::store(o);
+    }
+  }
+}
+
 #if !defined(__CUDACC_RTC__)
 void langevin_step(const LangevinArgs& a, void* partials, int device, uintptr_t stream) {
   if (a.B == 0 || a.N == 0) return;
+  if (a.B <= kLangevinSmallB && a.B * a.N <= kLangevinSmallElems) {
+    set_device(device);
+    dispatch_dtype(a.dtype, "langevin_step", [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      const cudaStream_t st = as_stream(stream);
+      if (a.philox.on)
+        a.w_out ? langevin_small_kernel<T, true, true><<<1, kThreads, 0, st>>>(a)
+                : langevin_small_kernel<T, true, false><<<1, kThreads, 0, st>>>(a);
+      else
+        a.w_out ? langevin_small_kernel<T, false, true><<<1, kThreads, 0, st>>>(a)
+                : langevin_small_kernel<T, false, false><<<1, kThreads, 0, st>>>(a);
+    });
+    check(cudaGetLastError(), "langevin_step (one block) launch");
+    return;
+  }
   sumsq(langevin_sumsq_args(a, a.noise, a.philox), partials, device, stream);  // sets the device
   langevin_rows_kernel<<<1, kThreads, 0, as_stream(stream)>>>(static_cast<const float*>(a.sums),
                                                               static_cast<const float*>(a.coef), a.coef_stride,

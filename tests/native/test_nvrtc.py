@@ -49,7 +49,9 @@ def _representative_exprs(file):
                 jit.fused_step_expression(d, 3, False, False, 1, False, True, True)]
     if file == "reductions.cu":
         return (["pydiff::cuda::sumsq_final_kernel", "pydiff::cuda::dyn_thresh_finish_kernel",
-                 "pydiff::cuda::langevin_rows_kernel"]
+                 "pydiff::cuda::langevin_rows_kernel", "pydiff::cuda::langevin_small_kernel<float, true, true>",
+                 "pydiff::cuda::langevin_small_kernel<__half, false, false>",
+                 "pydiff::cuda::langevin_small_kernel<__nv_bfloat16, true, false>"]
                 + [f"pydiff::cuda::sumsq_partial_kernel<{s}, {v}>" for s in ("float", "__half", "__nv_bfloat16")
                    for v in ("true", "false")]
                 + [f"pydiff::cuda::abs_x0_kernel<{s}, {hm}, {m2}, true>" for s in ("float", "__half")

@@ -69,6 +69,20 @@ def test_matches_reference(backend, dtype, shape, norm, kind):
 
 
 @pytest.mark.parametrize("backend", backend_params(op="langevin_step"))
+@pytest.mark.parametrize("shape", [(2, 3, 128, 129), (65, 7)], ids=["many-elements", "wide-batch"])
+@pytest.mark.parametrize("norm,kind", [("batch", "seed"), ("sample", "tensor")])
+def test_beyond_one_block(backend, shape, norm, kind):
+    """Past the CUDA backend's one-block limits (64 samples, 64 Ki elements) the step takes the general path
+    (sumsq stages, the rows kernel, fused_step); every backend still equals the reference."""
+    dev = backend_device(backend)
+    x, m, z, coef = _inputs(shape, torch.float32, dev, seed=shape[0], per_sample=norm == "sample")
+    got, got_w = _run(backend, x, m, coef, norm, kind, z, True)
+    ref, ref_w = _run("reference", x.cpu(), m.cpu(), coef.cpu(), norm, kind, z.cpu(), True)
+    torch.testing.assert_close(got.cpu(), ref, **TOL[torch.float32])
+    torch.testing.assert_close(got_w.cpu(), ref_w, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", backend_params(op="langevin_step"))
 @pytest.mark.parametrize("alias", ["out_is_x", "w_is_m"])
 def test_aliasing(backend, alias):
     dev = backend_device(backend)
