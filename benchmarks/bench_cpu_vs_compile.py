@@ -12,10 +12,14 @@ timed. ``copy_us`` is a floor measured in the same run: ``out.copy_(x); w.copy_(
 moves the same bytes as the no-noise step (read two tensors, write two) and does no arithmetic; a step
 near it is bound by memory, not by its arithmetic. Plain script:
 
-    python benchmarks/bench_cpu_vs_compile.py [--threads 2] [--shape 8 4 128 128] [--clip 1.0] [--json out.json]
+    python benchmarks/bench_cpu_vs_compile.py [--threads 2] [--shape 8 4 128 128] [--clip 1.0] [--sweeps 3]
+                                              [--json out.json]
 
 Each entry is the median (``--stat min``: the minimum) over ``--rounds`` of the mean time of ``--inner``
-back-to-back calls, in microseconds.
+back-to-back calls, in microseconds; with ``--sweeps S`` the whole table is measured S times, one sweep after
+the other, and each entry is the same statistic over its S values (a burst of other work on a shared machine
+then has to hit one entry in every sweep to show). ``vs_fp32`` is the default level's fused time over the
+fused float32 time with the same noise (the half types' goal: no slower than float32).
 """
 from __future__ import annotations
 
@@ -109,6 +113,7 @@ def main(argv=None):
     ap.add_argument("--clip", type=float, default=None,
                     help="clip x0 to [-CLIP, CLIP] on both sides (diffusers' clip_sample); default: no clip "
                          "(CLIP = +inf in the row, which the kernels recognise and skip)")
+    ap.add_argument("--sweeps", type=int, default=1, help="measure the whole table this many times (see above)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if not cpu_backend.available():
@@ -128,51 +133,73 @@ def main(argv=None):
     compiled = torch.compile(ddim_torch, dynamic=False)
     compiled_noise = torch.compile(ddim_torch_noise, dynamic=False)
     isas = list(C.supported_isas())
-    results = []
+    if args.sweeps < 1:
+        raise SystemExit(f"--sweeps must be >= 1, got {args.sweeps}")
     gen = torch.Generator().manual_seed(0)
+    inputs = {}
     for dt_name in args.dtypes:
         dt = getattr(torch, dt_name)
         x = torch.randn(shape, generator=gen).to(dt)
         eps = torch.randn(shape, generator=gen).to(dt)
         z = torch.randn(shape, generator=gen).to(dt)
         coef = torch.tensor(row, dtype=torch.float64 if dt == torch.float64 else torch.float32).reshape(1, -1)
-        out, w = torch.empty_like(x), torch.empty_like(x)
+        inputs[dt_name] = (x, eps, z, coef)
 
-        def copy_floor():
-            out.copy_(x)
-            w.copy_(eps)
+    def sweep():
+        results = []
+        for dt_name in args.dtypes:
+            x, eps, z, coef = inputs[dt_name]
+            out, w = torch.empty_like(x), torch.empty_like(x)
 
-        t_copy = _time(copy_floor, args.rounds, args.inner, args.stat)
-        for noise in ("none", "tensor", "philox"):
-            if noise == "none":
-                ref = lambda: compiled(x, eps, sa, sb, sap, d, clip)  # noqa: E731
-            else:
-                ref = lambda: compiled_noise(x, eps, z, sa, sb, sap, d, std, clip)  # noqa: E731
-            t_ref = _time(ref, args.rounds, args.inner, args.stat)
-            entry = {"dtype": dt_name, "noise": noise, "copy_us": round(t_copy, 1), "compiled_us": round(t_ref, 1)}
-            for isa in isas:
-                C.set_isa(isa)
-                nz = z if noise == "tensor" else None
-                seed = 1234 if noise == "philox" else None
-                fused = lambda: cpu_backend.fused_step(  # noqa: E731
-                    x, eps, coef, None, 0, 0, out, w, (), nz, seed, 7, None, None, None, None)
-                t = _time(fused, args.rounds, args.inner, args.stat)
-                entry[f"fused_{isa}_us"] = round(t, 1)
-                entry[f"speedup_{isa}"] = round(t_ref / t, 2)
-            C.set_isa("")
-            results.append(entry)
+            def copy_floor():
+                out.copy_(x)
+                w.copy_(eps)
+
+            t_copy = _time(copy_floor, args.rounds, args.inner, args.stat)
+            for noise in ("none", "tensor", "philox"):
+                if noise == "none":
+                    ref = lambda: compiled(x, eps, sa, sb, sap, d, clip)  # noqa: E731
+                else:
+                    ref = lambda: compiled_noise(x, eps, z, sa, sb, sap, d, std, clip)  # noqa: E731
+                entry = {"dtype": dt_name, "noise": noise, "copy_us": t_copy,
+                         "compiled_us": _time(ref, args.rounds, args.inner, args.stat)}
+                for isa in isas:
+                    C.set_isa(isa)
+                    nz = z if noise == "tensor" else None
+                    seed = 1234 if noise == "philox" else None
+                    fused = lambda: cpu_backend.fused_step(  # noqa: E731
+                        x, eps, coef, None, 0, 0, out, w, (), nz, seed, 7, None, None, None, None)
+                    entry[f"fused_{isa}_us"] = _time(fused, args.rounds, args.inner, args.stat)
+                C.set_isa("")
+                results.append(entry)
+        return results
+
+    sweeps = [sweep() for _ in range(args.sweeps)]
+    results = []
+    for entries in zip(*sweeps):
+        e = dict(entries[0])
+        for key in e:
+            if key.endswith("_us"):
+                e[key] = round(STAT[args.stat]([s[key] for s in entries]), 1)
+        for isa in isas:
+            e[f"speedup_{isa}"] = round(e["compiled_us"] / e[f"fused_{isa}_us"], 2)
+        results.append(e)
+    default = f"fused_{C.isa()}_us"  # the level the kernels run by default (PYDIFF_CPU_ISA may lower it)
+    fp32 = {e["noise"]: e[default] for e in results if e["dtype"] == "float32"}
+    for e in results:
+        e["vs_fp32"] = round(e[default] / fp32[e["noise"]], 2) if e["noise"] in fp32 else None
     meta = {
         "machine": _cpu_name(), "threads": args.threads, "torch": torch.__version__, "commit": _commit(),
         "shape": list(shape), "clip": clip, "build": C.build_info(), "stat": args.stat, "rounds": args.rounds,
-        "inner": args.inner,
+        "inner": args.inner, "sweeps": args.sweeps,
         # the avx512 level's bf16 stores use vcvtneps2bf16 where the CPU has AVX512-BF16, unless
         # PYDIFF_CPU_AVX512BF16=0 keeps the integer rounding
         "avx512bf16": _has_cpu_flag("avx512_bf16") and os.environ.get("PYDIFF_CPU_AVX512BF16") != "0",
     }
     print(f"machine: {meta['machine']}  threads: {args.threads}  torch {meta['torch']}  commit {meta['commit']}  "
-          f"shape {shape}  clip {clip}  {args.stat} of {args.rounds} rounds x {args.inner} calls  "
+          f"shape {shape}  clip {clip}  {args.stat} of {args.rounds} rounds x {args.inner} calls, {args.sweeps} sweep(s)  "
           f"avx512bf16 {meta['avx512bf16']}")
-    cols = ["dtype", "noise", "copy_us", "compiled_us"] + [f"fused_{i}_us" for i in isas] + [f"speedup_{i}" for i in isas]
+    cols = ["dtype", "noise", "copy_us", "compiled_us"] + [f"fused_{i}_us" for i in isas] + [f"speedup_{i}" for i in isas] + ["vs_fp32"]
     print(" ".join(f"{c:>16}" for c in cols))
     for e in results:
         print(" ".join(f"{str(e[c]):>16}" for c in cols))

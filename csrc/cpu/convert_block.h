@@ -65,12 +65,12 @@ template <int DT>
 inline void store_vec2(VecF w, uint16_t* dw, VecF o, uint16_t* do_);
 
 // fp16 stores of the fused_step vector loop (fused_step_impl.h) leave the NaN payload of vcvtps2ph and
-// fix it after the task: store_vec_raw converts and stores v, the loop keeps the sum of its outputs
-// (vec_add_on_fma), vec_any_nan says whether that sum is NaN, and canonical_nan rewrites the NaN halves
-// of a range to convert.h's sign | 0x7E00. The fp16 DDIM step (8x4x128x128, one thread, AVX-512): 121 us
-// with a test and branch per pair, 115 us tracking the max of the stored |out| bits (two integer
-// operations per vector), 99.6 us (with the Unit rows of fused_step_impl.h) with the sum, ~95 us with no
-// NaN handling at all.
+// fix it after the task: store_vec_raw converts and stores v, the loop folds its outputs into one vector that
+// is NaN once any output is (store_group below), vec_any_nan says whether it is, and canonical_nan rewrites
+// the NaN halves of a range to convert.h's sign | 0x7E00. The fp16 DDIM step (8x4x128x128, one thread,
+// AVX-512): 121 us with a test and branch per pair, 115 us tracking the max of the stored |out| bits (two
+// integer operations per vector), 99.6 us (with the Unit rows of fused_step_impl.h) with a running sum,
+// ~95 us with no NaN handling at all (before store_group's four vectors per iteration).
 inline void store_vec_raw_f16(VecF v, uint16_t* dst);
 inline void canonical_nan_f16(uint16_t* p, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
@@ -79,15 +79,11 @@ inline void canonical_nan_f16(uint16_t* p, int64_t n) {
 
 #if PYDIFF_BLOCK_CONVERT == 512
 inline VecF vec_set1(float v) { return (VecF)_mm512_set1_ps(v); }
-// a + b as fma(b, 1, a): the same bits (b*1 is exact), issued to the multiply pipes, which the
-// half-precision loop leaves less busy than the add pipes (fp16 DDIM step above: 101.0 -> 99.6 us)
-inline VecF vec_add_on_fma(VecF a, VecF b) { return (VecF)_mm512_fmadd_ps((__m512)b, _mm512_set1_ps(1.0f), (__m512)a); }
 inline bool vec_any_nan(VecF v) { return _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q) != 0; }
 inline VecF vec_loadu(const float* p) { return (VecF)_mm512_loadu_ps(p); }
 inline void vec_storeu(float* p, VecF v) { _mm512_storeu_ps(p, (__m512)v); }
 #else
 inline VecF vec_set1(float v) { return (VecF)_mm256_set1_ps(v); }
-inline VecF vec_add_on_fma(VecF a, VecF b) { return (VecF)_mm256_fmadd_ps((__m256)b, _mm256_set1_ps(1.0f), (__m256)a); }
 inline bool vec_any_nan(VecF v) { return _mm256_movemask_ps(_mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q)) != 0; }
 inline VecF vec_loadu(const float* p) { return (VecF)_mm256_loadu_ps(p); }
 inline void vec_storeu(float* p, VecF v) { _mm256_storeu_ps(p, (__m256)v); }
@@ -262,6 +258,119 @@ inline void store_vec2<kBFloat16>(VecF w_, uint16_t* dw, VecF o_, uint16_t* do_)
 }
 
 #endif
+
+// ------------------------------------------------------------------------------------------ group stores
+// The fused_step vector loop (fused_run_vec of fused_step_impl.h) computes kGroupVecs vectors, then stores them
+// with store_group: out (and w_out when WOUT) of kGroupVecs * kVecLanes consecutive elements. Four vectors per
+// iteration, and the NaN check one FMA per pair of output vectors (fma(o0, o1, nan) is NaN once o0 or o1 is):
+// the fp16 DDIM step (8x4x128x128, one thread, 256-bit vectors, C++ harness of the vector loop) 90.2 -> 81.5 us,
+// the bf16 step (two vcvtne2ps2bf16 pairs per iteration, below) 98.1 -> 84.0 us; fp32 87 us in the same run.
+constexpr int kGroupVecs = 4;
+// (PYDIFF_HD: always inlined; GCC otherwise keeps store_group out of line in most of the ~80 loop
+// instantiations of a TU and passes the vectors through memory: the fp16 step 51 -> 73 us)
+inline VecF vec_fma(VecF a, VecF b, VecF c);
+#if PYDIFF_BLOCK_CONVERT == 512
+inline VecF vec_fma(VecF a, VecF b, VecF c) { return (VecF)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
+#else
+inline VecF vec_fma(VecF a, VecF b, VecF c) { return (VecF)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
+#endif
+
+// Whether store_group<DT> leaves NaN outputs with a raw payload, for canonical_nan<DT> after the task: the
+// loop then tracks `nan` (any NaN output makes it NaN; a NaN w_out always makes its out NaN too, out being
+// O * (... + B0 * w)).
+template <int DT>
+constexpr bool group_defers_nan();
+// Rewrites the NaN halves of p[0, n) to convert.h's canonical NaN.
+template <int DT>
+inline void canonical_nan(uint16_t* p, int64_t n);
+
+template <>
+constexpr bool group_defers_nan<kFloat16>() {
+  return true;
+}
+template <>
+inline void canonical_nan<kFloat16>(uint16_t* p, int64_t n) {
+  canonical_nan_f16(p, n);
+}
+
+template <int DT, bool WOUT>
+PYDIFF_HD void store_group(const VecF* w, uint16_t* dw, const VecF* o, uint16_t* do_, VecF& nan);
+
+template <int DT, bool WOUT>
+PYDIFF_HD void store_group_f16(const VecF* w, uint16_t* dw, const VecF* o, uint16_t* do_, VecF& nan) {
+#pragma GCC unroll 4
+  for (int u = 0; u < kGroupVecs; ++u) {
+    if (WOUT) store_vec_raw_f16(w[u], dw + u * kVecLanes);
+    store_vec_raw_f16(o[u], do_ + u * kVecLanes);
+  }
+#pragma GCC unroll 4
+  for (int u = 0; u < kGroupVecs; u += 2) nan = vec_fma(o[u], o[u + 1], nan);
+}
+
+#if PYDIFF_BLOCK_CONVERT == 512 && defined(__AVX512BF16__)
+// bf16 with AVX512-BF16: vcvtne2ps2bf16 converts two vectors into one (2 cycles for 32 elements here, the
+// same as vcvtneps2bf16 for 16). It rounds to nearest even like float_to_bf16 but flushes denormal inputs to
+// signed zero and keeps NaN payload bits. So the check is on the converted words, one vptestnmw per 32: an
+// exponent field of zero (a zero, or a flushed denormal) sends the pair's vectors through the integer
+// rounding (bf16_from_ps_exact; exact zeros take it needlessly and give the same bits), and NaN words are
+// rewritten after the task (canonical_nan). Against vfpclassps on every float32 vector: 92.2 -> 84.0 us.
+template <>
+constexpr bool group_defers_nan<kBFloat16>() {
+  return true;
+}
+template <>
+inline void canonical_nan<kBFloat16>(uint16_t* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if ((p[i] & 0x7FFF) > 0x7F80) p[i] = 0x7FC0;
+}
+PYDIFF_HD void store_pair_bf16(VecF lo, VecF hi, uint16_t* dst, __m512i h) {
+  if (__builtin_expect(_mm512_testn_epi16_mask(h, _mm512_set1_epi16(0x7F80)) != 0, 0)) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), bf16_from_ps_exact((__m512)lo));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 16), bf16_from_ps_exact((__m512)hi));
+  } else {
+    _mm512_storeu_si512(dst, h);
+  }
+}
+template <int DT, bool WOUT>
+PYDIFF_HD void store_group_bf16(const VecF* w, uint16_t* dw, const VecF* o, uint16_t* do_, VecF& nan) {
+#pragma GCC unroll 4
+  for (int u = 0; u < kGroupVecs; u += 2) {
+    const __m512i ho = (__m512i)_mm512_cvtne2ps_pbh((__m512)o[u + 1], (__m512)o[u]);
+    if (WOUT) {
+      const __m512i hw = (__m512i)_mm512_cvtne2ps_pbh((__m512)w[u + 1], (__m512)w[u]);
+      store_pair_bf16(w[u], w[u + 1], dw + u * kVecLanes, hw);
+    }
+    store_pair_bf16(o[u], o[u + 1], do_ + u * kVecLanes, ho);
+    nan = vec_fma(o[u], o[u + 1], nan);
+  }
+}
+#else
+// bf16 by integer rounding (exact, NaN included): per vector, as store_vec / store_vec2.
+template <>
+constexpr bool group_defers_nan<kBFloat16>() {
+  return false;
+}
+template <>
+inline void canonical_nan<kBFloat16>(uint16_t*, int64_t) {}
+template <int DT, bool WOUT>
+PYDIFF_HD void store_group_bf16(const VecF* w, uint16_t* dw, const VecF* o, uint16_t* do_, VecF&) {
+#pragma GCC unroll 4
+  for (int u = 0; u < kGroupVecs; ++u) {
+    if (WOUT)
+      store_vec2<kBFloat16>(w[u], dw + u * kVecLanes, o[u], do_ + u * kVecLanes);
+    else
+      store_vec<kBFloat16>(o[u], do_ + u * kVecLanes);
+  }
+}
+#endif
+
+template <int DT, bool WOUT>
+PYDIFF_HD void store_group(const VecF* w, uint16_t* dw, const VecF* o, uint16_t* do_, VecF& nan) {
+  if constexpr (DT == kFloat16)
+    store_group_f16<DT, WOUT>(w, dw, o, do_, nan);
+  else
+    store_group_bf16<DT, WOUT>(w, dw, o, do_, nan);
+}
 
 template <int DT>
 inline void load_block(const uint16_t* src, float* dst, int64_t n) {

@@ -7,13 +7,13 @@
 // tensor (identical storage), and every element is read before it is written, so the iterations are
 // independent despite the aliasing.
 //
-// fp16/bf16 in the AVX2 and AVX-512 builds (convert_block.h): without var and Philox, the element
-// function runs on whole vectors converted in registers (fused_run_vec); otherwise, per task, blocks of
-// kBlockElems elements of every input are converted to float32 stack buffers, the same element function
-// runs on the buffers, and out / w_out are converted back (fused_run_blocked); the whole block is read
-// before any of it is written, so the aliasing above stays safe. The baseline build converts per
-// element (convert.h). bf16 at the avx512 level runs a second compilation of this file with
-// vcvtneps2bf16 where the CPU has AVX512-BF16 (fused_step_bf16_avx512bf16.cpp).
+// fp16/bf16 in the AVX2 and AVX-512 builds (convert_block.h): without var, the element function runs on
+// whole vectors converted in registers (fused_run_vec; Philox z from a float32 block buffer as above); with
+// var, per task, blocks of kBlockElems elements of every input are converted to float32 stack buffers, the
+// same element function runs on the buffers, and out / w_out are converted back (fused_run_blocked); the
+// whole block is read before any of it is written, so the aliasing above stays safe. The baseline build
+// converts per element (convert.h). bf16 at the avx512 level runs a second compilation of this file with
+// vcvtneps2bf16 / vcvtne2ps2bf16 where the CPU has AVX512-BF16 (fused_step_bf16_avx512bf16.cpp).
 #pragma once
 
 #include <limits>
@@ -222,16 +222,21 @@ void fused_run_blocked(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int n
   }
 }
 
-// fp16/bf16 without var and without Philox noise: the element function runs on whole vectors (VecF,
-// kVecLanes floats) converted in registers, so no float32 copy of a block is written and read back;
-// all of a vector's inputs are loaded before its outputs are stored (the aliasing rule above). The
-// tail of a task (< kVecLanes elements) takes the scalar path, which rounds alike (same operations,
-// same conversions bit for bit). var needs exp and Philox its polynomials per lane, which exist as
-// scalar code only: those configurations keep fused_run_blocked.
+// fp16/bf16 without var: the element function runs on whole vectors (VecF, kVecLanes floats) converted in
+// registers, so no float32 copy of a block is written and read back; kGroupVecs vectors per iteration
+// (convert_block.h's store_group), all of a group's inputs loaded before its outputs are stored (the aliasing
+// rule above). The tail of a range takes single vectors with the checked stores, then the scalar path, which
+// rounds alike (same operations, same conversions bit for bit). Philox noise: per block of kPhiloxBlock
+// elements, z is drawn into a float32 buffer (as in fused_run) and read from there as a vector; the scalar
+// tail draws its own z per element, the same bits (philox_vec.h). Against fused_run_blocked, which also
+// copies x, m, out and w_out through float32 buffers: the Philox DDIM step (8x4x128x128, two threads) 904 ->
+// 808 us for fp16, 906 -> 806 for bf16 (fp32: 797 in the same run). var needs exp per lane, which exists as scalar code
+// only: it keeps fused_run_blocked.
 template <int DT, class F>
 void fused_run_vec(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
   using Tr = Traits<DT>;
   using T = float;
+  constexpr bool kPhilox = F::NOISE == kNoisePhilox;
   StepPtrs<uint16_t> p;
   p.x = static_cast<const uint16_t*>(a.x);
   p.m = static_cast<const uint16_t*>(a.m);
@@ -244,18 +249,21 @@ void fused_run_vec(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
   const T* coef = static_cast<const T*>(a.coef);
   const T* thr = static_cast<const T*>(a.threshold);
   const int64_t B = a.B, N = a.N, R = a.R;
-  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  // Philox noise: the smaller tasks of philox_vec.h (kPhiloxTask)
+  constexpr int64_t kTask = kPhilox ? kPhiloxTask : kChunk;
+  constexpr int64_t kParMin = kPhilox ? kPhiloxParallelMin : kParallelMin;
+  const int64_t chunks = (N + kTask - 1) / kTask;
   const int64_t tasks = B * chunks;
   const int64_t* index = a.index;
   const int64_t index_stride = a.index_stride, row_stride = a.row_stride;
   constexpr int KB = F::K > 0 ? F::K : 1;
 
-#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParallelMin && nt > 1)
+#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParMin && nt > 1)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t b = t / chunks;
-    const int64_t c0 = (t - b * chunks) * kChunk;
+    const int64_t c0 = (t - b * chunks) * kTask;
     const int64_t g0 = b * N + c0;
-    const int64_t g1 = g0 + imin(kChunk, N - c0);
+    const int64_t g1 = g0 + imin(kTask, N - c0);
     const StepPtrs<uint16_t> q = p;
     const Row<T> r = load_row(coef, R, index, index_stride, row_stride, b);
     const T s = F::THR ? thr[b] : T(0);
@@ -263,35 +271,61 @@ void fused_run_vec(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
     for (int k = 0; k < kNCoef; ++k) rv.c[k] = vec_set1(r.c[k]);
     const VecF sv = vec_set1(s), zero = vec_set1(0.0f);
     with_clip<F, true>(r, [&](auto flags) {
-    using G = decltype(flags);
-    int64_t g = g0;
-    VecF nan = zero;  // the sum of every o: NaN once one is (an inf - inf only costs a needless fix-up)
-    for (; g + kVecLanes <= g1; g += kVecLanes) {
-      const VecF x = load_vec<DT>(q.x + g);
-      const VecF m = load_vec<DT>(q.m + g);
-      const VecF m2 = F::M2 ? load_vec<DT>(q.m2 + g) : zero;
-      VecF h[KB];
-      PYDIFF_UNROLL
-      for (int k = 0; k < F::K; ++k) h[k] = load_vec<DT>(q.h[k] + g);
-      const VecF z = F::NOISE == kNoiseTensor ? load_vec<DT>(q.noise + g) : zero;
-      VecF w;
-      const VecF o = fused_step_value<G>(rv, sv, x, m, m2, zero, h, z, w);
-      if constexpr (DT == kFloat16) {
-        // o = O*(... + B0*w ...), so a NaN w gives a NaN o, and tracking o finds the NaN of both
-        if (F::WOUT) store_vec_raw_f16(w, q.w_out + g);
-        store_vec_raw_f16(o, q.out + g);
-        nan = vec_add_on_fma(nan, o);
-      } else if (F::WOUT) {
-        store_vec2<DT>(w, q.w_out + g, o, q.out + g);
+      using G = decltype(flags);
+      alignas(64) float zf[kPhilox ? kPhiloxBlock : 1];  // Philox: z of element e is zf[e - zbase]
+      int64_t zbase = 0;
+      // the loads and the element function of one vector at element e (inputs only: nothing is stored here)
+      auto value_at = [&](int64_t e, VecF& w) {
+        const VecF x = load_vec<DT>(q.x + e);
+        const VecF m = load_vec<DT>(q.m + e);
+        const VecF m2 = F::M2 ? load_vec<DT>(q.m2 + e) : zero;
+        VecF h[KB];
+        PYDIFF_UNROLL
+        for (int k = 0; k < F::K; ++k) h[k] = load_vec<DT>(q.h[k] + e);
+        VecF z = zero;
+        if constexpr (F::NOISE == kNoiseTensor) z = load_vec<DT>(q.noise + e);
+        if constexpr (kPhilox) z = vec_loadu(zf + (e - zbase));
+        return fused_step_value<G>(rv, sv, x, m, m2, zero, h, z, w);
+      };
+      VecF nan = zero;  // NaN once an output is (an inf - inf or 0 * inf only costs a needless fix-up)
+      // groups, then single vectors with the checked stores, then elements
+      auto run_range = [&](int64_t g, const int64_t end) {
+        constexpr int64_t kGroup = kGroupVecs * kVecLanes;
+        for (; g + kGroup <= end; g += kGroup) {
+          VecF o[kGroupVecs], w[kGroupVecs];
+          PYDIFF_UNROLL
+          for (int u = 0; u < kGroupVecs; ++u) o[u] = value_at(g + u * kVecLanes, w[u]);
+          store_group<DT, F::WOUT>(w, q.w_out + g, o, q.out + g, nan);
+        }
+        for (; g + kVecLanes <= end; g += kVecLanes) {
+          VecF w;
+          const VecF o = value_at(g, w);
+          if constexpr (DT == kFloat16) {
+            if (F::WOUT) store_vec<DT>(w, q.w_out + g);
+            store_vec<DT>(o, q.out + g);
+          } else if (F::WOUT) {
+            store_vec2<DT>(w, q.w_out + g, o, q.out + g);
+          } else {
+            store_vec<DT>(o, q.out + g);
+          }
+        }
+        for (; g < end; ++g) fused_step_at<G, T, Tr>(q, g, r, s, key, ctr);
+      };
+      if constexpr (kPhilox) {
+        for (int64_t gb = g0; gb < g1; gb += kPhiloxBlock) {
+          const int64_t n = imin(kPhiloxBlock, g1 - gb);
+          philox_normal_fill(key, ctr, static_cast<uint64_t>(gb), n, zf);
+          zbase = gb;
+          run_range(gb, gb + n);
+        }
       } else {
-        store_vec<DT>(o, q.out + g);
+        run_range(g0, g1);
       }
-    }
-    if (DT == kFloat16 && __builtin_expect(vec_any_nan(nan), 0)) {
-      canonical_nan_f16(q.out + g0, g - g0);
-      if (F::WOUT) canonical_nan_f16(q.w_out + g0, g - g0);
-    }
-    for (; g < g1; ++g) fused_step_at<G, T, Tr>(q, g, r, s, key, ctr);
+      // the checked stores and the scalar path already wrote canonical NaNs, which this leaves as they are
+      if (group_defers_nan<DT>() && __builtin_expect(vec_any_nan(nan), 0)) {
+        canonical_nan<DT>(q.out + g0, g1 - g0);
+        if (F::WOUT) canonical_nan<DT>(q.w_out + g0, g1 - g0);
+      }
     });
   }
 }
@@ -303,7 +337,7 @@ void fused_dispatch(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) 
   if constexpr (DT == kFloat16 || DT == kBFloat16) {
     dispatch_step_flags(a, [&](auto flags) {
       using F = decltype(flags);
-      if constexpr (F::VAR || F::NOISE == kNoisePhilox)
+      if constexpr (F::VAR)
         fused_run_blocked<DT, F>(a, key, ctr, nt);
       else
         fused_run_vec<DT, F>(a, key, ctr, nt);
