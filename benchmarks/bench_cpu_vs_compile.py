@@ -197,9 +197,11 @@ def main(argv=None):
         "avx512bf16": _has_cpu_flag("avx512_bf16") and os.environ.get("PYDIFF_CPU_AVX512BF16") != "0",
     }
     print(f"machine: {meta['machine']}  threads: {args.threads}  torch {meta['torch']}  commit {meta['commit']}  "
-          f"shape {shape}  clip {clip}  {args.stat} of {args.rounds} rounds x {args.inner} calls, {args.sweeps} sweep(s)  "
+          f"shape {shape}  clip {clip}  {args.stat} of {args.rounds} rounds x {args.inner} calls, "
+          f"{args.sweeps} sweep(s)  "
           f"avx512bf16 {meta['avx512bf16']}")
-    cols = ["dtype", "noise", "copy_us", "compiled_us"] + [f"fused_{i}_us" for i in isas] + [f"speedup_{i}" for i in isas] + ["vs_fp32"]
+    cols = (["dtype", "noise", "copy_us", "compiled_us"] + [f"fused_{i}_us" for i in isas]
+            + [f"speedup_{i}" for i in isas] + ["vs_fp32"])
     print(" ".join(f"{c:>16}" for c in cols))
     for e in results:
         print(" ".join(f"{str(e[c]):>16}" for c in cols))

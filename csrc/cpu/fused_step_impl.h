@@ -230,8 +230,8 @@ void fused_run_blocked(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int n
 // elements, z is drawn into a float32 buffer (as in fused_run) and read from there as a vector; the scalar
 // tail draws its own z per element, the same bits (philox_vec.h). Against fused_run_blocked, which also
 // copies x, m, out and w_out through float32 buffers: the Philox DDIM step (8x4x128x128, two threads) 904 ->
-// 808 us for fp16, 906 -> 806 for bf16 (fp32: 797 in the same run). var needs exp per lane, which exists as scalar code
-// only: it keeps fused_run_blocked.
+// 808 us for fp16, 906 -> 806 for bf16 (fp32: 797 in the same run). var needs exp per lane, which exists
+// as scalar code only: it keeps fused_run_blocked.
 template <int DT, class F>
 void fused_run_vec(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
   using Tr = Traits<DT>;
