@@ -252,7 +252,76 @@ def history_ok(tensors, io: StepIO) -> bool:
                and t.device == io.device for t in tensors)
 
 
-class DPMSolverMultistepScheduler(DropinMixin, _DiffusersDPMMS):
+class FusedDPMStep:
+    """The fused ``step`` shared by the multistep and singlestep drop-ins: the same checks, fallbacks, table
+    row, history and one ``fused_step``, in diffusers' order. A drop-in provides diffusers' own parts as hooks:
+    ``_parent_step`` (diffusers' step with its signature), ``_step_count`` (the table's steps per order),
+    ``_past_end``, ``_step_order`` (diffusers' order at step ``i``), ``_step_history`` (the history tensors of
+    that order), ``_step_noise`` (the noise diffusers would draw) and ``_step_done`` (its bookkeeping after the
+    step); ``_input_problem`` may name a reason to fall back once the inputs are known. ``args`` are the
+    arguments of diffusers' ``step`` in its order, ``return_dict`` last."""
+
+    def _input_problem(self, io, variance_noise):
+        return None
+
+    def _fused_dpm_step(self, args, guide, generator, variance_noise=None):
+        model_output, timestep, sample = args[:3]
+        check_single_timestep(timestep)
+        traced = compiling()
+        reason = fused_reason(self, traced)
+        if reason is not None:
+            return self._parent_step(reason, *args, guide=guide)
+        io = StepIO(model_output, sample)
+        if io.mixed:
+            return self._parent_step(io.mixed, *args, key="mixed dtypes", guide=guide)
+        reason = self._input_problem(io, variance_noise)
+        if reason is not None:
+            return self._parent_step(reason, *args, guide=guide)
+        cfg = self.config
+        if self._step_index is None:
+            self._step_index = traced_step_index(self, timestep) if traced else host_step_index(self, timestep)
+        i = self._step_index
+        n = self._step_count(traced)
+        if self._past_end(i, n):
+            return self._parent_step(f"step index {i} past the last step", *args, key="a step past the last one",
+                                     guide=guide)
+        order = self._step_order(i, n)
+        finite = self._pydiff_traced.finite[order - 1][i] if traced else row_is_finite(self._pydiff_rows[order - 1, i])
+        if not finite:
+            return self._parent_step(f"non-finite coefficients at step {i} (order {order})", *args,
+                                     key="non-finite coefficients", guide=guide)
+        hist = self._step_history(order)
+        if not history_ok(hist, io):
+            return self._parent_step("the history does not match the sample (shape, dtype or device)", *args,
+                                     guide=guide)
+        m_u = None if guide is None else io.kernel(guide.uncond)
+        grad = needs_grad(io.x, io.m, *hist) or (m_u is not None and needs_grad(m_u))
+        if cfg.thresholding and grad:
+            # dynamic_threshold has no backward; diffusers' thresholding (torch.quantile) has one
+            return self._parent_step("thresholding while autograd records (pydiff's dynamic_threshold has no "
+                                     "backward)", *args, key="thresholding under autograd", guide=guide)
+        self.last_fallback_reason = None
+
+        table = table_view(self, sample.device, io.dtype, traced)
+        if guide is not None:
+            table = guided_table(self, table, guide.scale)
+        coef = table[(order - 1) * n + i]
+        # guided: m = uncond, m2 = cond (M1 = 1 - s, M2 = s in the row); w_out keeps the converted guided output
+        m, m2 = (io.m, None) if m_u is None else (m_u, io.m)
+        threshold = threshold_scale(self, io.x, m, coef, None, m2)
+        noise, seed, offset, rng = self._step_noise(io, generator, variance_noise)
+        target, target_k, new_outputs = history_buffer(self, io, cfg.solver_order - 1, fresh=grad)
+        prev_sample, prev_k = io.empty()
+        fused_step(io.x, m, coef, out=prev_k, w_out=target_k, hist=[io.kernel(h) for h in hist], noise=noise,
+                   seed=seed, offset=offset, rng=rng, threshold=threshold, m2=m2, backend=self.pydiff_backend)
+        prev_sample = io.result(prev_sample)
+        self._step_done(order, io)
+        commit_history(self, target, new_outputs)
+        self._step_index += 1
+        return SchedulerOutput(prev_sample=prev_sample) if args[-1] else (prev_sample,)
+
+
+class DPMSolverMultistepScheduler(FusedDPMStep, DropinMixin, _DiffusersDPMMS):
     """Drop-in for ``diffusers.DPMSolverMultistepScheduler`` (DPM-Solver, arXiv:2206.00927; DPM-Solver++,
     arXiv:2211.01095) whose ``step`` is one ``fused_step`` (plus ``dynamic_threshold`` when thresholding).
 
@@ -341,7 +410,7 @@ class DPMSolverMultistepScheduler(DropinMixin, _DiffusersDPMMS):
             return f"algorithm_type={cfg.algorithm_type!r}"
         return None
 
-    def _order(self, i: int, n: int) -> int:
+    def _step_order(self, i: int, n: int) -> int:
         """The order diffusers' ``step`` uses at step ``i`` (its own rules, on the host)."""
         cfg = self.config
         return multistep_order(i, n, solver_order=cfg.solver_order, lower_order_final=cfg.lower_order_final,
@@ -363,68 +432,36 @@ class DPMSolverMultistepScheduler(DropinMixin, _DiffusersDPMMS):
         conditional output, and the history keeps the converted guided output, as when the caller combines
         first. See docs/guidance.md."""
         guide = guidance_arg(model_output, model_output_uncond, guidance_scale)
-        check_single_timestep(timestep)
         args = (model_output, timestep, sample, generator, variance_noise, return_dict)
-        traced = compiling()
-        reason = fused_reason(self, traced)
-        if reason is not None:
-            return self._parent_step(reason, *args, guide=guide)
-        io = StepIO(model_output, sample)
-        if io.mixed:
-            return self._parent_step(io.mixed, *args, key="mixed dtypes", guide=guide)
-        cfg = self.config
-        sde = cfg.algorithm_type in ("sde-dpmsolver", "sde-dpmsolver++")
-        if sde and variance_noise is not None and (
-                not isinstance(variance_noise, torch.Tensor) or variance_noise.shape != io.shape):
-            return self._parent_step("a variance_noise of another shape than the sample", *args, guide=guide)
-        if self._step_index is None:
-            self._step_index = traced_step_index(self, timestep) if traced else host_step_index(self, timestep)
-        i = self._step_index
-        n = self._pydiff_traced.n if traced else len(self._pydiff_ts_host)
-        if i >= n:
-            return self._parent_step(f"step index {i} past the last step", *args, key="a step past the last one",
-                                     guide=guide)
-        order = self._order(i, n)
-        finite = self._pydiff_traced.finite[order - 1][i] if traced else row_is_finite(self._pydiff_rows[order - 1, i])
-        if not finite:
-            return self._parent_step(f"non-finite coefficients at step {i} (order {order})", *args,
-                                     key="non-finite coefficients", guide=guide)
-        hist = [self.model_outputs[-k] for k in range(1, order)]  # m_{i-1}, m_{i-2}
-        if not history_ok(hist, io):
-            return self._parent_step("the history does not match the sample (shape, dtype or device)", *args,
-                                     guide=guide)
-        m_u = None if guide is None else io.kernel(guide.uncond)
-        grad = needs_grad(io.x, io.m, *hist) or (m_u is not None and needs_grad(m_u))
-        if cfg.thresholding and grad:
-            # dynamic_threshold has no backward; diffusers' thresholding (torch.quantile) has one
-            return self._parent_step("thresholding while autograd records (pydiff's dynamic_threshold has no "
-                                     "backward)", *args, key="thresholding under autograd", guide=guide)
-        self.last_fallback_reason = None
+        return self._fused_dpm_step(args, guide, generator, variance_noise)
 
-        table = table_view(self, sample.device, io.dtype, traced)
-        if guide is not None:
-            table = guided_table(self, table, guide.scale)
-        coef = table[(order - 1) * n + i]
-        backend = self.pydiff_backend
-        # guided: m = uncond, m2 = cond (M1 = 1 - s, M2 = s in the row); w_out keeps the converted guided output
-        m, m2 = (io.m, None) if m_u is None else (m_u, io.m)
-        threshold = threshold_scale(self, io.x, m, coef, None, m2)
-        noise, seed, offset, rng = None, None, 0, None
-        if sde:
-            if variance_noise is not None:
-                variance_noise = variance_noise.to(device=io.device, dtype=torch.float32)
-            # diffusers draws float32 noise of the (converted, broadcast) output's shape
-            noise, seed, offset, rng = step_noise(self, io.shape, generator, io.device, torch.float32, io,
-                                                  variance_noise, draw=randn_tensor)
-        target, target_k, new_outputs = history_buffer(self, io, cfg.solver_order - 1, fresh=grad)
-        prev_sample, prev_k = io.empty()
-        fused_step(io.x, m, coef, out=prev_k, w_out=target_k, hist=[io.kernel(h) for h in hist], noise=noise,
-                   seed=seed, offset=offset, rng=rng, threshold=threshold, m2=m2, backend=backend)
-        prev_sample = io.result(prev_sample)
-        commit_history(self, target, new_outputs)
-        if self.lower_order_nums < cfg.solver_order:
+    # the hooks of FusedDPMStep: diffusers' multistep rules
+    def _input_problem(self, io, variance_noise):
+        if self._sde() and variance_noise is not None and (
+                not isinstance(variance_noise, torch.Tensor) or variance_noise.shape != io.shape):
+            return "a variance_noise of another shape than the sample"
+        return None
+
+    def _sde(self) -> bool:
+        return self.config.algorithm_type in ("sde-dpmsolver", "sde-dpmsolver++")
+
+    def _step_count(self, traced: bool) -> int:
+        return self._pydiff_traced.n if traced else len(self._pydiff_ts_host)
+
+    def _past_end(self, i: int, n: int) -> bool:
+        return i >= n
+
+    def _step_history(self, order: int) -> list:
+        return [self.model_outputs[-k] for k in range(1, order)]  # m_{i-1}, m_{i-2}
+
+    def _step_noise(self, io, generator, variance_noise):
+        if not self._sde():
+            return None, None, 0, None
+        if variance_noise is not None:
+            variance_noise = variance_noise.to(device=io.device, dtype=torch.float32)
+        # diffusers draws float32 noise of the (converted, broadcast) output's shape
+        return step_noise(self, io.shape, generator, io.device, torch.float32, io, variance_noise, draw=randn_tensor)
+
+    def _step_done(self, order: int, io) -> None:
+        if self.lower_order_nums < self.config.solver_order:
             self.lower_order_nums += 1
-        self._step_index += 1
-        if not return_dict:
-            return (prev_sample,)
-        return SchedulerOutput(prev_sample=prev_sample)

@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 from diffusers import DPMSolverSinglestepScheduler as _DiffusersDPMSS
-from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..ops import fused_step
-from ..plans.dpm_solver_diffusers import row_is_finite, singlestep_table
+from ..plans.dpm_solver_diffusers import singlestep_table
 from ..schedules import BETA_SCHEDULES
-from ._common import (DropinMixin, StepIO, check_num_inference_steps, check_single_timestep, compiling, fallback,
-                      guidance_arg, guided_table, needs_grad, step_noise, threshold_scale, validated_init)
-from .dpmsolver_multistep import (check_solver_order, commit_history, fused_reason, history_buffer, history_ok,
-                                  host_step_index, reset_fused_state, scheduler_sigmas, table_view, traced_step_index,
+from ._common import DropinMixin, check_num_inference_steps, fallback, guidance_arg, step_noise, validated_init
+from .dpmsolver_multistep import (FusedDPMStep, check_solver_order, reset_fused_state, scheduler_sigmas,
                                   unsupported_common)
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
@@ -19,7 +15,7 @@ _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver++", "deis")  # deis ->
 _SOLVER_TYPES = ("midpoint", "heun", "logrho", "bh1", "bh2")  # the last three -> midpoint (diffusers)
 
 
-class DPMSolverSinglestepScheduler(DropinMixin, _DiffusersDPMSS):
+class DPMSolverSinglestepScheduler(FusedDPMStep, DropinMixin, _DiffusersDPMSS):
     """Drop-in for ``diffusers.DPMSolverSinglestepScheduler`` (DPM-Solver, arXiv:2206.00927; DPM-Solver++,
     arXiv:2211.01095) whose ``step`` is one ``fused_step`` (plus ``dynamic_threshold`` when thresholding).
 
@@ -111,67 +107,34 @@ class DPMSolverSinglestepScheduler(DropinMixin, _DiffusersDPMSS):
         conditional output, and the history keeps the converted guided output, as when the caller combines
         first. See docs/guidance.md."""
         guide = guidance_arg(model_output, model_output_uncond, guidance_scale)
-        check_single_timestep(timestep)
-        args = (model_output, timestep, sample, generator, return_dict)
-        traced = compiling()
-        reason = fused_reason(self, traced)
-        if reason is not None:
-            return self._parent_step(reason, *args, guide=guide)
-        io = StepIO(model_output, sample)
-        if io.mixed:
-            return self._parent_step(io.mixed, *args, key="mixed dtypes", guide=guide)
-        cfg = self.config
-        if self._step_index is None:
-            self._step_index = traced_step_index(self, timestep) if traced else host_step_index(self, timestep)
-        i = self._step_index
-        n = self._pydiff_traced.n if traced else self._pydiff_rows.shape[1]
-        if i >= len(self.order_list) or i >= n:
-            return self._parent_step(f"step index {i} past the last step", *args, key="a step past the last one",
-                                     guide=guide)
+        return self._fused_dpm_step((model_output, timestep, sample, generator, return_dict), guide, generator)
+
+    # the hooks of FusedDPMStep: diffusers' singlestep rules
+    def _step_count(self, traced: bool) -> int:
+        return self._pydiff_traced.n if traced else self._pydiff_rows.shape[1]
+
+    def _past_end(self, i: int, n: int) -> bool:
+        return i >= len(self.order_list) or i >= n
+
+    def _step_order(self, i: int, n: int) -> int:
         # diffusers: the order of the list, lowered while the history is short (a run that starts mid-block)
         order = self.order_list[i]
         while order > 1 and self.model_outputs[-order + 1] is None:
             order -= 1
-        finite = self._pydiff_traced.finite[order - 1][i] if traced else row_is_finite(self._pydiff_rows[order - 1, i])
-        if not finite:
-            return self._parent_step(f"non-finite coefficients at step {i} (order {order})", *args,
-                                     key="non-finite coefficients", guide=guide)
+        return order
+
+    def _step_history(self, order: int) -> list:
         hist = [self.model_outputs[-k] for k in range(1, order)]  # m_{i-1}, m_{i-2}
         if order > 1:
             hist.append(self.sample)  # the block's starting sample
-        if not history_ok(hist, io):
-            return self._parent_step("the history does not match the sample (shape, dtype or device)", *args,
-                                     guide=guide)
-        m_u = None if guide is None else io.kernel(guide.uncond)
-        grad = needs_grad(io.x, io.m, *hist) or (m_u is not None and needs_grad(m_u))
-        if cfg.thresholding and grad:
-            # dynamic_threshold has no backward; diffusers' thresholding (torch.quantile) has one
-            return self._parent_step("thresholding while autograd records (pydiff's dynamic_threshold has no "
-                                     "backward)", *args, key="thresholding under autograd", guide=guide)
-        self.last_fallback_reason = None
+        return hist
 
-        table = table_view(self, sample.device, io.dtype, traced)
-        if guide is not None:
-            table = guided_table(self, table, guide.scale)
-        coef = table[(order - 1) * n + i]
-        backend = self.pydiff_backend
-        # guided: m = uncond, m2 = cond (M1 = 1 - s, M2 = s in the row); w_out keeps the converted guided output
-        m, m2 = (io.m, None) if m_u is None else (m_u, io.m)
-        threshold = threshold_scale(self, io.x, m, coef, None, m2)
-        noise, seed, offset, rng = None, None, 0, None
-        if cfg.algorithm_type == "sde-dpmsolver++":
-            # diffusers draws noise like the converted (promoted, broadcast) model output
-            noise, seed, offset, rng = step_noise(self, io.shape, generator, io.device, io.dtype, io,
-                                                  draw=randn_tensor)
-        target, target_k, new_outputs = history_buffer(self, io, cfg.solver_order - 1, fresh=grad)
-        prev_sample, prev_k = io.empty()
-        fused_step(io.x, m, coef, out=prev_k, w_out=target_k, hist=[io.kernel(h) for h in hist], noise=noise,
-                   seed=seed, offset=offset, rng=rng, threshold=threshold, m2=m2, backend=backend)
-        prev_sample = io.result(prev_sample)
+    def _step_noise(self, io, generator, variance_noise):
+        if self.config.algorithm_type != "sde-dpmsolver++":
+            return None, None, 0, None
+        # diffusers draws noise like the converted (promoted, broadcast) model output
+        return step_noise(self, io.shape, generator, io.device, io.dtype, io, draw=randn_tensor)
+
+    def _step_done(self, order: int, io) -> None:
         if order == 1:
             self.sample = io.x_logical  # the block's start, as the kernel's dtype and shape (same values)
-        commit_history(self, target, new_outputs)
-        self._step_index += 1
-        if not return_dict:
-            return (prev_sample,)
-        return SchedulerOutput(prev_sample=prev_sample)

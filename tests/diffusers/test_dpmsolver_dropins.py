@@ -306,7 +306,7 @@ def test_step_never_syncs(kind, config, monkeypatch):
     sched.set_timesteps(10)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(1)
-    module = dms_pd if kind == "multistep" else pss_mod
+    module = dms_pd  # both drop-ins step through dpmsolver_multistep.FusedDPMStep
     calls = []
     real = module.fused_step
     monkeypatch.setattr(module, "fused_step", lambda *a, **k: calls.append(1) or real(*a, **k))
