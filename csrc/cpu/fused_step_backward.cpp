@@ -26,39 +26,15 @@ void backward_run(const FusedStepBackwardArgs& a, uint64_t key, uint64_t ctr, in
   using Tr = Traits<DT>;
   using S = typename Tr::S;
   using T = typename Tr::T;
-  BackPtrs<S> p;
-  p.go = static_cast<const S*>(a.grad_out);
-  p.gw = static_cast<const S*>(a.grad_w);
-  p.x = static_cast<const S*>(a.x);
-  p.m = static_cast<const S*>(a.m);
-  p.m2 = static_cast<const S*>(a.m2);
-  p.var = static_cast<const S*>(a.var);
-  p.noise = static_cast<const S*>(a.noise);
-  p.dx = static_cast<S*>(a.dx);
-  p.dm = static_cast<S*>(a.dm);
-  p.dm2 = static_cast<S*>(a.dm2);
-  p.dnoise = static_cast<S*>(a.dnoise);
-  p.dvar = static_cast<S*>(a.dvar);
-  const T* coef = static_cast<const T*>(a.coef);
+  const BackPtrs<S> p = back_ptrs<S>(a);
   const T* thr = static_cast<const T*>(a.threshold);
-  const int64_t B = a.B, N = a.N, R = a.R;
-  const int64_t chunks = (N + kChunk - 1) / kChunk;
-  const int64_t tasks = B * chunks;
-  const int64_t* index = a.index;
-  const int64_t index_stride = a.index_stride, row_stride = a.row_stride;
-
-#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParallelMin && nt > 1)
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t b = t / chunks;
-    const int64_t c0 = (t - b * chunks) * kChunk;
-    const int64_t g0 = b * N + c0;
-    const int64_t g1 = g0 + imin(kChunk, N - c0);
+  for_each_task(a.B, a.N, kChunk, kParallelMin, nt, [&](int64_t, int64_t b, int64_t g0, int64_t g1) {
     const BackPtrs<S> q = p;  // task-local: loop-invariant pointers for the vectoriser
-    const Row<T> r = load_row(coef, R, index, index_stride, row_stride, b);
+    const Row<T> r = args_row<T>(a, b);
     const T s = F::THR ? thr[b] : T(0);
 #pragma omp simd
     for (int64_t g = g0; g < g1; ++g) fused_step_backward_at<F, T, Tr>(q, g, r, s, key, ctr);
-  }
+  });
 }
 
 #if defined(PYDIFF_BLOCK_CONVERT)
@@ -72,49 +48,28 @@ template <int DT, class F>
 void backward_run_blocked(const FusedStepBackwardArgs& a, uint64_t key, uint64_t ctr, int nt) {
   using T = float;
   using S = uint16_t;
-  const S* go = static_cast<const S*>(a.grad_out);
-  const S* gw = static_cast<const S*>(a.grad_w);
-  const S* x = static_cast<const S*>(a.x);
-  const S* m = static_cast<const S*>(a.m);
-  const S* m2 = static_cast<const S*>(a.m2);
-  const S* var = static_cast<const S*>(a.var);
-  const S* noise = static_cast<const S*>(a.noise);
-  S* dx = static_cast<S*>(a.dx);
-  S* dm = static_cast<S*>(a.dm);
-  S* dm2 = static_cast<S*>(a.dm2);
-  S* dnoise = static_cast<S*>(a.dnoise);
-  S* dvar = static_cast<S*>(a.dvar);
-  const T* coef = static_cast<const T*>(a.coef);
+  const BackPtrs<S> p = back_ptrs<S>(a);
   const T* thr = static_cast<const T*>(a.threshold);
-  const int64_t B = a.B, N = a.N, R = a.R;
-  const int64_t chunks = (N + kChunk - 1) / kChunk;
-  const int64_t tasks = B * chunks;
-  const int64_t* index = a.index;
-  const int64_t index_stride = a.index_stride, row_stride = a.row_stride;
-  constexpr bool ZT = F::NOISE == kNoiseTensor && F::VAR;  // the noise tensor is read (for dv)
-  constexpr bool ZP = F::NOISE == kNoisePhilox && F::VAR;
-  constexpr bool DN = F::NOISE == kNoiseTensor;
-  constexpr int64_t K = kBlockElems;
-
-#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParallelMin && nt > 1)
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t b = t / chunks;
-    const int64_t c0 = (t - b * chunks) * kChunk;
-    const int64_t g0 = b * N + c0;
-    const int64_t g1 = g0 + imin(kChunk, N - c0);
-    const Row<T> r = load_row(coef, R, index, index_stride, row_stride, b);
+  for_each_task(a.B, a.N, kChunk, kParallelMin, nt, [&](int64_t, int64_t b, int64_t g0, int64_t g1) {
+    // (declared in the lambda: GCC 12 has an internal error on array bounds that name constexpr locals of
+    // the enclosing template function)
+    constexpr bool ZT = F::NOISE == kNoiseTensor && F::VAR;  // the noise tensor is read (for dv)
+    constexpr bool ZP = F::NOISE == kNoisePhilox && F::VAR;
+    constexpr bool DN = F::NOISE == kNoiseTensor;
+    constexpr int64_t K = kBlockElems;
+    const Row<T> r = args_row<T>(a, b);
     const T s = F::THR ? thr[b] : T(0);
     alignas(64) T bgo[K], bgw[F::GW ? K : 1], bx[K], bm[K], bm2[F::M2 ? K : 1], bv[F::VAR ? K : 1], bz[ZT ? K : 1];
     alignas(64) T bdx[K], bdm[K], bdm2[F::M2 ? K : 1], bdn[DN ? K : 1], bdv[F::VAR ? K : 1];
     for (int64_t gb = g0; gb < g1; gb += K) {
       const int64_t n = imin(K, g1 - gb);
-      load_block<DT>(go + gb, bgo, n);
-      if (F::GW) load_block<DT>(gw + gb, bgw, n);
-      load_block<DT>(x + gb, bx, n);
-      load_block<DT>(m + gb, bm, n);
-      if (F::M2) load_block<DT>(m2 + gb, bm2, n);
-      if (F::VAR) load_block<DT>(var + gb, bv, n);
-      if (ZT) load_block<DT>(noise + gb, bz, n);
+      load_block<DT>(p.go + gb, bgo, n);
+      if (F::GW) load_block<DT>(p.gw + gb, bgw, n);
+      load_block<DT>(p.x + gb, bx, n);
+      load_block<DT>(p.m + gb, bm, n);
+      if (F::M2) load_block<DT>(p.m2 + gb, bm2, n);
+      if (F::VAR) load_block<DT>(p.var + gb, bv, n);
+      if (ZT) load_block<DT>(p.noise + gb, bz, n);
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
         T z = T(0);
@@ -128,13 +83,13 @@ void backward_run_blocked(const FusedStepBackwardArgs& a, uint64_t key, uint64_t
         if (DN) bdn[i] = d.dnoise;
         if (F::VAR) bdv[i] = d.dvar;
       }
-      store_block<DT>(bdx, dx + gb, n);
-      store_block<DT>(bdm, dm + gb, n);
-      if (F::M2 && dm2) store_block<DT>(bdm2, dm2 + gb, n);
-      if (DN && dnoise) store_block<DT>(bdn, dnoise + gb, n);
-      if (F::VAR && dvar) store_block<DT>(bdv, dvar + gb, n);
+      store_block<DT>(bdx, p.dx + gb, n);
+      store_block<DT>(bdm, p.dm + gb, n);
+      if (F::M2 && p.dm2) store_block<DT>(bdm2, p.dm2 + gb, n);
+      if (DN && p.dnoise) store_block<DT>(bdn, p.dnoise + gb, n);
+      if (F::VAR && p.dvar) store_block<DT>(bdv, p.dvar + gb, n);
     }
-  }
+  });
 }
 #endif
 

@@ -93,39 +93,25 @@ StepPtrs<S> step_ptrs_from(const StepPtrs<S>& p, int64_t g, const S* z) {
   return r;
 }
 
+// The tasks of one fused_step launch (kernel_common.h's for_each_task): with Philox noise the smaller tasks of
+// philox_vec.h (kPhiloxTask), else kChunk elements. body(b, g0, g1).
+template <class F, class Body>
+inline void for_each_step_task(const FusedStepArgs& a, int nt, Body&& body) {
+  constexpr bool philox = F::NOISE == kNoisePhilox;
+  for_each_task(a.B, a.N, philox ? kPhiloxTask : kChunk, philox ? kPhiloxParallelMin : kParallelMin, nt,
+                [&](int64_t, int64_t b, int64_t g0, int64_t g1) { body(b, g0, g1); });
+}
+
 template <int DT, class F>
 void fused_run(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
   using Tr = Traits<DT>;
   using S = typename Tr::S;
   using T = typename Tr::T;
-  StepPtrs<S> p;
-  p.x = static_cast<const S*>(a.x);
-  p.m = static_cast<const S*>(a.m);
-  p.m2 = static_cast<const S*>(a.m2);
-  p.var = static_cast<const S*>(a.var);
-  for (int k = 0; k < kKMax; ++k) p.h[k] = static_cast<const S*>(a.hist[k]);
-  p.noise = static_cast<const S*>(a.noise);
-  p.out = static_cast<S*>(a.out);
-  p.w_out = static_cast<S*>(a.w_out);
-  const T* coef = static_cast<const T*>(a.coef);
+  const StepPtrs<S> p = step_ptrs<S>(a);
   const T* thr = static_cast<const T*>(a.threshold);
-  const int64_t B = a.B, N = a.N, R = a.R;
-  // Philox noise: the smaller tasks of philox_vec.h (kPhiloxTask)
-  constexpr int64_t kTask = F::NOISE == kNoisePhilox ? kPhiloxTask : kChunk;
-  constexpr int64_t kParMin = F::NOISE == kNoisePhilox ? kPhiloxParallelMin : kParallelMin;
-  const int64_t chunks = (N + kTask - 1) / kTask;
-  const int64_t tasks = B * chunks;
-  const int64_t* index = a.index;
-  const int64_t index_stride = a.index_stride, row_stride = a.row_stride;
-
-#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParMin && nt > 1)
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t b = t / chunks;
-    const int64_t c0 = (t - b * chunks) * kTask;
-    const int64_t g0 = b * N + c0;
-    const int64_t g1 = g0 + imin(kTask, N - c0);
+  for_each_step_task<F>(a, nt, [&](int64_t b, int64_t g0, int64_t g1) {
     const StepPtrs<S> q = p;  // task-local copies: the vectoriser sees loop-invariant pointers and row
-    const Row<T> r = load_row(coef, R, index, index_stride, row_stride, b);
+    const Row<T> r = args_row<T>(a, b);
     const T s = F::THR ? thr[b] : T(0);
     with_clip<F>(r, [&](auto flags) {
       using G = decltype(flags);
@@ -154,7 +140,7 @@ void fused_run(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
         for (int64_t g = g0; g < g1; ++g) fused_step_at<G, T, Tr>(q, g, r, s, key, ctr);
       }
     });
-  }
+  });
 }
 
 #if defined(PYDIFF_BLOCK_CONVERT)
@@ -164,48 +150,25 @@ constexpr int64_t kBlockElems = 512;
 template <int DT, class F>
 void fused_run_blocked(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
   using T = float;
-  const uint16_t* x = static_cast<const uint16_t*>(a.x);
-  const uint16_t* m = static_cast<const uint16_t*>(a.m);
-  const uint16_t* m2 = static_cast<const uint16_t*>(a.m2);
-  const uint16_t* var = static_cast<const uint16_t*>(a.var);
-  const uint16_t* noise = static_cast<const uint16_t*>(a.noise);
-  const uint16_t* hist[kKMax];
-  for (int k = 0; k < kKMax; ++k) hist[k] = static_cast<const uint16_t*>(a.hist[k]);
-  uint16_t* out = static_cast<uint16_t*>(a.out);
-  uint16_t* w_out = static_cast<uint16_t*>(a.w_out);
-  const T* coef = static_cast<const T*>(a.coef);
+  const StepPtrs<uint16_t> p = step_ptrs<uint16_t>(a);
   const T* thr = static_cast<const T*>(a.threshold);
-  const int64_t B = a.B, N = a.N, R = a.R;
-  // Philox noise: the smaller tasks of philox_vec.h (kPhiloxTask)
-  constexpr int64_t kTask = F::NOISE == kNoisePhilox ? kPhiloxTask : kChunk;
-  constexpr int64_t kParMin = F::NOISE == kNoisePhilox ? kPhiloxParallelMin : kParallelMin;
-  const int64_t chunks = (N + kTask - 1) / kTask;
-  const int64_t tasks = B * chunks;
-  const int64_t* index = a.index;
-  const int64_t index_stride = a.index_stride, row_stride = a.row_stride;
-  constexpr int KB = F::K > 0 ? F::K : 1;
-
-#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParMin && nt > 1)
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t b = t / chunks;
-    const int64_t c0 = (t - b * chunks) * kTask;
-    const int64_t g0 = b * N + c0;
-    const int64_t g1 = g0 + imin(kTask, N - c0);
-    const Row<T> r = load_row(coef, R, index, index_stride, row_stride, b);
+  for_each_step_task<F>(a, nt, [&](int64_t b, int64_t g0, int64_t g1) {
+    constexpr int KB = F::K > 0 ? F::K : 1;  // (in the lambda: see fused_step_backward.cpp)
+    const Row<T> r = args_row<T>(a, b);
     const T s = F::THR ? thr[b] : T(0);
     alignas(64) T bx[kBlockElems], bm[kBlockElems], bm2[F::M2 ? kBlockElems : 1], bv[F::VAR ? kBlockElems : 1];
     alignas(64) T bz[F::NOISE != kNoNoise ? kBlockElems : 1], bh[KB][F::K > 0 ? kBlockElems : 1];
     alignas(64) T bo[kBlockElems], bw[F::WOUT ? kBlockElems : 1];
     for (int64_t gb = g0; gb < g1; gb += kBlockElems) {
       const int64_t n = imin(kBlockElems, g1 - gb);
-      load_block<DT>(x + gb, bx, n);
-      load_block<DT>(m + gb, bm, n);
-      if (F::M2) load_block<DT>(m2 + gb, bm2, n);
-      if (F::VAR) load_block<DT>(var + gb, bv, n);
-      if (F::NOISE == kNoiseTensor) load_block<DT>(noise + gb, bz, n);
+      load_block<DT>(p.x + gb, bx, n);
+      load_block<DT>(p.m + gb, bm, n);
+      if (F::M2) load_block<DT>(p.m2 + gb, bm2, n);
+      if (F::VAR) load_block<DT>(p.var + gb, bv, n);
+      if (F::NOISE == kNoiseTensor) load_block<DT>(p.noise + gb, bz, n);
       if (F::NOISE == kNoisePhilox) philox_normal_fill(key, ctr, static_cast<uint64_t>(gb), n, bz);
       PYDIFF_UNROLL
-      for (int k = 0; k < F::K; ++k) load_block<DT>(hist[k] + gb, bh[k], n);
+      for (int k = 0; k < F::K; ++k) load_block<DT>(p.h[k] + gb, bh[k], n);
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
         T h[KB];
@@ -216,10 +179,10 @@ void fused_run_blocked(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int n
         bo[i] = fused_step_value<F>(r, s, bx[i], bm[i], F::M2 ? bm2[i] : T(0), F::VAR ? bv[i] : T(0), h, z, w);
         if (F::WOUT) bw[i] = w;
       }
-      if (F::WOUT) store_block<DT>(bw, w_out + gb, n);
-      store_block<DT>(bo, out + gb, n);
+      if (F::WOUT) store_block<DT>(bw, p.w_out + gb, n);
+      store_block<DT>(bo, p.out + gb, n);
     }
-  }
+  });
 }
 
 // fp16/bf16 without var: the element function runs on whole vectors (VecF, kVecLanes floats) converted in
@@ -237,35 +200,13 @@ void fused_run_vec(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
   using Tr = Traits<DT>;
   using T = float;
   constexpr bool kPhilox = F::NOISE == kNoisePhilox;
-  StepPtrs<uint16_t> p;
-  p.x = static_cast<const uint16_t*>(a.x);
-  p.m = static_cast<const uint16_t*>(a.m);
-  p.m2 = static_cast<const uint16_t*>(a.m2);
+  StepPtrs<uint16_t> p = step_ptrs<uint16_t>(a);
   p.var = nullptr;
-  for (int k = 0; k < kKMax; ++k) p.h[k] = static_cast<const uint16_t*>(a.hist[k]);
-  p.noise = static_cast<const uint16_t*>(a.noise);
-  p.out = static_cast<uint16_t*>(a.out);
-  p.w_out = static_cast<uint16_t*>(a.w_out);
-  const T* coef = static_cast<const T*>(a.coef);
   const T* thr = static_cast<const T*>(a.threshold);
-  const int64_t B = a.B, N = a.N, R = a.R;
-  // Philox noise: the smaller tasks of philox_vec.h (kPhiloxTask)
-  constexpr int64_t kTask = kPhilox ? kPhiloxTask : kChunk;
-  constexpr int64_t kParMin = kPhilox ? kPhiloxParallelMin : kParallelMin;
-  const int64_t chunks = (N + kTask - 1) / kTask;
-  const int64_t tasks = B * chunks;
-  const int64_t* index = a.index;
-  const int64_t index_stride = a.index_stride, row_stride = a.row_stride;
-  constexpr int KB = F::K > 0 ? F::K : 1;
-
-#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParMin && nt > 1)
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t b = t / chunks;
-    const int64_t c0 = (t - b * chunks) * kTask;
-    const int64_t g0 = b * N + c0;
-    const int64_t g1 = g0 + imin(kTask, N - c0);
+  for_each_step_task<F>(a, nt, [&](int64_t b, int64_t g0, int64_t g1) {
+    constexpr int KB = F::K > 0 ? F::K : 1;  // (in the lambda: see fused_step_backward.cpp)
     const StepPtrs<uint16_t> q = p;
-    const Row<T> r = load_row(coef, R, index, index_stride, row_stride, b);
+    const Row<T> r = args_row<T>(a, b);
     const T s = F::THR ? thr[b] : T(0);
     Row<VecF> rv;
     for (int k = 0; k < kNCoef; ++k) rv.c[k] = vec_set1(r.c[k]);
@@ -327,7 +268,7 @@ void fused_run_vec(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
         if (F::WOUT) canonical_nan<DT>(q.w_out + g0, g1 - g0);
       }
     });
-  }
+  });
 }
 #endif
 

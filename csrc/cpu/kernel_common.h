@@ -20,6 +20,22 @@ namespace PYDIFF_ISA_NS {
 
 PYDIFF_HD int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// The work decomposition of every per-sample kernel: (sample, chunk) tasks of `task` elements, task t
+// covering the flat elements [g0, g1) of sample b, on nt OpenMP threads when the launch has at least
+// par_min elements. body(t, b, g0, g1).
+template <class Body>
+inline void for_each_task(int64_t B, int64_t N, int64_t task, int64_t par_min, int nt, Body&& body) {
+  const int64_t chunks = N > 0 ? (N + task - 1) / task : 0;
+  const int64_t tasks = B * chunks;
+#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= par_min && nt > 1)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t b = t / chunks;
+    const int64_t c0 = (t - b * chunks) * task;
+    const int64_t g0 = b * N + c0;
+    body(t, b, g0, g0 + imin(task, N - c0));
+  }
+}
+
 // fused_step for one data dtype (fused_step_<dtype>.cpp).
 template <int DT>
 void fused_step_dt(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt);

@@ -58,15 +58,10 @@ void sumsq_typed(const SumsqArgs& a, uint64_t key, uint64_t ctr, int nt) {
   const int64_t tasks = B * chunks;
   double* part = new double[static_cast<size_t>(2 * tasks + 2)];
 
-#pragma omp parallel for schedule(static) num_threads(nt) if (B * N >= kParallelMin && nt > 1)
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t b = t / chunks;
-    const int64_t c0 = (t - b * chunks) * kChunk;
-    const int64_t n = imin(kChunk, N - c0);
-    const int64_t base = b * N + c0;
+  for_each_task(B, N, kChunk, kParallelMin, nt, [&](int64_t t, int64_t, int64_t t0, int64_t t1) {
     double s0 = 0.0, s1 = 0.0;
-    for (int64_t j = 0; j < n; j += kBlock) {
-      const int64_t g0 = base + j, g1 = g0 + imin(kBlock, n - j);
+    for (int64_t g0 = t0; g0 < t1; g0 += kBlock) {
+      const int64_t g1 = g0 + imin(kBlock, t1 - g0);
       s0 += static_cast<double>(sum_squares<T>(g0, g1, [&](int64_t g) { return Tr::load(pa[g]); }));
       if (pb) {
         s1 += static_cast<double>(sum_squares<T>(g0, g1, [&](int64_t g) { return Tr::load(pb[g]); }));
@@ -78,7 +73,7 @@ void sumsq_typed(const SumsqArgs& a, uint64_t key, uint64_t ctr, int nt) {
     }
     part[2 * t] = s0;
     part[2 * t + 1] = s1;
-  }
+  });
   for (int64_t b = 0; b < B; ++b) {
     double s0 = 0.0, s1 = 0.0;
     for (int64_t c = 0; c < chunks; ++c) {
@@ -162,7 +157,7 @@ int64_t abs_x0_flags(const DynThreshArgs& a, int64_t b, void* v_) {
   const S* m2 = M2 ? static_cast<const S*>(a.m2) + b * N : nullptr;
   T* v = static_cast<T*>(v_);
   Row<T> r;
-  if (HAS_M) r = load_row(static_cast<const T*>(a.coef), a.R, a.index, a.index_stride, a.row_stride, b);
+  if (HAS_M) r = args_row<T>(a, b);
   int64_t nnan = 0;
 #pragma omp simd reduction(+ : nnan)
   for (int64_t i = 0; i < N; ++i) {

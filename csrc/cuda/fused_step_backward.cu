@@ -15,27 +15,14 @@ namespace cuda {
 // instantiates the same kernels either way.
 template <typename S, class F>
 __global__ void __launch_bounds__(kThreads) fused_step_backward_kernel(const FusedStepBackwardArgs a) {
-  BackPtrs<S> p;
-  p.go = static_cast<const S*>(a.grad_out);
-  p.gw = static_cast<const S*>(a.grad_w);
-  p.x = static_cast<const S*>(a.x);
-  p.m = static_cast<const S*>(a.m);
-  p.m2 = static_cast<const S*>(a.m2);
-  p.var = static_cast<const S*>(a.var);
-  p.noise = static_cast<const S*>(a.noise);
-  p.dx = static_cast<S*>(a.dx);
-  p.dm = static_cast<S*>(a.dm);
-  p.dm2 = static_cast<S*>(a.dm2);
-  p.dnoise = static_cast<S*>(a.dnoise);
-  p.dvar = static_cast<S*>(a.dvar);
-  const float* coef = static_cast<const float*>(a.coef);
+  const BackPtrs<S> p = back_ptrs<S>(a);
   const float* thr = static_cast<const float*>(a.threshold);
   uint64_t key = 0, ctr = 0;
   if (F::NOISE == kNoisePhilox) philox_key_ctr(a.philox, key, ctr);
   const int64_t N = a.N;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = blockIdx.y; b < a.B; b += gridDim.y) {
-    const Row<float> r = load_row(coef, a.R, a.index, a.index_stride, a.row_stride, b);
+    const Row<float> r = args_row<float>(a, b);
     const float s = F::THR ? thr[b] : 0.0f;
     const int64_t base = b * N;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < N; i += stride)

@@ -52,17 +52,7 @@ __device__ __forceinline__ void fused_step_pack(const StepPtrs<S>& p, int64_t g,
 
 template <typename S, class F, bool VEC>
 __global__ void __launch_bounds__(kThreads) fused_step_kernel(const FusedStepArgs a) {
-  StepPtrs<S> p;
-  p.x = static_cast<const S*>(a.x);
-  p.m = static_cast<const S*>(a.m);
-  p.m2 = static_cast<const S*>(a.m2);
-  p.var = static_cast<const S*>(a.var);
-#pragma unroll
-  for (int k = 0; k < kKMax; ++k) p.h[k] = static_cast<const S*>(a.hist[k]);
-  p.noise = static_cast<const S*>(a.noise);
-  p.out = static_cast<S*>(a.out);
-  p.w_out = static_cast<S*>(a.w_out);
-  const float* coef = static_cast<const float*>(a.coef);
+  const StepPtrs<S> p = step_ptrs<S>(a);
   const float* thr = static_cast<const float*>(a.threshold);
   uint64_t key = 0, ctr = 0;
   if (F::NOISE == kNoisePhilox) philox_key_ctr(a.philox, key, ctr);
@@ -70,7 +60,7 @@ __global__ void __launch_bounds__(kThreads) fused_step_kernel(const FusedStepArg
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = blockIdx.y; b < a.B; b += gridDim.y) {
-    const Row<float> r = load_row(coef, a.R, a.index, a.index_stride, a.row_stride, b);
+    const Row<float> r = args_row<float>(a, b);
     const float s = F::THR ? thr[b] : 0.0f;
     const int64_t base = b * N;
     if (VEC) {

@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) abs_x0_kernel(const DynThreshArgs a,
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = blockIdx.y; b < a.B; b += gridDim.y) {
     Row<float> r;
-    if (HAS_M) r = load_row(static_cast<const float*>(a.coef), a.R, a.index, a.index_stride, a.row_stride, b);
+    if (HAS_M) r = args_row<float>(a, b);
     const int64_t base = b * N;
     if (VEC) {
       constexpr int V = Pack<S>::kVec;

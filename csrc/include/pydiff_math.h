@@ -127,6 +127,13 @@ PYDIFF_HD Row<T> load_row(const T* coef, int64_t R, const int64_t* index, int64_
   return row;
 }
 
+// The row of sample b of a launch whose arguments carry coef, R, index, index_stride and row_stride
+// (FusedStepArgs, FusedStepBackwardArgs, SumsqArgs-like structs), the coefficients of type T.
+template <typename T, class Args>
+PYDIFF_HD Row<T> args_row(const Args& a, int64_t b) {
+  return load_row(static_cast<const T*>(a.coef), a.R, a.index, a.index_stride, a.row_stride, b);
+}
+
 // ---------------------------------------------------------------------------------------------- Philox normal
 
 // u = ((r >> 8) + 0.5) * 2^-24: exact in float32, in (0, 1), so ln u is finite.
@@ -262,6 +269,22 @@ struct StepPtrs {
   S* out;
   S* w_out;
 };
+
+// The data pointers of a launch, as storage type S (where every backend's fused_step kernel starts).
+template <typename S>
+PYDIFF_HD StepPtrs<S> step_ptrs(const FusedStepArgs& a) {
+  StepPtrs<S> p;
+  p.x = static_cast<const S*>(a.x);
+  p.m = static_cast<const S*>(a.m);
+  p.m2 = static_cast<const S*>(a.m2);
+  p.var = static_cast<const S*>(a.var);
+  PYDIFF_UNROLL
+  for (int k = 0; k < kKMax; ++k) p.h[k] = static_cast<const S*>(a.hist[k]);
+  p.noise = static_cast<const S*>(a.noise);
+  p.out = static_cast<S*>(a.out);
+  p.w_out = static_cast<S*>(a.w_out);
+  return p;
+}
 
 // m_e = m, or M1*m + M2*m2 when m2 is given.
 template <bool M2, typename T>
@@ -606,6 +629,25 @@ struct BackPtrs {
   S* dnoise;
   S* dvar;
 };
+
+// The data pointers of a backward launch, as storage type S.
+template <typename S>
+PYDIFF_HD BackPtrs<S> back_ptrs(const FusedStepBackwardArgs& a) {
+  BackPtrs<S> p;
+  p.go = static_cast<const S*>(a.grad_out);
+  p.gw = static_cast<const S*>(a.grad_w);
+  p.x = static_cast<const S*>(a.x);
+  p.m = static_cast<const S*>(a.m);
+  p.m2 = static_cast<const S*>(a.m2);
+  p.var = static_cast<const S*>(a.var);
+  p.noise = static_cast<const S*>(a.noise);
+  p.dx = static_cast<S*>(a.dx);
+  p.dm = static_cast<S*>(a.dm);
+  p.dm2 = static_cast<S*>(a.dm2);
+  p.dnoise = static_cast<S*>(a.dnoise);
+  p.dvar = static_cast<S*>(a.dvar);
+  return p;
+}
 
 // fused_step_backward at flat element g: reads every input of g, then writes the gradients of g (so an output
 // may be the very tensor of an input, e.g. dx written over grad_out).

@@ -183,6 +183,20 @@ def _philox_words(mods, seed, offset, rng):
     return seed is not None or rng is not None, seed_lo, seed_hi, off_lo, off_hi
 
 
+def _launch_shape(x, coef, threshold, index, rng, noise, seed):
+    """The checks fused_step and its backward share, then (B, N) of the launch (None when x is empty)."""
+    _check_data("x", x)
+    _check_f32("coef", coef)
+    _check_f32("threshold", threshold)
+    _check_index(index)
+    _check_rng(rng)
+    if noise is not None and (seed is not None or rng is not None):
+        raise ValueError("give at most one of noise, seed and rng")
+    if x.numel() == 0:
+        return None
+    return x.shape[0], x.numel() // x.shape[0]
+
+
 # --------------------------------------------------------------------------------------------- ops
 
 
@@ -190,21 +204,13 @@ def fused_step(x, m, coef, index, index_stride, row_stride, out, w_out, hist, no
                threshold, m2, var) -> None:
     """docs/ops.md ``fused_step``: writes ``out`` (and ``w_out``) in place."""
     mods = _mods("fused_step")
-    _check_data("x", x)
-    _check_f32("coef", coef)
-    _check_f32("threshold", threshold)
-    _check_index(index)
-    _check_rng(rng)
     hist = tuple(hist)
     if len(hist) > K_MAX:
         raise ValueError(f"hist holds at most {K_MAX} tensors, got {len(hist)}")
-    if noise is not None and (seed is not None or rng is not None):
-        raise ValueError("give at most one of noise, seed and rng")
-    numel = x.numel()
-    B = x.shape[0]
-    if numel == 0:
+    shape = _launch_shape(x, coef, threshold, index, rng, noise, seed)
+    if shape is None:
         return
-    N = numel // B
+    B, N = shape
     has_philox, seed_lo, seed_hi, off_lo, off_hi = _philox_words(mods, seed, offset, rng)
     km = mods["fused_step"]
     h = hist + (x,) * (K_MAX - len(hist))  # dummies for absent history (never read: NHIST is constexpr)
@@ -360,18 +366,10 @@ def fused_step_backward(grad_out, grad_w, x, m, coef, index, index_stride, row_s
     """The backward of ``fused_step`` (pydiff/ops/fused_step_backward.py): writes dx, dm (dm2, dnoise, dvar)."""
     mods = _mods("fused_step_backward")
     kb = importlib.import_module(f"{_PACKAGE}.fused_step_backward")  # loaded from the same tree as the others
-    _check_data("x", x)
-    _check_f32("coef", coef)
-    _check_f32("threshold", threshold)
-    _check_index(index)
-    _check_rng(rng)
-    if noise is not None and (seed is not None or rng is not None):
-        raise ValueError("give at most one of noise, seed and rng")
-    numel = x.numel()
-    B = x.shape[0]
-    if numel == 0:
+    shape = _launch_shape(x, coef, threshold, index, rng, noise, seed)
+    if shape is None:
         return
-    N = numel // B
+    B, N = shape
     has_philox, seed_lo, seed_hi, off_lo, off_hi = _philox_words(mods, seed, offset, rng)
     write_dvar = dvar is not None and var is not None
     block = kb.BLOCK_SIZE
