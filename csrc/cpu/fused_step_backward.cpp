@@ -24,10 +24,9 @@ namespace cpu {
 namespace PYDIFF_ISA_NS {
 namespace {
 
-// Philox z per block of kZBlock elements (2 KiB of float32, in L1 next to the data): drawn by the vector
-// generator of philox_vec.h instead of per element (fp32, Philox with var, 8x3x64x64, one thread: 4312 -> 801
-// us; fp16 3972 -> 827 us through the blocked path).
-constexpr int64_t kZBlock = 512;
+// Philox z per block of kPhiloxBlock elements: drawn by the vector generator of philox_vec.h instead of per
+// element (fp32, Philox with var, 8x3x64x64, one thread: 4312 -> 801 us; fp16 3972 -> 827 us through the
+// blocked path).
 
 // p advanced to element g (every pointer), with z as the noise input and no dnoise output.
 template <typename S>
@@ -65,19 +64,11 @@ void backward_run(const FusedStepBackwardArgs& a, uint64_t key, uint64_t ctr, in
       // noise kind, and no dnoise is written (the Philox forward has no noise input). (S != T: fp16 / bf16
       // at the baseline level, where the generator is the scalar function anyway: z per element.)
       using G = BackFlags<F::M2, F::VAR, kNoiseTensor, F::THR, F::GW>;
-      alignas(64) float zf[kZBlock];
-      alignas(64) S zs[std::is_same<S, float>::value ? 1 : kZBlock];
-      for (int64_t gb = g0; gb < g1; gb += kZBlock) {
-        const int64_t n = imin(kZBlock, g1 - gb);
-        philox_normal_fill(key, ctr, static_cast<uint64_t>(gb), n, zf);
-        const S* z = nullptr;
-        if constexpr (std::is_same<S, float>::value) {
-          z = zf;
-        } else {
-#pragma omp simd
-          for (int64_t i = 0; i < n; ++i) zs[i] = static_cast<S>(zf[i]);  // float64: exact
-          z = zs;
-        }
+      alignas(64) float zf[kPhiloxBlock];
+      alignas(64) S zs[std::is_same<S, float>::value ? 1 : kPhiloxBlock];
+      for (int64_t gb = g0; gb < g1; gb += kPhiloxBlock) {
+        const int64_t n = imin(kPhiloxBlock, g1 - gb);
+        const S* z = philox_normal_block(key, ctr, static_cast<uint64_t>(gb), n, zf, zs);
         const BackPtrs<S> qb = back_ptrs_from(q, gb, z);
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) fused_step_backward_at<G, T, Tr>(qb, i, r, s, key, ctr);

@@ -70,8 +70,6 @@ inline void with_clip(const Row<T>& r, Body&& body) {
 // a buffer, and the element loop reads z from it as from a noise tensor: F as the tensor-noise configuration
 // (fused_step_value only asks whether there is noise), on pointers advanced to the block's first element.
 // fp64 widens the float32 z to double in the buffer (exact), the conversion fused_step_at makes.
-// 512 floats (2 KiB) stay in L1 next to the data.
-constexpr int64_t kPhiloxBlock = 512;
 
 template <class F>
 struct ZBuffer : F {
@@ -122,15 +120,7 @@ void fused_run(const FusedStepArgs& a, uint64_t key, uint64_t ctr, int nt) {
         alignas(64) S zs[std::is_same<S, float>::value ? 1 : kPhiloxBlock];
         for (int64_t gb = g0; gb < g1; gb += kPhiloxBlock) {
           const int64_t n = imin(kPhiloxBlock, g1 - gb);
-          philox_normal_fill(key, ctr, static_cast<uint64_t>(gb), n, zf);
-          const S* z = nullptr;
-          if constexpr (std::is_same<S, float>::value) {
-            z = zf;
-          } else {
-#pragma omp simd
-            for (int64_t i = 0; i < n; ++i) zs[i] = static_cast<S>(zf[i]);
-            z = zs;
-          }
+          const S* z = philox_normal_block(key, ctr, static_cast<uint64_t>(gb), n, zf, zs);
           const StepPtrs<S> qb = step_ptrs_from(q, gb, z);
 #pragma omp simd
           for (int64_t i = 0; i < n; ++i) fused_step_at<ZBuffer<G>, T, Tr>(qb, i, r, s, key, ctr);

@@ -20,6 +20,8 @@
 
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "pydiff_math.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -46,6 +48,9 @@ namespace PYDIFF_ISA_NS {
 // split a 1x4x64x64 draw, one kChunk (ops_cpu.h) of elements.
 constexpr int64_t kPhiloxTask = 4096;
 constexpr int64_t kPhiloxParallelMin = 2 * kPhiloxTask;
+// The z buffer of the element loops that read Philox z like a noise tensor (philox_normal_block): 512 floats
+// (2 KiB) stay in L1 next to the data.
+constexpr int64_t kPhiloxBlock = 512;
 
 // The key words of each of the 10 rounds and the first round's product of the (uniform) counter word 2,
 // computed once per fill instead of per vector.
@@ -315,6 +320,20 @@ inline void philox_normal_fill(uint64_t key, uint64_t ctr, uint64_t g0, int64_t 
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) z[i] = philox_normal_z(key, ctr, g0 + static_cast<uint64_t>(i));
 #endif
+}
+
+// The same z as compute type T (float or double) for the element loops that read z like a noise tensor:
+// zf itself for float, widened into zt for double (exact). Both buffers hold n values.
+template <typename T>
+inline const T* philox_normal_block(uint64_t key, uint64_t ctr, uint64_t g0, int64_t n, float* zf, T* zt) {
+  philox_normal_fill(key, ctr, g0, n, zf);
+  if constexpr (std::is_same<T, float>::value) {
+    return zf;
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) zt[i] = static_cast<T>(zf[i]);
+    return zt;
+  }
 }
 
 }  // namespace PYDIFF_ISA_NS
