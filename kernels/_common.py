@@ -82,7 +82,7 @@ def clamp_nan(w, lo, hi):
 
 # Transcendentals. On GPUs tl.exp/tl.log/tl.cos lower to the approximate PTX instructions (ex2/lg2/cos.approx:
 # cos.approx has an absolute error up to 2^-20.5, hundreds of ulp where cos is near 0), so the kernels call
-# libdevice's correctly-rounded-to-1-2-ulp expf/logf/cosf instead, which docs/ops.md's "a few ulp" assumes.
+# libdevice's correctly-rounded-to-1-2-ulp expf/logf/cosf/sinf instead, which docs/ops.md's "a few ulp" assumes.
 # The interpreter does not implement libdevice; there tl.* is numpy's float32 libm.
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 
@@ -98,6 +98,10 @@ if INTERPRETED:
     @triton.jit
     def cos_f32(x):
         return tl.cos(x)
+
+    @triton.jit
+    def sin_f32(x):
+        return tl.sin(x)
 else:
     @triton.jit
     def exp_f32(x):
@@ -110,6 +114,10 @@ else:
     @triton.jit
     def cos_f32(x):
         return libdevice.cos(x)
+
+    @triton.jit
+    def sin_f32(x):
+        return libdevice.sin(x)
 
 
 def split_u64(v: int) -> tuple[int, int]:

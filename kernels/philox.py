@@ -4,13 +4,14 @@ Salmon, Moraes, Dror, Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC'11
 Layout and transform are the ones of docs/ops.md, so every backend draws the same ``z``::
 
     key = (k mod 2^32, k >> 32)                    k = seed, or uint64(rng[0])
-    ctr = (g mod 2^32, g >> 32, o mod 2^32, o >> 32)
-          g = flat element index (int64), o = offset, or (uint64(rng[1]) + offset) mod 2^64
+    ctr = (c mod 2^32, c >> 32, o mod 2^32, o >> 32)
+          c = g >> 2, g = flat element index (int64), o = offset, or (uint64(rng[1]) + offset) mod 2^64
     10 rounds:  hi0:lo0 = 0xD2511F53*ctr0,  hi1:lo1 = 0xCD9E8D57*ctr2   (hi via tl.umulhi)
                 ctr = (hi1 ^ ctr1 ^ key0, lo1, hi0 ^ ctr3 ^ key1, lo0)
                 key = (key0 + 0x9E3779B9, key1 + 0xBB67AE85)             (uint32, wrapping)
-    u1 = ((r0 >> 8) + 0.5) * 2^-24,  u2 = ((r1 >> 8) + 0.5) * 2^-24    (float32 ops, in this order)
-    z  = sqrt(-2 ln u1) * cos(6.2831855 * u2)                           (Box-Muller, float32)
+    (a, b) = (r0, r1) for g mod 4 in {0, 1}, (r2, r3) for {2, 3}
+    u1 = ((a >> 8) + 0.5) * 2^-24,  u2 = ((b >> 8) + 0.5) * 2^-24      (float32 ops, in this order)
+    z  = sqrt(-2 ln u1) * (cos if g even else sin)(6.2831855 * u2)       (Box-Muller, float32)
 
 Implementation notes:
 
@@ -23,7 +24,10 @@ Implementation notes:
   change (i32/i64/u64 by magnitude) can trigger a recompile when a sampler bumps ``offset`` every step.
 * The device ``rng`` tensor is loaded by the kernel (``key_and_counter``): its values are data, not
   kernel arguments, so changing them never recompiles and a captured graph sees the new values.
-* ``sqrt`` is ``tl.sqrt_rn`` (IEEE); ``ln``/``cos`` are libdevice's ``logf``/``cosf`` on GPUs (not the
+* Each element draws its own block (counter g >> 2) and takes its word pair and cos or sin from it: the same
+  numbers as the other backends, which draw a block once per 4 elements; a Triton tile that drew whole blocks
+  would have to interleave four results into element order (``tl.join``), left for GPU tuning.
+* ``sqrt`` is ``tl.sqrt_rn`` (IEEE); ``ln``/``cos``/``sin`` are libdevice's ``logf``/``cosf``/``sinf`` on GPUs (not the
   approximate ``tl.log``/``tl.cos``, see ``_common``) and numpy's under the interpreter, which may differ from
   the other backends' polynomials by a few float32 ulp, as docs/ops.md allows.
 
@@ -35,7 +39,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import cos_f32, log_f32, split_u64  # noqa: F401  (split_u64 re-exported for the launchers)
+from ._common import cos_f32, log_f32, sin_f32, split_u64  # noqa: F401  (split_u64 re-exported for the launchers)
 
 BLOCK_SIZE = 1024
 NUM_WARPS = 4
@@ -87,15 +91,21 @@ def key_and_counter(seed_lo, seed_hi, off_lo, off_hi, rng_ptr, HAS_RNG: tl.const
 def philox_normal_words(g, k0, k1, o0, o1):
     """Standard normal (float32) for int64 flat indices ``g`` under the uint32 key/counter words."""
     g = g.to(tl.int64)
-    c0 = g.to(tl.uint32)  # truncation: g mod 2^32
-    c1 = (g >> 32).to(tl.uint32)
+    c = (g >> 2) & 0x3FFFFFFFFFFFFFFF  # the block counter (g's bit pattern shifted right logically)
+    c0 = c.to(tl.uint32)  # truncation: c mod 2^32
+    c1 = (c >> 32).to(tl.uint32)
     c2 = tl.zeros_like(c0) + o0
     c3 = tl.zeros_like(c0) + o1
-    r0, r1, _r2, _r3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
+    r0, r1, r2, r3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
+    second = (g & 2) != 0
+    wa = tl.where(second, r2, r0)
+    wb = tl.where(second, r3, r1)
     # (r >> 8) < 2^24: exact in int32 and float32; + 0.5 and * 2^-24 are float32 ops, as in ops.md
-    u1 = ((r0 >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08
-    u2 = ((r1 >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08
-    return tl.sqrt_rn(-2.0 * log_f32(u1)) * cos_f32(6.2831855 * u2)
+    u1 = ((wa >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08
+    u2 = ((wb >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08
+    angle = 6.2831855 * u2
+    trig = tl.where((g & 1) != 0, sin_f32(angle), cos_f32(angle))
+    return tl.sqrt_rn(-2.0 * log_f32(u1)) * trig
 
 
 @triton.jit

@@ -102,7 +102,7 @@ struct FusedMulAdd {
 PYDIFF_HD float logf_u1(float x) { return poly_logf_with(x, FusedMulAdd()); }
 
 // sin and cos of a in [0, 2 pi]: the Cephes sinf/cosf polynomials after reduction by pi/4 in three parts
-// (the reduction of pydiff_math.h's poly_cosf), the octant handled by selects so that the loop vectorises.
+// (the reduction of pydiff_math.h's poly_sincosf), the octant handled by selects so that the loop vectorises.
 PYDIFF_HD void poly_sincosf(float a, float& sn, float& cs) {
   int32_t j = static_cast<int32_t>(a * 1.27323954473516f);  // a * 4/pi, a >= 0
   j = (j + 1) & ~1;                                          // even octant

@@ -130,6 +130,38 @@ __device__ __forceinline__ Split split_sample(int64_t base, int64_t N, int V) {
   return Split{head, packs, N - head - packs * V};
 }
 
+// f(g, z_g) for every element g of [g0, g1), thread t of nt, z_g its Philox normal (PHILOX) or noise[g]:
+// whole Philox blocks (elements 4q .. 4q + 3, one philox_normal4 each) inside the range, single elements at
+// its unaligned ends (philox_normal_z: the same bits), a quarter of the rounds of one philox_normal_z per
+// element. The noise tensor goes through the same loops, so a thread visits the same elements in the same
+// order with either source (the sums of squares round alike).
+template <bool PHILOX, typename S, class Fn>
+__device__ __forceinline__ void noise_range(uint64_t key, uint64_t ctr, const S* noise, int64_t g0, int64_t g1,
+                                            int64_t t, int64_t nt, Fn&& f) {
+  auto one = [&](int64_t g) {
+    if constexpr (PHILOX) {
+      return philox_normal_z(key, ctr, static_cast<uint64_t>(g));
+    } else {
+      return Conv<S>::load(noise[g]);
+    }
+  };
+  const int64_t q0 = (g0 + 3) >> 2, q1 = g1 >> 2;  // the blocks wholly inside [g0, g1)
+  const int64_t head_end = q0 <= q1 ? 4 * q0 : g1, tail = q0 <= q1 ? 4 * q1 : g1;
+  for (int64_t g = g0 + t; g < head_end; g += nt) f(g, one(g));
+  for (int64_t q = q0 + t; q < q1; q += nt) {
+    float z[4];
+    if constexpr (PHILOX) {
+      philox_normal4(key, ctr, static_cast<uint64_t>(q), z);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) z[j] = Conv<S>::load(noise[4 * q + j]);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) f(4 * q + j, z[j]);
+  }
+  for (int64_t g = tail + t; g < g1; g += nt) f(g, one(g));
+}
+
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGridY = 65535;
 // Resident 256-thread blocks per SM the grid is sized for (2048 threads: full occupancy on sm_80/sm_90

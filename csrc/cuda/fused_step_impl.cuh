@@ -35,6 +35,7 @@ __device__ __forceinline__ void fused_step_pack(const StepPtrs<S>& p, int64_t g,
 #pragma unroll
   for (int k = 0; k < F::K; ++k) load_pack(p.h[k], g, h[k]);
   if (F::NOISE == kNoiseTensor) load_pack(p.noise, g, z);
+  if (F::NOISE == kNoisePhilox) philox_normal_pack<V>(key, ctr, static_cast<uint64_t>(g), z);  // g % V == 0
   float o[V], w[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) {
@@ -42,8 +43,7 @@ __device__ __forceinline__ void fused_step_pack(const StepPtrs<S>& p, int64_t g,
 #pragma unroll
     for (int k = 0; k < F::K; ++k) hj[k] = h[k][j];
     float zj = 0.0f;
-    if (F::NOISE == kNoiseTensor) zj = z[j];
-    if (F::NOISE == kNoisePhilox) zj = philox_normal_z(key, ctr, static_cast<uint64_t>(g + j));
+    if (F::NOISE != kNoNoise) zj = z[j];
     o[j] = fused_step_value<F>(r, s, x[j], m[j], F::M2 ? m2[j] : 0.0f, F::VAR ? v[j] : 0.0f, hj, zj, w[j]);
   }
   if (F::WOUT) store_pack(p.w_out, g, w);

@@ -85,11 +85,10 @@ __global__ void __launch_bounds__(kThreads) sumsq_partial_kernel(const SumsqArgs
 #pragma unroll
           for (int j = 0; j < V; ++j) s1 += vb[j] * vb[j];
         } else if (philox) {
+          float z[V];
+          philox_normal_pack<V>(key, ctr, static_cast<uint64_t>(g), z);  // g % V == 0: whole blocks
 #pragma unroll
-          for (int j = 0; j < V; ++j) {
-            const float z = philox_normal_z(key, ctr, static_cast<uint64_t>(g + j));
-            s1 += z * z;
-          }
+          for (int j = 0; j < V; ++j) s1 += z[j] * z[j];
         }
       }
       if (tid < sp.tail) sumsq_elem(pa, pb, philox, key, ctr, body + sp.packs * V + tid, s0, s1);
@@ -282,13 +281,12 @@ __global__ void __launch_bounds__(kThreads) langevin_small_kernel(const Langevin
   if (PHILOX) philox_key_ctr(a.philox, key, ctr);
   for (int64_t b = 0; b < B; ++b) {
     float s0 = 0.0f, s1 = 0.0f;
-    for (int64_t i = threadIdx.x; i < N; i += kThreads) {
-      const int64_t g = b * N + i;
+    auto add = [&](int64_t g, float z) {
       const float v = Conv<S>::load(m[g]);
-      const float z = PHILOX ? philox_normal_z(key, ctr, static_cast<uint64_t>(g)) : Conv<S>::load(noise[g]);
       s0 += v * v;
       s1 += z * z;
-    }
+    };
+    noise_range<PHILOX>(key, ctr, noise, b * N, (b + 1) * N, threadIdx.x, kThreads, add);
     s0 = block_sum(s0, smem);
     s1 = block_sum(s1, smem);
     if (threadIdx.x == 0) {
@@ -303,15 +301,14 @@ __global__ void __launch_bounds__(kThreads) langevin_small_kernel(const Langevin
   for (int64_t b = 0; b < B; ++b) {
     Row<float> r;
     for (int k = 0; k < kNCoef; ++k) r.c[k] = rows[b * kNCoef + k];
-    for (int64_t i = threadIdx.x; i < N; i += kThreads) {
-      const int64_t g = b * N + i;
-      const float z = PHILOX ? philox_normal_z(key, ctr, static_cast<uint64_t>(g)) : Conv<S>::load(noise[g]);
+    auto update = [&](int64_t g, float z) {
       float w;
       const float o = fused_step_value<F>(r, 0.0f, Conv<S>::load(x[g]), Conv<S>::load(m[g]), 0.0f, 0.0f,
                                           static_cast<const float*>(nullptr), z, w);
       if (WOUT) w_out[g] = Conv<S>::store(w);
       out[g] = Conv<S>::store(o);
-    }
+    };
+    noise_range<PHILOX>(key, ctr, noise, b * N, (b + 1) * N, threadIdx.x, kThreads, update);
   }
 }
 

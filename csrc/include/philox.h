@@ -59,14 +59,12 @@ PYDIFF_HD Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32
   return r;
 }
 
-// Words r0, r1 of the block for flat element g:  key = (seed lo, seed hi),
-// ctr = (g lo, g hi, offset lo, offset hi). Words 2 and 3 are unused.
-PYDIFF_HD void philox_r01(uint64_t seed, uint64_t offset, uint64_t g, uint32_t& r0, uint32_t& r1) {
-  const Philox4x32 r = philox4x32_10(static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32),
-                                     static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
-                                     static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  r0 = r.v[0];
-  r1 = r.v[1];
+// The block of counter c: key = (seed lo, seed hi), ctr = (c lo, c hi, offset lo, offset hi). Its four words
+// give the normals of elements 4c .. 4c + 3 (pydiff_math.h, docs/ops.md).
+PYDIFF_HD Philox4x32 philox_block(uint64_t seed, uint64_t offset, uint64_t c) {
+  return philox4x32_10(static_cast<uint32_t>(c), static_cast<uint32_t>(c >> 32), static_cast<uint32_t>(offset),
+                       static_cast<uint32_t>(offset >> 32), static_cast<uint32_t>(seed),
+                       static_cast<uint32_t>(seed >> 32));
 }
 
 }  // namespace pydiff

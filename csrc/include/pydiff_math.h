@@ -182,9 +182,14 @@ PYDIFF_HD float poly_logf_with(float x, MulAdd madd) {
 
 PYDIFF_HD float poly_logf(float x) { return poly_logf_with(x, SeparateMulAdd()); }
 
-// cos(a) for a in [0, 8]; the Cephes cosf polynomials with range reduction by pi/4 in three parts,
-// branch-free (octant handled by selects).
-PYDIFF_HD float poly_cosf(float a) {
+// sin(a) and cos(a) for a in [0, 8]; the Cephes sinf/cosf polynomials with range reduction by pi/4 in three
+// parts, branch-free (octant handled by selects). Both polynomials are evaluated for either result, so the pair
+// costs one reduction and two polynomials (Box-Muller uses both).
+struct SinCos {
+  float s, c;
+};
+
+PYDIFF_HD SinCos poly_sincosf(float a) {
   int32_t j = static_cast<int32_t>(a * 1.27323954473516f);  // a * 4/pi, a >= 0
   j = (j + 1) & ~1;                                          // even octant
   const float y = static_cast<float>(j);
@@ -203,9 +208,14 @@ PYDIFF_HD float poly_cosf(float a) {
   s = s * zz * r;
   s = s + r;
   // cos(r + q*pi/4): q=0: cos r, q=2: -sin r, q=4: -cos r, q=6: sin r
-  const float v = (q & 2) ? s : c;
-  const bool neg = q == 2 || q == 4;
-  return neg ? -v : v;
+  // sin(r + q*pi/4): q=0: sin r, q=2: cos r,  q=4: -sin r, q=6: -cos r
+  const bool swap = (q & 2) != 0;
+  const float vc = swap ? s : c;
+  const float vs = swap ? c : s;
+  SinCos out;
+  out.c = (q == 2 || q == 4) ? -vc : vc;
+  out.s = (q == 4 || q == 6) ? -vs : vs;
+  return out;
 }
 
 PYDIFF_HD float sqrt_f(float v) {
@@ -216,13 +226,44 @@ PYDIFF_HD float sqrt_f(float v) {
 #endif
 }
 
-// z = sqrt(-2 ln u1) * cos(2 pi u2) for the Philox block of (key, ctr_offset, g) (docs/ops.md).
+// The Philox normals (docs/ops.md): the block of counter c gives elements 4c .. 4c + 3, Box-Muller on its word
+// pairs (r0, r1) and (r2, r3):
+//   z[4c + 2p]     = sqrt(-2 ln u(r_2p)) * cos(2 pi u(r_2p+1))
+//   z[4c + 2p + 1] = sqrt(-2 ln u(r_2p)) * sin(2 pi u(r_2p+1))          p = 0, 1
+// so a block costs a quarter of the rounds per normal and one log, sqrt and sin/cos reduction per two normals.
+// philox_normal4 draws a whole block; philox_normal_z one element, with the very same operations on that
+// element's pair (the same bits: kernels mix the two at the unaligned ends of a range).
+PYDIFF_HD float philox_radius(uint32_t r) { return sqrt_f(-2.0f * poly_logf(philox_uniform(r))); }
+
+PYDIFF_HD SinCos philox_angle(uint32_t r) { return poly_sincosf(kTwoPiF * philox_uniform(r)); }
+
+PYDIFF_HD void philox_normal4(uint64_t key, uint64_t ctr_offset, uint64_t c, float z[4]) {
+  const Philox4x32 w = philox_block(key, ctr_offset, c);
+  const float rad0 = philox_radius(w.v[0]), rad1 = philox_radius(w.v[2]);
+  const SinCos t0 = philox_angle(w.v[1]), t1 = philox_angle(w.v[3]);
+  z[0] = rad0 * t0.c;
+  z[1] = rad0 * t0.s;
+  z[2] = rad1 * t1.c;
+  z[3] = rad1 * t1.s;
+}
+
 PYDIFF_HD float philox_normal_z(uint64_t key, uint64_t ctr_offset, uint64_t g) {
-  uint32_t r0, r1;
-  philox_r01(key, ctr_offset, g, r0, r1);
-  const float u1 = philox_uniform(r0);
-  const float u2 = philox_uniform(r1);
-  return sqrt_f(-2.0f * poly_logf(u1)) * poly_cosf(kTwoPiF * u2);
+  const Philox4x32 w = philox_block(key, ctr_offset, g >> 2);
+  const bool second = (g & 2) != 0;
+  const float rad = philox_radius(second ? w.v[2] : w.v[0]);
+  const SinCos t = philox_angle(second ? w.v[3] : w.v[1]);
+  return rad * ((g & 1) ? t.s : t.c);
+}
+
+// The normals of elements g .. g + V - 1 for g a multiple of 4 (a kernel's aligned pack of V = 4 or 8
+// elements): V / 4 whole blocks, the same bits as philox_normal_z of each element.
+template <int V>
+PYDIFF_HD void philox_normal_pack(uint64_t key, uint64_t ctr_offset, uint64_t g, float (&z)[V]) {
+  static_assert(V % 4 == 0, "a pack of whole Philox blocks");
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int q = 0; q < V / 4; ++q) philox_normal4(key, ctr_offset, (g >> 2) + static_cast<uint64_t>(q), z + 4 * q);
 }
 
 // The Philox key and counter offset: host seed, or the device rng tensor (read where this runs).

@@ -7,11 +7,13 @@ reference, cpu, cuda and triton, and a kernel can regenerate element ``g`` of a 
 instead of storing it (the Langevin corrector's step size needs ``||z||`` before the update that adds ``z``)::
 
     key = (k mod 2^32, k >> 32)
-    ctr = (g mod 2^32, g >> 32, o mod 2^32, o >> 32)
+    ctr = (c mod 2^32, c >> 32, o mod 2^32, o >> 32)        c = g >> 2: one block per 4 elements
     10 rounds of  ctr = (hi(M1*c2) ^ c1 ^ k0, lo(M1*c2), hi(M0*c0) ^ c3 ^ k1, lo(M0*c0)),
                   key += (W0, W1)
-    u1 = ((r0 >> 8) + 0.5) / 2^24,  u2 = ((r1 >> 8) + 0.5) / 2^24
-    z  = sqrt(-2 ln u1) * cos(2 pi u2)          (Box-Muller, float32)
+    (a, b) = (r0, r1) for g mod 4 in {0, 1},  (r2, r3) for g mod 4 in {2, 3}
+    u1 = ((a >> 8) + 0.5) / 2^24,  u2 = ((b >> 8) + 0.5) / 2^24
+    z  = sqrt(-2 ln u1) * cos(2 pi u2)  for even g,  sqrt(-2 ln u1) * sin(2 pi u2)  for odd g
+                                                (Box-Muller on both word pairs, float32)
 
 ``k``/``o`` are the host ``seed``/``offset``, or read from a device tensor ``rng = [key bits, offset base]``
 (``o = rng[1] + offset``), so that a captured graph draws fresh noise after the caller advances ``rng[1]``.
@@ -69,12 +71,16 @@ def philox_normal_flat(g: torch.Tensor, seed, offset, rng=None) -> torch.Tensor:
     key, off = philox_key_offset(seed, offset, rng)
     k0, k1 = _split(key)
     c2, c3 = _split(off)
+    c = (g >> 2) & ((1 << 62) - 1)  # the block counter of element g (g's uint64 bit pattern shifted)
     zero = torch.zeros_like(g)
-    r0, r1, _, _ = philox4x32_10_reference(g & _MASK, (g >> 32) & _MASK, zero + c2, zero + c3, k0, k1)
+    r0, r1, r2, r3 = philox4x32_10_reference(c & _MASK, c >> 32, zero + c2, zero + c3, k0, k1)
+    second = (g & 2) != 0
     scale = 2.0 ** -24
-    u1 = ((r0 >> 8).to(torch.float32) + 0.5) * scale
-    u2 = ((r1 >> 8).to(torch.float32) + 0.5) * scale
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(6.2831855 * u2)
+    u1 = ((torch.where(second, r2, r0) >> 8).to(torch.float32) + 0.5) * scale
+    u2 = ((torch.where(second, r3, r1) >> 8).to(torch.float32) + 0.5) * scale
+    angle = 6.2831855 * u2
+    trig = torch.where((g & 1) != 0, torch.sin(angle), torch.cos(angle))
+    return torch.sqrt(-2.0 * torch.log(u1)) * trig
 
 
 def philox_normal_reference(out: torch.Tensor, seed, offset: int, rng) -> None:

@@ -169,14 +169,18 @@ def test_philox_known_answers_reference(ctr, key, expect):
 
 
 def test_philox_counter_layout(C):
-    """z(key, o, g) uses key = (k lo, k hi), ctr = (g lo, g hi, o lo, o hi); z is within float32 rounding of
-    sqrt(-2 ln u1) cos(2 pi u2) computed in double."""
+    """z(key, o, g) uses key = (k lo, k hi), ctr = (c lo, c hi, o lo, o hi) with c = g >> 2; words (r0, r1) for
+    g mod 4 in {0, 1}, (r2, r3) for {2, 3}; z is within float32 rounding of sqrt(-2 ln u1) cos(2 pi u2) (even g)
+    or sin(2 pi u2) (odd g) computed in double."""
     seed, offset = 0x0123456789ABCDEF, 0xFEDCBA9876543210
-    for g in (0, 1, 2**32 + 5, 2**63 + 7):
-        r = C.philox4x32_10(g & 0xFFFFFFFF, g >> 32, offset & 0xFFFFFFFF, offset >> 32, seed & 0xFFFFFFFF, seed >> 32)
-        u1 = ((r[0] >> 8) + 0.5) * 2.0 ** -24
-        u2 = ((r[1] >> 8) + 0.5) * 2.0 ** -24
-        z = math.sqrt(-2.0 * math.log(u1)) * math.cos(2 * math.pi * u2)
+    for g in (0, 1, 2, 3, 4, 2**32 + 5, 2**34 + 6, 2**63 + 7, 2**64 - 1):
+        c = g >> 2
+        r = C.philox4x32_10(c & 0xFFFFFFFF, c >> 32, offset & 0xFFFFFFFF, offset >> 32, seed & 0xFFFFFFFF, seed >> 32)
+        a, b = (r[2], r[3]) if g & 2 else (r[0], r[1])
+        u1 = ((a >> 8) + 0.5) * 2.0 ** -24
+        u2 = ((b >> 8) + 0.5) * 2.0 ** -24
+        trig = math.sin if g & 1 else math.cos
+        z = math.sqrt(-2.0 * math.log(u1)) * trig(2 * math.pi * u2)
         assert C.philox_normal_value(seed, offset, g) == pytest.approx(z, rel=1e-5, abs=1e-6)
 
 
