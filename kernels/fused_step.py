@@ -50,7 +50,7 @@ from ._common import (
     COL_A, COL_B0, COL_B1, COL_B2, COL_B3, COL_B4, COL_B5, COL_B6, COL_C, COL_CLIP, COL_D, COL_G, COL_M1,
     COL_M2, COL_O, COL_P, COL_Q, COL_S, COL_VA, COL_VB, clamp_nan, coef_at, exp_f32, row_of,
 )
-from .philox import key_and_counter, philox_normal_words
+from .philox import key_and_counter, philox_normal_block
 
 BLOCK_SIZE = 1024
 NUM_WARPS = 4
@@ -73,7 +73,7 @@ def fused_step_kernel(
     HAS_INDEX: tl.constexpr, INDEX_STRIDE: tl.constexpr, ROW_STRIDE: tl.constexpr,
     HAS_W_OUT: tl.constexpr, NHIST: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_PHILOX: tl.constexpr,
     HAS_RNG: tl.constexpr, HAS_THRESHOLD: tl.constexpr, HAS_M2: tl.constexpr, HAS_VAR: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, PHILOX_TILE: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     i = pid_n.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -141,14 +141,16 @@ def fused_step_kernel(
             if HAS_NOISE:
                 acc = acc + coef_at(rp, ok, COL_C, HAS_INDEX) * e * z
             if HAS_PHILOX:
-                acc = acc + coef_at(rp, ok, COL_C, HAS_INDEX) * e * philox_normal_words(g, k0, k1, o0, o1)
+                zp = philox_normal_block(g, b * N + pid_n.to(tl.int64) * BLOCK, k0, k1, o0, o1, PHILOX_TILE, BLOCK)
+                acc = acc + coef_at(rp, ok, COL_C, HAS_INDEX) * e * zp
         else:  # e = 1: G*(1*1)*m2 and C*1*z are exactly G*m2 and C*z
             if HAS_M2:
                 acc = acc + coef_at(rp, ok, COL_G, HAS_INDEX) * m2
             if HAS_NOISE:
                 acc = acc + coef_at(rp, ok, COL_C, HAS_INDEX) * z
             if HAS_PHILOX:
-                acc = acc + coef_at(rp, ok, COL_C, HAS_INDEX) * philox_normal_words(g, k0, k1, o0, o1)
+                zp = philox_normal_block(g, b * N + pid_n.to(tl.int64) * BLOCK, k0, k1, o0, o1, PHILOX_TILE, BLOCK)
+                acc = acc + coef_at(rp, ok, COL_C, HAS_INDEX) * zp
 
         # ---- stores last
         if HAS_W_OUT:

@@ -24,9 +24,10 @@ Implementation notes:
   change (i32/i64/u64 by magnitude) can trigger a recompile when a sampler bumps ``offset`` every step.
 * The device ``rng`` tensor is loaded by the kernel (``key_and_counter``): its values are data, not
   kernel arguments, so changing them never recompiles and a captured graph sees the new values.
-* Each element draws its own block (counter g >> 2) and takes its word pair and cos or sin from it: the same
-  numbers as the other backends, which draw a block once per 4 elements; a Triton tile that drew whole blocks
-  would have to interleave four results into element order (``tl.join``), left for GPU tuning.
+* A tile whose first element is a multiple of 4 (``philox_normal``; ``fused_step`` and ``sumsq`` when the
+  sample size N is) draws whole blocks and interleaves each block's four normals into element order with
+  ``tl.join`` (:func:`philox_normal_tile`); other tiles draw one block per element and take their element's
+  word pair and cos or sin (:func:`philox_normal_words`). The same operations on the same words: the same bits.
 * ``sqrt`` is ``tl.sqrt_rn`` (IEEE); ``ln``/``cos``/``sin`` are libdevice's ``logf``/``cosf``/``sinf`` on GPUs (not the
   approximate ``tl.log``/``tl.cos``, see ``_common``) and numpy's under the interpreter, which may differ from
   the other backends' polynomials by a few float32 ulp, as docs/ops.md allows.
@@ -109,6 +110,38 @@ def philox_normal_words(g, k0, k1, o0, o1):
 
 
 @triton.jit
+def philox_normal_tile(g0, k0, k1, o0, o1, BLOCK: tl.constexpr):
+    """Standard normals (float32) of the elements ``g0 .. g0 + BLOCK - 1`` for an int64 ``g0`` that is a multiple
+    of 4: ``BLOCK // 4`` Philox blocks, each giving its four elements (both word pairs, cos and sin), put in
+    element order by ``tl.join``; the values of :func:`philox_normal_words` on those elements, bit for bit (the
+    same operations), for a quarter of its Philox rounds and half its logarithms."""
+    c = (g0 >> 2) + tl.arange(0, BLOCK // 4).to(tl.int64)
+    c0 = c.to(tl.uint32)  # truncation: c mod 2^32
+    c1 = (c >> 32).to(tl.uint32)
+    c2 = tl.zeros_like(c0) + o0
+    c3 = tl.zeros_like(c0) + o1
+    r0, r1, r2, r3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
+    rad0 = tl.sqrt_rn(-2.0 * log_f32(((r0 >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08))
+    rad1 = tl.sqrt_rn(-2.0 * log_f32(((r2 >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08))
+    a0 = 6.2831855 * (((r1 >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08)
+    a1 = 6.2831855 * (((r3 >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08)
+    # tl.join adds a last axis: join(join(z0, z2), join(z1, z3)) has shape (BLOCK // 4, 2, 2) with [i, p, q] =
+    # z_{2p + q} of counter i, so row-major it is element 4i + 2p + q
+    z = tl.join(tl.join(rad0 * cos_f32(a0), rad1 * cos_f32(a1)), tl.join(rad0 * sin_f32(a0), rad1 * sin_f32(a1)))
+    return tl.reshape(z, (BLOCK,))
+
+
+@triton.jit
+def philox_normal_block(g, g0, k0, k1, o0, o1, TILE: tl.constexpr, BLOCK: tl.constexpr):
+    """The normals of a kernel's tile ``g = g0 + arange(BLOCK)``: whole Philox blocks where ``TILE`` (``g0`` a
+    multiple of 4, the launcher's promise), one block per element otherwise; the same values either way."""
+    if TILE:
+        return philox_normal_tile(g0, k0, k1, o0, o1, BLOCK)
+    else:
+        return philox_normal_words(g, k0, k1, o0, o1)
+
+
+@triton.jit
 def philox_normal_at(g, seed_lo, seed_hi, off_lo, off_hi):
     """Standard normal (float32) for int64 flat indices ``g``; the four key/offset words are the
     int32 bit patterns from :func:`split_u64`."""
@@ -122,7 +155,7 @@ def philox_normal_kernel(out_ptr, rng_ptr, numel, seed_lo, seed_hi, off_lo, off_
     g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = g < numel
     k0, k1, o0, o1 = key_and_counter(seed_lo, seed_hi, off_lo, off_hi, rng_ptr, HAS_RNG)
-    z = philox_normal_words(g, k0, k1, o0, o1)
+    z = philox_normal_tile(tl.program_id(0).to(tl.int64) * BLOCK, k0, k1, o0, o1, BLOCK)  # BLOCK % 4 == 0
     tl.store(out_ptr + g, z.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .philox import key_and_counter, philox_normal_words
+from .philox import key_and_counter, philox_normal_block
 
 BLOCK_SIZE = 1024
 NUM_WARPS = 4
@@ -41,6 +41,7 @@ def sumsq_kernel(
     a_ptr, b_ptr, rng_ptr, part_ptr, N, B, nblk, plane,
     seed_lo, seed_hi, off_lo, off_hi,
     HAS_B: tl.constexpr, HAS_PHILOX: tl.constexpr, HAS_RNG: tl.constexpr, BLOCK: tl.constexpr,
+    PHILOX_TILE: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     i = pid_n.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -57,5 +58,6 @@ def sumsq_kernel(
             y = tl.load(b_ptr + g, mask=mask, other=0.0).to(tl.float32)
             tl.store(part_ptr + plane + p, tl.sum(y * y, axis=0))
         if HAS_PHILOX:
-            z = tl.where(mask, philox_normal_words(g, k0, k1, o0, o1), 0.0)
+            zp = philox_normal_block(g, s * N + pid_n.to(tl.int64) * BLOCK, k0, k1, o0, o1, PHILOX_TILE, BLOCK)
+            z = tl.where(mask, zp, 0.0)
             tl.store(part_ptr + plane + p, tl.sum(z * z, axis=0))

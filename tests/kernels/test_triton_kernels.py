@@ -225,17 +225,19 @@ def ptx(kernel, ptrs, consts):
                           options={"num_warps": 4, "enable_fp_fusion": False}).asm["ptx"]
 
 STEP = dict(HAS_INDEX=False, INDEX_STRIDE=0, ROW_STRIDE=1, HAS_W_OUT=True, NHIST=0, HAS_NOISE=False,
-            HAS_PHILOX=False, HAS_RNG=False, HAS_THRESHOLD=False, HAS_M2=False, HAS_VAR=False, BLOCK=1024)
+            HAS_PHILOX=False, HAS_RNG=False, HAS_THRESHOLD=False, HAS_M2=False, HAS_VAR=False, BLOCK=1024,
+            PHILOX_TILE=False)
 I64 = {"index_ptr": "*i64", "rng_ptr": "*i64"}
 plain = ptx(M["fused_step"].fused_step_kernel, I64, STEP)
 assert "fma.rn" not in plain, "FMA contraction in the plain fused step"
 bf16 = dict(I64, **{n: "*bf16" for n in M["fused_step"].fused_step_kernel.arg_names
                     if n.endswith("_ptr") and n not in ("coef_ptr", "thr_ptr", "index_ptr", "rng_ptr")})
 for over in (dict(HAS_INDEX=True, INDEX_STRIDE=1, ROW_STRIDE=0, NHIST=6, HAS_PHILOX=True, HAS_RNG=True, HAS_M2=True,
-                  HAS_VAR=True), dict(NHIST=3, HAS_PHILOX=True, HAS_THRESHOLD=True, HAS_W_OUT=False)):
+                  HAS_VAR=True, PHILOX_TILE=True), dict(NHIST=3, HAS_PHILOX=True, HAS_THRESHOLD=True, HAS_W_OUT=False)):
     code = ptx(M["fused_step"].fused_step_kernel, bf16, dict(STEP, **over))
-    assert "cos.approx" not in code and "lg2.approx" not in code, "approximate transcendentals in the noise"
-ptx(M["sumsq"].sumsq_kernel, I64, dict(HAS_B=False, HAS_PHILOX=True, HAS_RNG=True, BLOCK=1024))
+    assert not any(a in code for a in ("cos.approx", "sin.approx", "lg2.approx")), "approximate transcendentals"
+for tile in (False, True):
+    ptx(M["sumsq"].sumsq_kernel, I64, dict(HAS_B=False, HAS_PHILOX=True, HAS_RNG=True, BLOCK=1024, PHILOX_TILE=tile))
 ptx(M["philox"].philox_normal_kernel, dict(I64, out_ptr="*fp16"), dict(HAS_RNG=True, BLOCK=1024))
 ptx(M["dynamic_threshold"].abs_x0_kernel, dict(I64, nan_ptr="*i32", x_ptr="*bf16", m_ptr="*bf16", m2_ptr="*bf16"),
     dict(HAS_M=True, HAS_M2=True, HAS_INDEX=True, INDEX_STRIDE=1, ROW_STRIDE=0, BLOCK=1024))
@@ -317,6 +319,29 @@ def test_philox_normal_statistics():
 # (seed, rng base, host offset): the device counter offset is (base + offset) mod 2^64, carries included
 RNG_CASES = [(0, 0, 0), (5, 7, 3), (2**64 - 1, 2**64 - 1, 2), (0xDEADBEEF12345678, 2**32 - 1, 1),
              (2**63, 2**63, 2**63), (123, 2**40 + 5, 2**64 - 2**40)]
+
+
+def _bits32(t):
+    return t.cpu().contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("shape", [(3, 20), (3, 21), (2, 34), (1, 16), (5, 3)], ids=str)
+def test_philox_tile_and_element_paths_same_bits(small_blocks, shape):
+    """fused_step with C = 1 (out = z) draws whole blocks per tile when N % 4 == 0 (philox_normal_tile) and one
+    block per element otherwise (philox_normal_words); sumsq's Philox row likewise. Either way z is the z that
+    philox_normal (always whole blocks, from element 0) writes, bit for bit."""
+    B, N = shape
+    seed, offset = 2**63 + 99, 2**32 + 5
+    z = torch.empty(B * N, device=DEV)
+    TB.philox_normal(z, seed, offset, None)
+    x = torch.randn(shape, device=DEV)
+    out = torch.empty_like(x)
+    coef = torch.tensor(coef_row(C=1.0), dtype=torch.float32, device=DEV).view(1, -1)
+    TB.fused_step(x, x, coef, None, 0, 0, out, None, (), None, seed, offset, None, None, None, None)
+    assert torch.equal(_bits32(out).reshape(-1), _bits32(z))
+    got = TB.sumsq(x, None, seed, offset, None)[1]
+    want = TB.sumsq(z.view(shape), None, None, 0, None)[0]
+    assert torch.equal(_bits32(got), _bits32(want))
 
 
 @pytest.mark.parametrize("seed,base,offset", RNG_CASES)

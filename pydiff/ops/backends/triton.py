@@ -229,7 +229,8 @@ def fused_step(x, m, coef, index, index_stride, row_stride, out, w_out, hist, no
         HAS_INDEX=index is not None, INDEX_STRIDE=int(index_stride), ROW_STRIDE=int(row_stride),
         HAS_W_OUT=w_out is not None, NHIST=len(hist), HAS_NOISE=noise is not None, HAS_PHILOX=has_philox,
         HAS_RNG=rng is not None, HAS_THRESHOLD=threshold is not None, HAS_M2=m2 is not None,
-        HAS_VAR=var is not None, BLOCK=block, num_warps=km.NUM_WARPS, **_OPTIONS,
+        HAS_VAR=var is not None, BLOCK=block, PHILOX_TILE=has_philox and N % 4 == 0, num_warps=km.NUM_WARPS,
+        **_OPTIONS,
     )
 
 
@@ -255,7 +256,7 @@ def sumsq(a, b, seed, offset, rng) -> torch.Tensor:
         a, a if b is None else b, part if rng is None else rng, part, N, B, nblk, B * nblk,
         seed_lo, seed_hi, off_lo, off_hi,
         HAS_B=b is not None, HAS_PHILOX=has_philox, HAS_RNG=rng is not None, BLOCK=block,
-        num_warps=km.NUM_WARPS, **_OPTIONS,
+        PHILOX_TILE=has_philox and N % 4 == 0, num_warps=km.NUM_WARPS, **_OPTIONS,
     )
     return part.sum(dim=-1)
 
