@@ -46,7 +46,7 @@ def test_same_numbers_as_the_authors_loop():
 def test_recovers_the_closed_form(noise_source, rescale, shift1):
     """Every level within 4.5 standard errors of mean_i sigma^2/(alpha^2 s_i^2 + sigma^2) (measured worst: see
     docs/analytic_dpm.md); the standard errors themselves are right: the spread of the z-scores is ~1 (measured
-    1.02 and 0.78; the levels share the data, so their errors are correlated and the spread of 40 of them varies)."""
+    1.02 and 0.82; the levels share the data, so their errors are correlated and the spread of 40 of them varies)."""
     b = betas("cosine", N)
     model = oracle.gaussian_eps_model(b, MU, S, rescale, shift1)
     torch.manual_seed(11)
