@@ -48,3 +48,22 @@ for b in cuda triton; do
 done
 
 fi
+if want bench; then
+echo "== summary"
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+    path = os.path.join(out, name)
+    return json.load(open(path)) if os.path.exists(path) else None
+bw = load("bandwidth.json") or []
+for r in bw:
+    print(f"bandwidth  {r['impl']:28} {r['median_us']:9.1f} us {r['gb_per_s']:8.1f} GB/s {100 * r['fraction_of_copy']:6.1f}% of copy")
+for b in ("cuda", "triton"):
+    d = load(f"pc_graph_{b}.json")
+    if d:
+        for r in d["rows"]:
+            print(f"pc graph   {r['backend']:8} {r['what']:28} {r['us_per_replay']:8.2f} us")
+        print(f"pc graph   {b:8} corrector / fused_step     {d['corrector_over_fused_step']:8.2f}")
+PY
+fi

@@ -472,7 +472,9 @@ class BandwidthRow:
 def bandwidth(shape=(32, 3, 512, 512), dtype="fp32", device=None, backends=None, min_time=0.3):
     """Effective bandwidth of a DDIM-like fused step (reads x, m; writes x', x0) against a device copy.
 
-    The copy (``y.copy_(x)``, 2 tensors moved) is the measured ceiling; the fused step moves 4 tensors.
+    The copy (``y.copy_(x)``, 2 tensors moved) is the measured ceiling; the fused step moves 4 tensors. Per
+    backend three rows: no noise; in-kernel Philox noise (``seed=``: the same 4 tensors, plus the generator's
+    arithmetic, which should hide behind the memory traffic on a GPU); a noise tensor (5 tensors moved).
     """
     from .ops import coef_row, fused_step
 
@@ -491,18 +493,22 @@ def bandwidth(shape=(32, 3, 512, 512), dtype="fp32", device=None, backends=None,
     rows = [BandwidthRow("torch copy_", str(device), dtype, sh, copy_us, copy_gbs, 1.0)]
     if backends is None:
         backends = [b for b in available_backends() if _runs_on(b, device, tdtype)]
+    noisy = torch.tensor(coef_row(P=1.2, Q=-0.3, B0=0.9, D=0.4, C=0.1, CLIP=1.0), device=device)
+    z = torch.randn(shape, device=device).to(tdtype)
+    variants = [("", coef, {}, 4), (" philox", noisy, {"seed": 5}, 4), (" noise", noisy, {"noise": z}, 5)]
     for b in backends:
-        fn = lambda b=b: fused_step(x, m, coef, out=out, w_out=x0, backend=b)  # noqa: E731
-        us = time_callable(fn, device, min_time=min_time)
-        gbs = 4 * nbytes / us / 1e3
-        rows.append(BandwidthRow(f"fused_step-{b}", str(device), dtype, sh, us, gbs, gbs / copy_gbs))
+        for tag, c, extra, moved in variants:
+            fn = lambda b=b, c=c, extra=extra: fused_step(x, m, c, out=out, w_out=x0, backend=b, **extra)  # noqa: E731
+            us = time_callable(fn, device, min_time=min_time)
+            gbs = moved * nbytes / us / 1e3
+            rows.append(BandwidthRow(f"fused_step-{b}{tag}", str(device), dtype, sh, us, gbs, gbs / copy_gbs))
     return rows
 
 
 def format_bandwidth(rows) -> str:
-    head = f"{'implementation':20} {'device':7} {'dtype':5} {'shape':14} {'median us':>10} {'GB/s':>8} {'of copy':>8}"
+    head = f"{'implementation':28} {'device':7} {'dtype':5} {'shape':14} {'median us':>10} {'GB/s':>8} {'of copy':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.impl:20} {r.device:7} {r.dtype:5} {r.shape:14} {r.median_us:10.1f} {r.gb_per_s:8.1f} "
+        lines.append(f"{r.impl:28} {r.device:7} {r.dtype:5} {r.shape:14} {r.median_us:10.1f} {r.gb_per_s:8.1f} "
                      f"{100 * r.fraction_of_copy:7.1f}%")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ def test_bench_bandwidth(capsys):
     assert main(["bench", "--bandwidth", "--shape", "2x3x8x8", "--min-time", "0.01", "--backend", "reference"]) == 0
     out = capsys.readouterr().out
     assert "torch copy_" in out and "fused_step-reference" in out
+    assert "fused_step-reference philox" in out and "fused_step-reference noise" in out
 
 
 @pytest.mark.parametrize("argv,message", [
