@@ -304,3 +304,38 @@ def test_float64_steps_keep_torch_randn_exact(monkeypatch):
     a.step(m, a.timesteps[3], x, generator=ga)
     b.step(m, b.timesteps[3], x, generator=gb)
     assert calls == [] and torch.equal(ga.get_state(), gb.get_state())
+
+
+def test_threads_sharing_a_generator_get_torch_randn_draws():
+    """Two threads drawing from one generator at once (a server running pipelines in threads on the default
+    generator): every draw is one of the draws torch.randn makes in some serial order -- no two threads get the
+    same numbers -- and the generator ends where 2 x 60 serial draws leave it. The kernel releases the GIL, so
+    without the lock around get_state / fill / set_state both threads read the same state and draw alike."""
+    import threading
+
+    assert torch_randn_fast()
+    n, per_thread = 98304, 60
+    g = torch.Generator()
+    g.manual_seed(7)
+    ref = clone(g)
+    serial = [torch.randn(n, generator=ref) for _ in range(2 * per_thread)]
+    draws, barrier = [[], []], threading.Barrier(2)
+
+    def work(k):
+        barrier.wait()
+        for _ in range(per_thread):
+            draws[k].append(torch_randn(n, generator=g))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torch.equal(g.get_state(), ref.get_state())
+    got = draws[0] + draws[1]
+    # each draw matches exactly one serial draw (its first values identify it), and all of them are used
+    key = {tuple(round(v, 4) for v in d[:4].tolist()): i for i, d in enumerate(serial)}
+    idx = sorted(key[tuple(round(v, 4) for v in d[:4].tolist())] for d in got)
+    assert idx == list(range(2 * per_thread))
+    for d in got:
+        torch.testing.assert_close(d, serial[key[tuple(round(v, 4) for v in d[:4].tolist())]], rtol=1e-5, atol=1e-6)
