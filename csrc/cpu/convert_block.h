@@ -345,21 +345,59 @@ PYDIFF_HD void store_group_bf16(const VecF* w, uint16_t* dw, const VecF* o, uint
   }
 }
 #else
-// bf16 by integer rounding (exact, NaN included): per vector, as store_vec / store_vec2.
+// bf16 by integer rounding (exact). One NaN test per group, on two FMAs of its outputs (NaN once any output
+// is; a NaN w_out makes its out NaN too; inf * 0 or inf - inf only send a group the careful way needlessly):
+// groups without NaN round without the per-vector NaN select, and on AVX2 two vectors' words are packed into
+// one 256-bit store (vpackusdw + vpermq); groups with NaN go per vector with the select (store_vec/store_vec2).
+// The bf16 DDIM step at the avx2 level (8x4x128x128, one thread, no w_out, two runs against the previous code):
+// 145..147 -> 125..134 us (fp32 83..87); with w_out 173..177 -> 158..163.
 template <>
 constexpr bool group_defers_nan<kBFloat16>() {
   return false;
 }
 template <>
 inline void canonical_nan<kBFloat16>(uint16_t*, int64_t) {}
+#if PYDIFF_BLOCK_CONVERT == 512
+inline void store_pair_bf16_nonan(VecF lo, VecF hi, uint16_t* dst) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), bf16_from_ps_fast((__m512)lo));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 16), bf16_from_ps_fast((__m512)hi));
+}
+inline bool group_has_nan(VecF t) { return _mm512_cmp_ps_mask((__m512)t, (__m512)t, _CMP_UNORD_Q) != 0; }
+#else
+// the rounding of bf16_from_ps without its NaN select, two vectors into one store of 16 words
+inline void store_pair_bf16_nonan(VecF lo, VecF hi, uint16_t* dst) {
+  const __m256i bias = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1);
+  const __m256i a = _mm256_castps_si256((__m256)lo), b = _mm256_castps_si256((__m256)hi);
+  const __m256i ra = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(a, bias),
+                                                        _mm256_and_si256(_mm256_srli_epi32(a, 16), one)), 16);
+  const __m256i rb = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, bias),
+                                                        _mm256_and_si256(_mm256_srli_epi32(b, 16), one)), 16);
+  // words <= 0xFFFF: the unsigned-saturating pack is exact; it interleaves the 128-bit lanes (a0 b0 a1 b1),
+  // vpermq restores a0 a1 b0 b1
+  const __m256i h = _mm256_permute4x64_epi64(_mm256_packus_epi32(ra, rb), _MM_SHUFFLE(3, 1, 2, 0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), h);
+}
+inline bool group_has_nan(VecF t) {
+  return _mm256_movemask_ps(_mm256_cmp_ps((__m256)t, (__m256)t, _CMP_UNORD_Q)) != 0;
+}
+#endif
 template <int DT, bool WOUT>
 PYDIFF_HD void store_group_bf16(const VecF* w, uint16_t* dw, const VecF* o, uint16_t* do_, VecF&) {
+  static_assert(kGroupVecs == 4, "the NaN test below covers four output vectors");
+  if (__builtin_expect(group_has_nan(vec_fma(vec_fma(o[0], o[1], o[2]), o[3], o[0])), 0)) {
 #pragma GCC unroll 4
-  for (int u = 0; u < kGroupVecs; ++u) {
-    if (WOUT)
-      store_vec2<kBFloat16>(w[u], dw + u * kVecLanes, o[u], do_ + u * kVecLanes);
-    else
-      store_vec<kBFloat16>(o[u], do_ + u * kVecLanes);
+    for (int u = 0; u < kGroupVecs; ++u) {
+      if (WOUT)
+        store_vec2<kBFloat16>(w[u], dw + u * kVecLanes, o[u], do_ + u * kVecLanes);
+      else
+        store_vec<kBFloat16>(o[u], do_ + u * kVecLanes);
+    }
+    return;
+  }
+#pragma GCC unroll 4
+  for (int u = 0; u < kGroupVecs; u += 2) {
+    if (WOUT) store_pair_bf16_nonan(w[u], w[u + 1], dw + u * kVecLanes);
+    store_pair_bf16_nonan(o[u], o[u + 1], do_ + u * kVecLanes);
   }
 }
 #endif

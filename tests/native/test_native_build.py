@@ -523,7 +523,10 @@ def test_isa_levels_are_bit_identical(cpu, each_isa):
             out, w = torch.empty_like(x), torch.empty_like(x)
             cpu.fused_step(x, m, coef, None, 0, 1, out, w, hist, o.get("z"), o.get("seed"), 3, None, o.get("thr"),
                            o.get("m2"), None)
-            res += [out, w]
+            alone = torch.empty_like(x)  # without w_out: the other store path of the half types
+            cpu.fused_step(x, m, coef, None, 0, 1, alone, None, hist, o.get("z"), o.get("seed"), 3, None,
+                           o.get("thr"), o.get("m2"), None)
+            res += [out, w, alone]
         res += list(cpu.sumsq(cases[0][1], cases[0][2], None, 0, None))
         res += list(cpu.sumsq(cases[0][1], None, 3, 4, None))
         res.append(cpu.dynamic_threshold(cases[0][1][1:], cases[0][2][1:], cases[0][3], None, 0, 0, None, 100, 101,
