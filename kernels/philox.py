@@ -89,6 +89,20 @@ def key_and_counter(seed_lo, seed_hi, off_lo, off_hi, rng_ptr, HAS_RNG: tl.const
 
 
 @triton.jit
+def philox_radius(r):
+    """sqrt(-2 ln u) of a Philox word (pydiff_math.h's philox_radius). (r >> 8) < 2^24: exact in int32 and
+    float32; + 0.5 and * 2^-24 are float32 ops, as in ops.md."""
+    u = ((r >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08
+    return tl.sqrt_rn(-2.0 * log_f32(u))
+
+
+@triton.jit
+def philox_angle(r):
+    """2 pi u of a Philox word (the argument of Box-Muller's cos and sin)."""
+    return 6.2831855 * (((r >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08)
+
+
+@triton.jit
 def philox_normal_words(g, k0, k1, o0, o1):
     """Standard normal (float32) for int64 flat indices ``g`` under the uint32 key/counter words."""
     g = g.to(tl.int64)
@@ -99,14 +113,9 @@ def philox_normal_words(g, k0, k1, o0, o1):
     c3 = tl.zeros_like(c0) + o1
     r0, r1, r2, r3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
     second = (g & 2) != 0
-    wa = tl.where(second, r2, r0)
-    wb = tl.where(second, r3, r1)
-    # (r >> 8) < 2^24: exact in int32 and float32; + 0.5 and * 2^-24 are float32 ops, as in ops.md
-    u1 = ((wa >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08
-    u2 = ((wb >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08
-    angle = 6.2831855 * u2
+    angle = philox_angle(tl.where(second, r3, r1))
     trig = tl.where((g & 1) != 0, sin_f32(angle), cos_f32(angle))
-    return tl.sqrt_rn(-2.0 * log_f32(u1)) * trig
+    return philox_radius(tl.where(second, r2, r0)) * trig
 
 
 @triton.jit
@@ -121,10 +130,8 @@ def philox_normal_tile(g0, k0, k1, o0, o1, BLOCK: tl.constexpr):
     c2 = tl.zeros_like(c0) + o0
     c3 = tl.zeros_like(c0) + o1
     r0, r1, r2, r3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
-    rad0 = tl.sqrt_rn(-2.0 * log_f32(((r0 >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08))
-    rad1 = tl.sqrt_rn(-2.0 * log_f32(((r2 >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08))
-    a0 = 6.2831855 * (((r1 >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08)
-    a1 = 6.2831855 * (((r3 >> 8).to(tl.int32).to(tl.float32) + 0.5) * 5.960464477539063e-08)
+    rad0, rad1 = philox_radius(r0), philox_radius(r2)
+    a0, a1 = philox_angle(r1), philox_angle(r3)
     # tl.join adds a last axis: join(join(z0, z2), join(z1, z3)) has shape (BLOCK // 4, 2, 2) with [i, p, q] =
     # z_{2p + q} of counter i, so row-major it is element 4i + 2p + q
     z = tl.join(tl.join(rad0 * cos_f32(a0), rad1 * cos_f32(a1)), tl.join(rad0 * sin_f32(a0), rad1 * sin_f32(a1)))
