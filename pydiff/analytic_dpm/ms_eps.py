@@ -24,12 +24,16 @@ FORMAT = "pydiff.analytic_dpm.ms_eps/1"
 def _batches(data, batch_size):
     """``(M, make_iterator)``: the data in order, in batches, through a ``DataLoader`` as the authors read it (a
     DataLoader iterator draws one number from torch's generator when it starts, so the noise that follows is the
-    authors' only if the data is read the same way). A tensor is read a batch at a time (one indexing per batch)."""
+    authors' only if the data is read the same way). A contiguous tensor is read a batch at a time (one indexing
+    per batch, the same values); any other is read item by item, as a Dataset over it is, because the collated
+    batch's memory layout decides the order in which randn_like fills its noise."""
     from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
     if isinstance(data, torch.Tensor):
         if not data.is_floating_point() or data.ndim < 1 or data.shape[0] == 0:
             raise ValueError(f"data must be a non-empty floating-point tensor (M, ...), got {data.dtype} "
                              f"{tuple(data.shape)}")
+        if not data.is_contiguous():
+            return len(data), lambda: iter(DataLoader(data, batch_size=batch_size))
         sampler = BatchSampler(SequentialSampler(range(len(data))), batch_size, drop_last=False)
         return len(data), lambda: iter(DataLoader(data, batch_size=None, sampler=sampler))
     if hasattr(data, "__len__") and hasattr(data, "__getitem__"):

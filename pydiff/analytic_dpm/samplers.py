@@ -28,6 +28,7 @@ from .._checks import sample_tensor
 from ..ops import compute_dtype, fused_step
 from ..ops.columns import COL
 from ..plans import analytic_dpm as plan
+from ..runtime.layout import follow, randn_in_layout
 
 NOISE_SOURCES = ("torch", "philox")
 
@@ -76,21 +77,36 @@ def run_plan(p: plan.AnalyticPlan, x_init, model, model_name, N, rescale_timeste
     if noise_source == "philox":
         rng = torch.randint(-(1 << 63), (1 << 63) - 1, (2,), device=x.device, dtype=torch.int64)
     draws = 0
+    like = x_init  # a tensor with the layout of the authors' x, whose randn_like draws the noise (runtime.layout)
+    ddim = p.sampler.startswith("ddim")
     with torch.no_grad():
         for k in range(len(p.pairs)):
-            m = check_model_output(model(x, times[k]), x, model_name)
+            out_k = model(x, times[k])
+            m = check_model_output(out_k, x, model_name)
             kw = {}
             if p.noisy[k]:
                 if rng is None:
-                    z = torch.randn_like(x)
+                    z = randn_in_layout(like, dtype=x.dtype, device=x.device)
                     if C[k] != 0:  # a zero-sigma draw only keeps torch's generator in step
                         kw = {"noise": z}
                 elif C[k] != 0:
                     kw = {"rng": rng, "offset": draws}
                 draws += 1
-            out = torch.empty_like(x) if k == 0 else x  # never write into the caller's x_init
+            if rng is None and not (like.is_contiguous() and out_k.is_contiguous()):
+                like = _next_layout(like, out_k, model_name == "d_model", ddim, p.noisy[k])
+            # never write into the caller's x_init; the fused step writes a contiguous sample
+            out = x if k > 0 else torch.empty(x.shape, dtype=x.dtype, device=x.device)
             x = fused_step(x, m, table[k], out=out, backend=backend, **kw)
     return x
+
+
+def _next_layout(x, m, x0_model, ddim, noisy):
+    """The layout of the authors' x after a step, from that of x and of the model output m (their expressions'
+    operand order: x0 = c x - c eps or the model's, eps = m or -c x0 + c x, mean = c x0 + c x (DDPM) or
+    c x0 + c eps (DDIM), x = mean + c randn_like(x))."""
+    x0, eps = (follow(m), follow(m, x)) if x0_model else (follow(x, m), m)
+    mean = follow(x0, eps) if ddim else follow(x0, x)
+    return follow(mean, x) if noisy else mean
 
 
 def reverse_ddpm_ms_eps(x_init, betas, rescale_timesteps, steps_type="linear", clip_sigma_idx=0, clip_pixel=2,

@@ -31,6 +31,7 @@ import torch
 
 from ..ops import compute_dtype, fused_step
 from ..plans import guided as plan
+from ..runtime.layout import follow, randn_in_layout
 from .cfg import ClassifierFreeGuidance
 
 NOISE_SOURCES = ("torch", "philox")
@@ -146,10 +147,11 @@ class GaussianDiffusion:
                 raise ValueError(f"model output must have shape {want} (twice the {C} channels of x: the mean and "
                                  f"the variance values) for a learned variance, got {tuple(out.shape)}")
             m, v = torch.split(out, C, dim=1)
-            return m.to(x.dtype).contiguous(), v.to(x.dtype).contiguous()
+            dt = torch.promote_types(x.dtype, out.dtype)  # the reference's arithmetic promotes, never rounds down
+            return m.to(dt), v.to(dt)  # views of out: their layout is the reference's (the fused step copies them)
         if tuple(out.shape) != tuple(x.shape):
             raise ValueError(f"model output must have the shape of x {tuple(x.shape)}, got {tuple(out.shape)}")
-        return out.to(x.dtype), None
+        return out.to(torch.promote_types(x.dtype, out.dtype)), None
 
     def _gradient(self, cond_fn, x, t, model_kwargs):
         kw = {} if model_kwargs is None else model_kwargs
@@ -231,12 +233,12 @@ class GaussianDiffusion:
 
     def p_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None):
         """One ancestral step ``x_{t-1} ~ p(x_{t-1} | x_t)`` (fused): ``{'sample', 'pred_xstart'}``."""
-        return self._step("p", model, x, t, clip_denoised, denoised_fn, cond_fn, model_kwargs, 0.0, None, 0)
+        return self._step("p", model, x, t, clip_denoised, denoised_fn, cond_fn, model_kwargs, 0.0, None, 0)[0]
 
     def ddim_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None,
                     eta=0.0):
         """One DDIM step (fused): ``{'sample', 'pred_xstart'}``."""
-        return self._step("ddim", model, x, t, clip_denoised, denoised_fn, cond_fn, model_kwargs, eta, None, 0)
+        return self._step("ddim", model, x, t, clip_denoised, denoised_fn, cond_fn, model_kwargs, eta, None, 0)[0]
 
     def ddim_reverse_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None, eta=0.0):
         """The deterministic DDIM step towards ``x_{t+1}`` (eta must be 0)."""
@@ -268,11 +270,14 @@ class GaussianDiffusion:
         return self._rows[key]
 
     def _step(self, kind, model, x, t, clip_denoised, denoised_fn, cond_fn, model_kwargs, eta, rng, k,
-              want_xstart=True, tt=None):
-        """One fused step. ``t`` is a Python int (a loop: one row for the batch) or a ``(B,)`` int64 tensor (rows per
-        sample through the op's ``index``); ``rng`` None draws the noise with ``torch.randn_like``, else the Philox
-        key tensor with counter offset ``k``; ``tt`` the loop's ready ``(B,)`` timestep tensor for an int ``t``."""
+              want_xstart=True, tt=None, like=None):
+        """One fused step: ``({'sample', 'pred_xstart'}, like)``. ``t`` is a Python int (a loop: one row for the
+        batch) or a ``(B,)`` int64 tensor (rows per sample through the op's ``index``); ``rng`` None draws the noise
+        with ``torch.randn_like``, else the Philox key tensor with counter offset ``k``; ``tt`` the loop's ready
+        ``(B,)`` timestep tensor for an int ``t``; ``like`` a tensor with the layout the reference's ``x`` has (``x``
+        itself by default), returned for the next step (``_next_layout``)."""
         B = x.shape[0]
+        like = x if like is None else like
         if isinstance(t, torch.Tensor):
             if tuple(t.shape) != (B,):
                 raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
@@ -290,11 +295,19 @@ class GaussianDiffusion:
         scale = model.guidance_scale if m2 is not None else None
         z = g = None
         if kind == "p":
-            z = torch.randn_like(x) if rng is None else None
+            z = randn_in_layout(like, dtype=x.dtype, device=x.device) if rng is None else None
+        # The reference's schedule factors are float32 tensors (_extract_into_tensor), so from half-precision x and
+        # model outputs its sample, and the next step's model input, come out float32: so do ours (the kernel's
+        # arithmetic is float32 either way). The noise above was drawn in x's own dtype, as randn_like(x) draws it.
+        m_dtype, x_in = m.dtype, x
+        cd = torch.promote_types(m_dtype, torch.float32)
+        if x.dtype != cd:
+            x, m = x.to(cd), m.to(cd)
+            m2, v, z = (None if a is None else a.to(cd) for a in (m2, v, z))
         if cond_fn is not None:
-            g = self._gradient(cond_fn, x, tt, model_kwargs).to(x.dtype)
+            g = self._gradient(cond_fn, x_in, tt, model_kwargs).to(cd)
         if kind == "ddim":
-            z = torch.randn_like(x) if rng is None else None
+            z = randn_in_layout(like, dtype=x_in.dtype, device=x.device).to(cd) if rng is None else None
             v = None  # DDIM does not use the model's variance
         noise = dict(noise=z) if rng is None else dict(rng=rng, offset=k)
         if m2 is not None and (g is not None or denoised_fn is not None):
@@ -319,7 +332,31 @@ class GaussianDiffusion:
                 out = fused_step(x, x0, m2=g, var=v, w_out=w, **sel(upd), **noise)
         if kind == "ddim" and g is not None and want_xstart:
             w = fused_step(w, g, **sel(xrows))  # Alg. 2's pred_xstart: x0 + (1 - abar)/sqrt(abar) g
-        return {"sample": out, "pred_xstart": w}
+        elif w is not None and self._mean == "start_x" and denoised_fn is None:
+            w = w.to(m_dtype)  # the reference's x0 is then the (clipped) model output itself, in its dtype
+        if rng is None and m2 is None and not (like.is_contiguous() and m.is_contiguous()
+                                               and (g is None or g.is_contiguous())):
+            like = self._next_layout(kind, like, m, g, denoised_fn is not None)
+        return {"sample": out, "pred_xstart": w}, like
+
+    def _next_layout(self, kind, x, m, g, denoised):
+        """The layout of the reference's sample after a step (``runtime.layout``), from those of its x, the model's
+        mean output m and the gradient g, in the operand order of gaussian_diffusion.py: x0 = c x - c eps (EPSILON),
+        the model's (START_X) or c x_prev - c x (PREVIOUS_X); mean = c x0 + c x, or the model's (PREVIOUS_X); Alg. 1
+        adds var g to the mean; DDIM (Alg. 2 first replaces eps by c x - c x0 - c g and x0 by c x - c eps) takes
+        eps = c x - c x0, mean = c x0 + c eps; the sample is mean + c randn_like(x)."""
+        x0 = {"start_x": lambda: follow(m), "previous_x": lambda: follow(m, x)}.get(self._mean, lambda: follow(x, m))()
+        if denoised:
+            x0 = follow(x0)  # denoised_fn taken to keep its input's layout
+        if kind == "p":
+            mean = follow(m) if self._mean == "previous_x" else follow(x0, x)
+            if g is not None:
+                mean = follow(mean, g)
+        else:
+            if g is not None:
+                x0 = follow(x, follow(follow(x, x0), g))
+            mean = follow(x0, follow(x, x0))
+        return follow(mean, x)
 
     def _cfg_rows(self, rows, scale, key):
         ckey = ("cfg", float(scale)) + key
@@ -353,10 +390,11 @@ class GaussianDiffusion:
             indices = tqdm(indices)
         # every step's (B,) timestep tensor at once: the loop then makes no host-to-device copy
         steps = torch.arange(self.num_timesteps, device=img.device)[:, None].repeat(1, img.shape[0])
+        like = img  # the layout of the reference's sample (a channels_last noise, a channels_last START_X model)
         for k, i in enumerate(indices):
             with torch.no_grad():
-                out = self._step(kind, model, img, i, clip_denoised, denoised_fn, cond_fn, model_kwargs, eta, rng, k,
-                                 want_xstart, tt=steps[i])
+                out, like = self._step(kind, model, img, i, clip_denoised, denoised_fn, cond_fn, model_kwargs, eta,
+                                       rng, k, want_xstart, tt=steps[i], like=like)
                 yield out
                 img = out["sample"]
 

@@ -90,7 +90,8 @@ def check_ms_eps(ms_eps, N: int) -> np.ndarray:
 
     Values above 1 (the bound of an exact model: ``E||E[eps|x_n]||^2/d <= E||eps||^2/d = 1``) are accepted, as the
     authors' code accepts them: the variance formula clips ``cov_r`` at 0 and ``'dp_seg'`` leaves those steps to an
-    evenly spaced tail. A float32 array is used at its exact values.
+    evenly spaced tail. A float32 array is used at its exact values (and ``'dp_seg'`` rounds as the authors do, see
+    ``ms_eps_rounding``).
     """
     if ms_eps is None:
         raise TypeError("ms_eps must be given: the length-N+1 array of E||eps_theta(x_n, n)||^2/d "
@@ -207,11 +208,26 @@ def split_bad_tail(ms_eps: np.ndarray, N: int, K: int):
     return K1, N1, K2, num_bad
 
 
-def trajectory_cost(ms_eps: np.ndarray, betas: np.ndarray, N1: int) -> np.ndarray:
+def ms_eps_rounding(ms_eps) -> np.dtype:
+    """The NumPy type the authors' code holds ``ms_eps / bbar`` in: that of the ``ms_eps`` array it was given.
+
+    Their ``_ms_score`` writes the ratio into ``np.zeros_like(ms_eps)``, so a float32 ``ms_eps`` (what their
+    ``save_ms_eps`` stores) rounds it to float32, and near the end of a schedule, where ``1 - b_{r|s} Gamma_r``
+    cancels, that rounding moves the optimum of ``'dp_seg'`` (N = 1000, linear betas, 10 steps: 34, 60, 104, 187
+    instead of float64's 35, 62, 109, 199). The same rounding here gives the same trajectory from the same file.
+    """
+    if hasattr(ms_eps, "detach"):
+        ms_eps = ms_eps.detach().cpu().numpy()
+    dt = np.asarray(ms_eps).dtype
+    return dt if dt in (np.float16, np.float32) else np.dtype(np.float64)
+
+
+def trajectory_cost(ms_eps: np.ndarray, betas: np.ndarray, N1: int, score_dtype=np.float64) -> np.ndarray:
     """``F[s, r] = log(1 - b_{r|s} ms_eps[r]/bbar_r)`` for ``1 <= s < r <= N1``, ``+inf`` elsewhere: the
-    trajectory-dependent part of a step's KL cost with the optimal variance, per dimension and times 2."""
+    trajectory-dependent part of a step's KL cost with the optimal variance, per dimension and times 2.
+    ``ms_eps[r]/bbar_r`` is rounded to ``score_dtype`` (see ``ms_eps_rounding``), the rest is float64."""
     alphas, _, bbar = schedule(betas)
-    score2 = np.zeros_like(ms_eps)
+    score2 = np.zeros(np.shape(ms_eps), dtype=score_dtype)
     score2[1:] = ms_eps[1:] / bbar[1:]  # E||grad log q_n||^2 / d
     F = np.full((N1 + 1, N1 + 1), np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -247,10 +263,10 @@ def dp_trajectory(F: np.ndarray, N: int, K: int) -> list:
     return path[::-1]
 
 
-def steps_dp_seg(ms_eps: np.ndarray, betas: np.ndarray, N: int, K: int) -> list:
+def steps_dp_seg(ms_eps: np.ndarray, betas: np.ndarray, N: int, K: int, score_dtype=np.float64) -> list:
     """The DP optimal trajectory over the reliable levels plus the evenly spaced tail (see ``split_bad_tail``)."""
     K1, N1, K2, _ = split_bad_tail(ms_eps, N, K)
-    head = dp_trajectory(trajectory_cost(ms_eps, betas, N1), N1, K1)
+    head = dp_trajectory(trajectory_cost(ms_eps, betas, N1, score_dtype), N1, K1)
     tail = []
     if K2 > 0:
         gap = (N - N1) / K2
@@ -261,9 +277,10 @@ def steps_dp_seg(ms_eps: np.ndarray, betas: np.ndarray, N: int, K: int) -> list:
     return steps
 
 
-def choose_steps(N: int, sample_steps: int, steps_type: str, ms_eps=None, betas=None) -> list:
+def choose_steps(N: int, sample_steps: int, steps_type: str, ms_eps=None, betas=None,
+                 score_dtype=np.float64) -> list:
     """The trajectory ``[tau_1, ..., tau_K]`` of ``steps_type`` (``check_steps_type``; ``'dp_seg'`` needs
-    ``ms_eps`` and ``betas``)."""
+    ``ms_eps`` and ``betas``, and rounds as ``score_dtype`` says)."""
     steps_type = check_steps_type(steps_type)
     if steps_type == "linear":
         return steps_linear(N, sample_steps)
@@ -272,7 +289,7 @@ def choose_steps(N: int, sample_steps: int, steps_type: str, ms_eps=None, betas=
     if steps_type == "dp_seg":
         if ms_eps is None:
             raise ValueError("steps_type 'dp_seg' needs ms_eps (only the ms_eps samplers take it)")
-        return steps_dp_seg(ms_eps, betas, N, sample_steps)
+        return steps_dp_seg(ms_eps, betas, N, sample_steps, score_dtype)
     return steps_power(N, sample_steps, int(_POWER.fullmatch(steps_type).group(1)))
 
 
@@ -309,11 +326,13 @@ class AnalyticPlan:
 
     ``rows`` ``(K, NCOEF)``; ``pairs[k] = (s, r)``; ``noisy[k]``: step ``k`` draws noise (``s > 0``, also when its
     sigma is 0, as the authors' code draws it); ``levels[k] = r``: the noise level whose model output step ``k``
-    reads; ``sigma2[k]`` the variance used (after the clip); ``steps`` the trajectory.
+    reads; ``sigma2[k]`` the variance used (after the clip); ``steps`` the trajectory; ``sampler`` its name
+    (``SAMPLERS``).
     """
 
-    def __init__(self, rows, pairs, noisy, sigma2, steps):
+    def __init__(self, rows, pairs, noisy, sigma2, steps, sampler="ddpm_ms_eps"):
         self.rows, self.pairs, self.noisy, self.sigma2, self.steps = rows, pairs, noisy, sigma2, steps
+        self.sampler = sampler
         self.levels = [r for _, r in pairs]
 
     def model_inputs(self, shift1: bool) -> list:
@@ -339,7 +358,9 @@ def sampler_plan(sampler: str, betas, *, steps_type: str = "linear", sample_step
     N = betas.shape[0] - 1
     steps_type = check_steps_type(steps_type)
     analytic = sampler.endswith("ms_eps")
+    rounding = np.float64
     if analytic:
+        rounding = ms_eps_rounding(ms_eps)
         ms_eps = check_ms_eps(ms_eps, N)
     elif steps_type == "dp_seg":
         raise ValueError("steps_type 'dp_seg' needs ms_eps: use reverse_ddpm_ms_eps or reverse_ddim_ms_eps")
@@ -354,7 +375,7 @@ def sampler_plan(sampler: str, betas, *, steps_type: str = "linear", sample_step
     if model_kind not in ("eps", "x0"):
         raise ValueError(f"model_kind must be 'eps' or 'x0', got {model_kind!r}")
 
-    steps = choose_steps(N, K, steps_type, ms_eps=ms_eps, betas=betas)
+    steps = choose_steps(N, K, steps_type, ms_eps=ms_eps, betas=betas, score_dtype=rounding)
     alphas, abar, bbar = schedule(betas)
     clip_below = steps[clip_sigma_idx]  # sigma^2 is capped on the steps with s < steps[clip_sigma_idx]
     threshold = sigma2_threshold(clip_pixel)
@@ -398,5 +419,5 @@ def sampler_plan(sampler: str, betas, *, steps_type: str = "linear", sample_step
     rows = b.table()
     check_finite(rows, f"{sampler} (eta = {eta})" if ddim else sampler,
                  [f"step {s} <- {r}" for s, r in pairs])
-    return AnalyticPlan(rows, pairs, noisy, sig2, steps)
+    return AnalyticPlan(rows, pairs, noisy, sig2, steps, sampler)
 

@@ -135,6 +135,12 @@ def steps_dp_seg(ms_eps, betas, N, K):
     return steps
 
 
+def _as_given(ms_eps):
+    """The array the authors' code works on: a tensor as NumPy, in its own dtype (their ``_ms_score`` writes the
+    ratio ``ms_eps / bbar`` into ``np.zeros_like(ms_eps)``, so a float32 file rounds it to float32)."""
+    return ms_eps.detach().cpu().numpy() if hasattr(ms_eps, "detach") else np.asarray(ms_eps)
+
+
 def choice_steps(N, sample_steps, typ, ms_eps=None, betas=None):
     if typ == "linear":
         steps = steps_linear(N, sample_steps)
@@ -143,7 +149,7 @@ def choice_steps(N, sample_steps, typ, ms_eps=None, betas=None):
     elif typ == "quad_ddim":
         steps = steps_quad_ddim(N, sample_steps)
     elif typ == "dp_seg":
-        steps = steps_dp_seg(np.asarray(ms_eps, np.float64), betas, N, sample_steps)
+        steps = steps_dp_seg(_as_given(ms_eps), betas, N, sample_steps)
     else:
         raise NotImplementedError(typ)
     assert len(steps) == sample_steps and steps[0] == 1
@@ -177,7 +183,9 @@ def _schedule(betas):
 
 
 def _noise(x, dtype):
-    return torch.randn(x.shape, dtype=dtype).to(F64)
+    # randn_like(x): x (float64 here) carries the layout the authors' arithmetic gives their x, and the draw fills
+    # memory in that order
+    return torch.randn_like(x, dtype=dtype).to(F64)
 
 
 def _clip_sigma(sigma2, s, ns, clip_sigma_idx, clip_pixel):
@@ -214,9 +222,9 @@ def reverse_ddpm_naive(x_init, betas, small_sigma, clip_denoise, rescale_timeste
 def reverse_ddpm_ms_eps(x_init, betas, rescale_timesteps, steps_type="linear", clip_sigma_idx=0, clip_pixel=2,
                         eps_model=None, ms_eps=None, sample_steps=None, shift1=False):
     betas, alphas, cum_alphas, cum_betas = _schedule(betas)
-    ms_eps = np.asarray(ms_eps, np.float64)
     N = len(betas) - 1
     ns = choice_steps(N, sample_steps or N, steps_type, ms_eps=ms_eps, betas=betas)
+    ms_eps = np.asarray(_as_given(ms_eps), np.float64)
     dtype = x_init.dtype
     x = x_init.to(F64)
     for s, r in list(zip([0] + ns, ns))[::-1]:
@@ -241,6 +249,8 @@ def _ddim(x_init, betas, rescale_timesteps, eta, eps_model, ms_eps, sample_steps
     betas, alphas, cum_alphas, cum_betas = _schedule(betas)
     N = len(betas) - 1
     ns = choice_steps(N, sample_steps or N, steps_type, ms_eps=ms_eps, betas=betas)
+    if ms_eps is not None:
+        ms_eps = np.asarray(_as_given(ms_eps), np.float64)
     dtype = x_init.dtype
     x = x_init.to(F64)
     for s, r in list(zip([0] + ns, ns))[::-1]:
@@ -269,8 +279,8 @@ def reverse_ddim_naive(x_init, betas, rescale_timesteps, eta=0., steps_type="lin
 
 def reverse_ddim_ms_eps(x_init, betas, rescale_timesteps, eta=0., eps_model=None, ms_eps=None, sample_steps=None,
                         clip_sigma_idx=0, clip_pixel=2, shift1=False, steps_type="linear"):
-    return _ddim(x_init, betas, rescale_timesteps, eta, eps_model, np.asarray(ms_eps, np.float64), sample_steps,
-                 clip_sigma_idx, clip_pixel, shift1, steps_type)
+    return _ddim(x_init, betas, rescale_timesteps, eta, eps_model, ms_eps, sample_steps, clip_sigma_idx, clip_pixel,
+                 shift1, steps_type)
 
 
 # ----------------------------------------------------------------------------- Gaussian data

@@ -158,18 +158,22 @@ class GuidedOracle:
                     eta=0.0, denoised_fn=None, progressive=False):
         """The reference's ``p_sample_loop`` (kind 'p') or ``ddim_sample_loop`` (kind 'ddim') in float64: the
         final sample, or the list of per-step ``{'sample', 'pred_xstart'}`` with ``progressive``."""
-        x = (torch.randn(*shape) if noise is None else noise).double()
+        x = (torch.randn(*shape) if noise is None else noise)
+        # the dtype of the reference's sample: the noise's, then float32 or wider (its schedule factors are float32
+        # tensors), and randn_like(x) draws in it (torch's normals of a half tensor are not the float32 ones rounded)
+        xdt, x = x.dtype, x.double()
         steps = []
         for i in reversed(range(self.K)):
             out = self.p_mean_variance(model, x, i, clip_denoised, denoised_fn, model_kwargs)
             if kind == "p":
-                z = torch.randn(*shape).double()  # drawn after the model call, before cond_fn
+                z = torch.randn_like(x, dtype=xdt).double()  # drawn after the model call, before cond_fn; x carries
+                # the reference's memory layout (its arithmetic's), in which randn_like fills the noise
                 mean = out["mean"] if cond_fn is None else self.condition_mean(cond_fn, out, x, i, model_kwargs)
                 x_new = mean + torch.exp(0.5 * out["log_variance"]) * z if i > 0 else mean
             else:
                 if cond_fn is not None:
                     out = self.condition_score(cond_fn, out, x, i, model_kwargs)
-                z = torch.randn(*shape).double()  # drawn after cond_fn
+                z = torch.randn_like(x, dtype=xdt).double()  # drawn after cond_fn
                 a, ap = self.abar[i], self.abar_prev[i]
                 eps = (math.sqrt(1.0 / a) * x - out["pred_xstart"]) / math.sqrt(1.0 / a - 1.0)
                 sigma = eta * math.sqrt((1 - ap) / (1 - a)) * math.sqrt(1 - a / ap)
@@ -177,7 +181,7 @@ class GuidedOracle:
                 if i > 0:
                     x_new = x_new + sigma * z
             steps.append({"sample": x_new, "pred_xstart": out["pred_xstart"]})
-            x = x_new
+            x, xdt = x_new, torch.promote_types(xdt, torch.float32)
         return steps if progressive else x
 
 

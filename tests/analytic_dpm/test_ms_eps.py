@@ -17,12 +17,16 @@ def _data(seed=0):
     return MU + S * torch.randn(DATA_SHAPE, generator=g, dtype=torch.float64)
 
 
-def test_same_numbers_as_the_authors_loop():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_same_numbers_as_the_authors_loop(channels_last):
     """For every level, over the data in order through a DataLoader, one randn_like per batch (the authors'
-    save_ms_eps), x_n formed, the model called with level n, the per-sample mean of squares summed over the data."""
+    save_ms_eps), x_n formed, the model called with level n, the per-sample mean of squares summed over the data.
+    A channels_last data tensor too: the collated batch's layout decides where randn_like puts each number."""
     b = betas("linear", N)
     model = oracle.gaussian_eps_model(b, MU, S, True, False)
     data = _data()[:70]
+    if channels_last:
+        data = data.contiguous(memory_format=torch.channels_last)
     ca = np.cumprod(1 - b)
     torch.manual_seed(5)
     want = np.zeros(N + 1)

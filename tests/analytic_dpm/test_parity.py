@@ -99,3 +99,54 @@ def test_backends_give_the_transcription(backend):
     betas, eps_model, _, ms = problem("cosine", 100, True, True)
     _check(lambda m, x: m.reverse_ddpm_ms_eps(x, betas, True, "dp_seg", 2, 2, eps_model, ms, 25, True,
                                               **({"backend": backend} if m is face else {})))
+
+
+@pytest.mark.parametrize("sampler", ["ddpm_ms_eps", "ddim_ms_eps"])
+def test_float32_ms_eps_takes_the_authors_trajectory(sampler):
+    """A float32 ms_eps (the authors' file format): 'dp_seg' picks the trajectory of their float32 rounding, so the
+    samples are the transcription's given the same float32 array."""
+    import numpy as np
+    from pydiff.plans import analytic_dpm as plan
+    betas, eps_model, _, ms = problem("linear", 200)
+    ms32 = np.asarray(ms, dtype=np.float32)
+    K = 15  # here the two roundings of the same array choose different trajectories
+    assert plan.choose_steps(200, K, "dp_seg", ms32.astype(np.float64), betas) != \
+        plan.choose_steps(200, K, "dp_seg", ms32.astype(np.float64), betas, score_dtype=np.float32)
+    call = (lambda m, x: m.reverse_ddpm_ms_eps(x, betas, False, "dp_seg", eps_model=eps_model, ms_eps=ms32,
+                                               sample_steps=K)) if sampler == "ddpm_ms_eps" else \
+        (lambda m, x: m.reverse_ddim_ms_eps(x, betas, False, 0.0, eps_model, ms32, K, steps_type="dp_seg"))
+    _check(call)
+
+
+def _channels_last(model):
+    def run(x, t):  # a network that answers in channels_last (values unchanged)
+        return model(x, t).contiguous(memory_format=torch.channels_last)
+    return run
+
+
+@pytest.mark.parametrize("sampler", ["ddpm_ms_eps", "ddim_ms_eps", "ddpm_naive_d", "ddim_naive"])
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
+def test_noise_follows_the_authors_sample_layout(sampler, layout):
+    """randn_like(x) fills x's memory in order and the authors' x keeps the layout of x_init (or takes a d_model's):
+    a channels_last, transposed or sliced x_init runs (the fused step writes a contiguous sample) and draws the
+    transcription's noise."""
+    betas, eps_model, d_model, ms = problem("linear", 100)
+    x = x_init(3, torch.float64)
+    x = {"channels_last": x.contiguous(memory_format=torch.channels_last), "transposed": x.transpose(2, 3).
+         contiguous().transpose(2, 3), "sliced": torch.cat([x, x], 3)[..., ::2]}[layout]
+    assert not x.is_contiguous()
+    calls = {
+        "ddpm_ms_eps": lambda m, x: m.reverse_ddpm_ms_eps(x, betas, False, eps_model=_channels_last(eps_model),
+                                                          ms_eps=ms, sample_steps=10),
+        "ddim_ms_eps": lambda m, x: m.reverse_ddim_ms_eps(x, betas, False, 0.5, eps_model, ms, 10),
+        "ddpm_naive_d": lambda m, x: m.reverse_ddpm_naive(x, betas, True, True, False, d_model=_channels_last(d_model),
+                                                          sample_steps=10),
+        "ddim_naive": lambda m, x: m.reverse_ddim_naive(x, betas, False, 1.0, eps_model=_channels_last(eps_model),
+                                                        sample_steps=10),
+    }
+    got = same_noise(lambda: calls[sampler](face, x))
+    want = same_noise(lambda: calls[sampler](oracle, x))
+    assert max_rel(got, want) <= TOL64
+    if layout != "sliced":  # and the layout matters: the same values, contiguous, draw other noise
+        plain = same_noise(lambda: calls[sampler](oracle, x.contiguous()))
+        assert max_rel(plain, want) > 1e-2

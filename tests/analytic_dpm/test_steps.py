@@ -81,3 +81,26 @@ def test_split_of_the_unreliable_tail():
     first = int(np.flatnonzero(cases["tail>1"][1:] > 1)[0]) + 1
     assert num_bad == 2 * (N - first + 1) and N1 == N - num_bad and K1 + K2 == 10 and K2 >= 1
     assert plan.split_bad_tail(cases["exact"], N, 10) == (10, N, 0, 0)
+
+
+def test_dp_seg_rounds_a_float32_ms_eps_as_the_authors_code():
+    """The authors store ms_eps as float32 and their DP holds ms_eps / bbar in that dtype; near the end of the
+    schedule the rounding moves the optimum. The trajectory below is what their ``_choice_steps`` returns for this
+    float32 array (baofff/Analytic-DPM, cifar_imagenet_codes/core/inference/utils.py, run with NumPy 2.4); the
+    float64 array gives the second list, in their code and here."""
+    N, K = 1000, 10
+    b = np.append(0.0, np.linspace(1e-4, 0.02, N))
+    ms32 = (1 - 0.99 * np.cumprod(1 - b)).astype(np.float32)
+    ms32[0] = 0
+    authors_f32 = [1, 2, 5, 10, 19, 34, 60, 104, 187, 1000]
+    authors_f64 = [1, 2, 5, 10, 19, 35, 62, 109, 199, 1000]
+    rounding = plan.ms_eps_rounding(ms32)
+    assert rounding == np.float32
+    assert plan.choose_steps(N, K, "dp_seg", plan.check_ms_eps(ms32, N), b, score_dtype=rounding) == authors_f32
+    assert oracle.choice_steps(N, K, "dp_seg", ms_eps=ms32, betas=b) == authors_f32
+    ms64 = ms32.astype(np.float64)
+    assert plan.ms_eps_rounding(ms64) == np.float64
+    assert plan.choose_steps(N, K, "dp_seg", ms64, b) == authors_f64
+    assert plan.ms_eps_rounding(list(ms64)) == np.float64
+    import torch
+    assert plan.ms_eps_rounding(torch.from_numpy(ms32)) == np.float32

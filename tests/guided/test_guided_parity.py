@@ -113,6 +113,32 @@ def test_noise_argument_and_model_call_count():
     assert rel(got, want) < TOL
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind,eta,mean", [("p", 0.0, "epsilon"), ("p", 0.0, "start_x"), ("ddim", 1.0, "epsilon")])
+def test_half_precision_noise_promotes_as_the_reference(dtype, kind, eta, mean):
+    """guided-diffusion's schedule factors are float32 tensors: from half-precision noise its first step draws its
+    noise in the half type and returns float32, and the later steps (and their model inputs) are float32."""
+    ours, oracle, model, cond_fn = make("linear", 1000, "ddim10", mean=mean)
+    seen = []
+
+    def model32(x, t, **kw):  # a float32 model output: the comparison then holds to float32 rounding
+        seen.append(x.dtype)
+        return model(x, t, **kw).float()
+
+    x_T = torch.randn(SHAPE).to(dtype)
+    mk = {"y": LABELS}
+    torch.manual_seed(8)
+    got = ours.p_sample_loop(model32, SHAPE, noise=x_T, model_kwargs=mk, cond_fn=cond_fn) if kind == "p" else \
+        ours.ddim_sample_loop(model32, SHAPE, noise=x_T, eta=eta, model_kwargs=mk, cond_fn=cond_fn)
+    assert got.dtype == torch.float32
+    assert seen == [dtype] + [torch.float32] * 9
+    state = torch.get_rng_state()
+    torch.manual_seed(8)
+    want = oracle.sample_loop(kind, model32, SHAPE, noise=x_T, eta=eta, model_kwargs=mk, cond_fn=cond_fn)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert rel(got, want) < TOL
+
+
 def test_loops_run_under_no_grad_and_cond_fn_may_use_autograd():
     ours, _, model, cond_fn = make("linear", 1000, "ddim10")
     seen = []
@@ -183,3 +209,35 @@ def test_unspaced_diffusion_and_previous_x(mean, rescale):
             want = oracle.sample_loop(kind, model, SHAPE, cond_fn=cond_fn, denoised_fn=dfn, model_kwargs={"y": LABELS})
             assert rel(got, want) < TOL
     assert set(seen) == {torch.float32 if rescale else torch.int64}
+
+
+class _ChannelsLast:
+    """A model whose output comes back in another memory layout (a channels_last network), values unchanged."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x, t, **kw):
+        out = self.model(x, t, **kw)
+        return out.unsqueeze(-1).contiguous(memory_format=torch.channels_last).squeeze(-1) if out.dim() == 3 else out
+
+
+@pytest.mark.parametrize("mean", ["epsilon", "start_x"])
+@pytest.mark.parametrize("kind,eta,cond", [("p", 0.0, False), ("p", 0.0, True), ("ddim", 1.0, False),
+                                           ("ddim", 1.0, True)])
+def test_noise_follows_the_reference_sample_layout(mean, kind, eta, cond):
+    """randn_like(x) fills x's memory in order, and the reference's x takes the layout of its arithmetic's first
+    operand (a START_X model's output, a transposed noise=): the same seed gives the transcription's samples."""
+    ours, oracle, model, cond_fn = make("linear", 1000, "ddim10", mean=mean)
+    m = _ChannelsLast(model)
+    x_T = torch.randn(SHAPE[0], SHAPE[2], SHAPE[1]).transpose(1, 2)  # a permuted, dense noise
+    assert not x_T.is_contiguous()
+    kw = dict(noise=x_T, model_kwargs={"y": LABELS}, cond_fn=cond_fn if cond else None)
+    torch.manual_seed(4)
+    got = ours.p_sample_loop(m, SHAPE, **kw) if kind == "p" else ours.ddim_sample_loop(m, SHAPE, eta=eta, **kw)
+    torch.manual_seed(4)
+    want = oracle.sample_loop(kind, m, SHAPE, eta=eta, **kw)
+    assert rel(got, want) < TOL
+    torch.manual_seed(4)  # and the layouts matter here: contiguous noise of the same values draws other noise
+    plain = oracle.sample_loop(kind, model, SHAPE, eta=eta, **dict(kw, noise=x_T.contiguous()))
+    assert rel(plain, want) > 1e-2
