@@ -256,6 +256,8 @@ class DPM_Solver(UpdateMethods):
                solver_type, atol, rtol, return_intermediate, warmup, third_order):
         ns = self.noise_schedule
         check_sample_tensor("x", x)
+        if not x.is_contiguous():
+            x = x.contiguous()  # the fused steps write contiguous buffers (a channels_last x is read once here)
         check_choice("method", method, pl.METHODS)
         check_choice("skip_type", skip_type, pl.SKIP_TYPES)
         check_choice("solver_type", solver_type, cf.SOLVER_TYPES)
@@ -272,6 +274,11 @@ class DPM_Solver(UpdateMethods):
         for name, tv in (("t_start/t_end", t_from), ("t_start/t_end", t_to)):
             if tv > ns.T * (1 + 1e-9):
                 raise ValueError(f"{name} must lie in (0, T={ns.T}], got {tv}")
+            if ns.schedule == "discrete" and tv < (1.0 / ns.total_N) * (1 - 1e-9):
+                # below the first knot the piecewise-linear log alpha is extrapolated and turns positive
+                # (sigma = sqrt(1 - alpha^2) is NaN there: the authors' code returns NaN or never ends)
+                raise ValueError(f"{name} must be >= 1/N = {1.0 / ns.total_N} for a 'discrete' schedule of N = "
+                                 f"{ns.total_N} steps (its first noise level), got {tv}")
         if method == "adaptive":
             atol = check_number("atol", atol, low=0.0, low_open=True)
             rtol = check_number("rtol", rtol, low=0.0)
@@ -282,7 +289,9 @@ class DPM_Solver(UpdateMethods):
             with torch.no_grad():
                 return run_adaptive(self, x, order, t_from, t_to, 0.05, atol, rtol, 0.9, 1e-5, solver_type,
                                     denoise_to_zero)
-        if steps < order:
+        if steps < order and method != "singlestep":
+            # the authors' multistep asserts it; singlestep_fixed would take zero steps. Their singlestep runs
+            # the lower orders that get_orders_and_timesteps_for_singlestep_solver gives (steps 2, order 3: [2])
             raise ValueError(f"steps must be >= order for method={method!r}, got steps={steps}, order={order}")
         key = (method, steps, order, skip_type, float(t_from), float(t_to), lower_order_final, denoise_to_zero,
                solver_type, self.algorithm_type, self._raw_type(),

@@ -180,7 +180,13 @@ def langevin_host(schedule, i, kappa, snr: float) -> np.ndarray:
     """``(n, 2)`` float64 ``(2 alpha_i r^2 / kappa^2, kappa)``: the host part of the Langevin step
     ``eps = 2 alpha (r ||z|| / ||kappa m||)^2 = [2 alpha r^2 / kappa^2] (||z|| / ||m||)^2``."""
     kappa = np.broadcast_to(np.asarray(kappa, dtype=np.float64), np.shape(i))
-    return np.stack([2.0 * langevin_alpha(schedule, i) * snr * snr / (kappa * kappa), kappa], axis=-1)
+    alpha = langevin_alpha(schedule, i)
+    if (alpha < 0).any():
+        # the step eps = 2 alpha (...)^2 would be negative and sqrt(2 eps) NaN (the reference returns NaN)
+        raise ValueError(f"the Langevin corrector's step factor alpha_i = 1 - beta_i is negative "
+                         f"(min {alpha.min():.6g}): the discrete betas of this SDE reach beta_max/N > 1, so N must "
+                         f"be at least beta_max")
+    return np.stack([2.0 * alpha * snr * snr / (kappa * kappa), kappa], axis=-1)
 
 
 # ----------------------------------------------------------------------------- the probability-flow ODE

@@ -170,7 +170,9 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
                 x, nfe, n_acc, n_rej = res.y, res.nfev, res.n_accepted, res.n_rejected
             if denoise:
                 m = m_at(x, eps)
-                mutils.randn_like(x)  # the reference's predictor draws its (discarded) noise here
+                # the reference's predictor draws its (discarded) noise here, on its float32 x (scipy's result is
+                # cast to float32): the same draw keeps the generator where the reference leaves it
+                mutils.randn_like(x if x.dtype == torch.float32 else x.float())
                 row = torch.as_tensor(denoise_row, dtype=compute_dtype(x.dtype), device=x.device)
                 x = fused_step(x, m, row, backend=backend)
             ode_sampler.last_run = ODERun(nfe, n_acc, n_rej, solver)

@@ -101,9 +101,10 @@ def _device_rows(rows, x):
 
 def _run_row(x, m, rows, z, want_mean, backend=None):
     """``(x_new, x_mean)`` of a predictor row: ``x_mean = S (P x + Q m)``, ``x_new = x_mean + C z``."""
+    x, m = _promote(x, m)
     x_mean = torch.empty_like(x) if want_mean else None
-    kw = {} if z is None else {"noise": z}
-    out = fused_step(x, m.to(x.dtype), rows, w_out=x_mean, backend=backend, **kw)
+    kw = {} if z is None else {"noise": z.to(x.dtype)}
+    out = fused_step(x, m, rows.to(compute_dtype(x.dtype)), w_out=x_mean, backend=backend, **kw)
     return out, x_mean
 
 
@@ -121,6 +122,13 @@ class Predictor(abc.ABC):
     @abc.abstractmethod
     def update_fn(self, x, t):
         """One update at per-sample times ``t``: ``(x, x_mean)``, ``x_mean`` the update without its noise."""
+
+
+def _promote(x, m):
+    """``(x, m)`` in their common dtype: the reference's ``x + c m`` promotes (a float64 model output turns a float32
+    sample float64, and every later ``randn_like(x)`` draws float64 numbers, a different stream)."""
+    dt = torch.promote_types(x.dtype, m.dtype)
+    return (x if x.dtype == dt else x.to(dt)), (m if m.dtype == dt else m.to(dt))
 
 
 class _FusedPredictor(Predictor):
@@ -216,12 +224,14 @@ class LangevinCorrector(Corrector):
     def update_fn(self, x, t):
         t64, i = _host_t(t, self.sde)
         host = np.broadcast_to(plan.langevin_host(self.sde._schedule, i, 1.0, float(self.snr)), (x.shape[0], 2))
-        coef = torch.tensor(host, dtype=compute_dtype(x.dtype), device=x.device)
         x_mean = x
         for _ in range(self.n_steps):
-            grad = mutils.check_model_output(self.score_fn(x, t), x, "score_fn").to(x.dtype)
+            grad = mutils.check_model_output(self.score_fn(x, t), x, "score_fn")
+            z = mutils.randn_like(x)
+            x, grad = _promote(x, grad)
+            coef = torch.tensor(host, dtype=compute_dtype(x.dtype), device=x.device)
             x_mean = torch.empty_like(x)
-            x = langevin_step(x, grad, coef, norm=self.corrector_norm, noise=mutils.randn_like(x), w_out=x_mean)
+            x = langevin_step(x, grad, coef, norm=self.corrector_norm, noise=z.to(x.dtype), w_out=x_mean)
         return x, x_mean
 
 
@@ -377,15 +387,22 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
         """Samples from ``model`` and the number of function evaluations (the reference's count)."""
         with torch.no_grad():
             x = sde.prior_sampling(shape).to(device)
-            dev, T = x.device, compute_dtype(x.dtype)
+            dev = x.device
             model_fn = mutils.get_model_fn(model, train=False)
             lab = labels[:, None].expand(N, B).contiguous().to(dev)
             vec_t = None
             if pname is None or cname is None:
                 vec_t = t32[:, None].expand(N, B).contiguous().to(dev)
                 score_fn = mutils.get_score_fn(sde, model, train=False, continuous=continuous)
-            prow = None if pred_rows is None else torch.as_tensor(pred_rows, dtype=T, device=dev)
-            crow = None if corr is None else torch.as_tensor(corr, dtype=T, device=dev)
+            tables = {}
+
+            def rows_of(x):
+                """The device rows in x's compute dtype (a second set only if a wider model output promotes x)."""
+                key = compute_dtype(x.dtype)
+                if key not in tables:
+                    tables[key] = tuple(None if r is None else torch.as_tensor(r, dtype=key, device=dev)
+                                        for r in (pred_rows, corr))
+                return tables[key]
             rng = None
             if noise_source == "philox":
                 rng = torch.randint(-(1 << 63), (1 << 63) - 1, (2,), device=dev, dtype=torch.int64)
@@ -397,11 +414,11 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
                 draws += 1
                 return mutils.randn_like(like) if rng is None else draws - 1
 
-            def noise_kw(z):
-                return {"noise": z} if rng is None else {"rng": rng, "offset": z}
+            def noise_kw(z, x):
+                return {"noise": z.to(x.dtype)} if rng is None else {"rng": rng, "offset": z}
 
             def m_of(x, k):
-                return mutils.check_model_output(model_fn(x, lab[k]), x).to(x.dtype)
+                return mutils.check_model_output(model_fn(x, lab[k]), x)
 
             x_mean = x
             for k in range(N):
@@ -411,11 +428,14 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
                 elif cname != "none":
                     for _ in range(n_steps):
                         m = m_of(x, k)
-                        kw = noise_kw(draw(x))
+                        z = draw(x)  # in x's dtype before the update, as the reference's randn_like(x)
+                        x, m = _promote(x, m)
+                        crow = rows_of(x)[1]
                         if cname == "langevin":
-                            langevin_step(x, m, crow[k], norm=corrector_norm, out=x, backend=backend, **kw)
+                            langevin_step(x, m, crow[k], norm=corrector_norm, out=x, backend=backend,
+                                          **noise_kw(z, x))
                         else:
-                            fused_step(x, m, crow[k], out=x, backend=backend, **kw)
+                            fused_step(x, m, crow[k], out=x, backend=backend, **noise_kw(z, x))
                     x_mean = x
                 # ---- predictor
                 if pname is None:
@@ -428,9 +448,11 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
                 m = m_of(x, k)
                 if pname != "euler_maruyama":
                     z = draw(x)
+                x, m = _promote(x, m)
+                prow = rows_of(x)[0]
                 want_mean = denoise and k == N - 1
                 x_mean = torch.empty_like(x) if want_mean else None
-                kw = noise_kw(z) if pred_noisy else {}
+                kw = noise_kw(z, x) if pred_noisy else {}
                 x = fused_step(x, m, prow[k], out=x, w_out=x_mean, backend=backend, **kw)
             return inverse_scaler(x_mean if denoise else x), N * (n_steps + 1)
 

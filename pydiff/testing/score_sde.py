@@ -90,51 +90,80 @@ def bv(v, x):
     return v.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-def score_fn(sde, model, x, t, t32, continuous):
+class Dtype:
+    """The dtype of the reference's sample, when a run tracks it: float32 from the prior, and its tensor arithmetic
+    promotes it to a wider model output's dtype at the next update (``x + c s``), after that step's draw; every
+    ``randn_like(x)`` draws in it (float64 normals are another stream). The model then sees ``x`` in it too."""
+
+    def __init__(self):
+        self.x = torch.float32
+        self.pending = torch.float32
+
+    def model_input(self, x):
+        return x.to(self.x)
+
+    def saw(self, out):
+        self.pending = torch.promote_types(self.pending, out.dtype)
+        return out.to(F64)
+
+    def update(self):
+        self.x = torch.promote_types(self.x, self.pending)
+
+
+def score_fn(sde, model, x, t, t32, continuous, rdt=None):
     """The reference's ``get_score_fn`` in float64 (labels from the float32 time where it makes them)."""
+    call = model if rdt is None else (lambda x, labels: rdt.saw(model(rdt.model_input(x), labels)))
     if sde.kind == "ve":
         labels = sde.sigma(t) if continuous else torch.round((sde.T - t32) * (sde.N - 1)).long()
-        return model(x, labels)
+        return call(x, labels)
     if continuous or sde.kind == "subvp":
-        out = model(x, t * 999)
+        out = call(x, t * 999)
         std = sde.std(t)
     else:
         i = sde.index(t32)
-        out = model(x, t32.double() * (sde.N - 1))
+        out = call(x, t32.double() * (sde.N - 1))
         std = torch.sqrt(1.0 - sde.abar[i])
     return -out / bv(std, x)
 
 
-def randn_like(x, draw=None):
-    """The reference's ``torch.randn_like(x)`` for its float32 ``x``, widened; or ``draw(shape)`` when given."""
-    z = torch.randn(x.shape, dtype=torch.float32) if draw is None else draw(tuple(x.shape))
+def randn_like(x, draw=None, rdt=None):
+    """The reference's ``torch.randn_like(x)`` for its float32 ``x`` (or in ``rdt.x``), widened; or ``draw(shape)``
+    when given."""
+    z = torch.randn(x.shape, dtype=torch.float32 if rdt is None else rdt.x) if draw is None else draw(tuple(x.shape))
     return z.to(F64)
 
 
-def predictor_step(sde, name, model, x, t, t32, continuous, probability_flow, draw=None):
+def predictor_step(sde, name, model, x, t, t32, continuous, probability_flow, draw=None, rdt=None):
     """One predictor update: ``(x, x_mean)``."""
+    out = _predictor_step(sde, name, model, x, t, t32, continuous, probability_flow, draw, rdt)
+    if rdt is not None:
+        rdt.update()
+    return out
+
+
+def _predictor_step(sde, name, model, x, t, t32, continuous, probability_flow, draw, rdt):
     lam = 0.5 if probability_flow else 1.0
     i = sde.index(t32)
     if name == "euler_maruyama":
         dt = -1.0 / sde.N
-        z = randn_like(x, draw)
+        z = randn_like(x, draw, rdt)
         drift, diffusion = sde.sde(x, t)
-        score = score_fn(sde, model, x, t, t32, continuous)
+        score = score_fn(sde, model, x, t, t32, continuous, rdt)
         drift = drift - bv(diffusion, x) ** 2 * score * lam
         diffusion = torch.zeros_like(diffusion) if probability_flow else diffusion
         x_mean = x + drift * dt
         return x_mean + bv(diffusion, x) * math.sqrt(-dt) * z, x_mean
     if name == "reverse_diffusion":
         f, G = sde.discretize(x, t, i)
-        rev_f = f - bv(G, x) ** 2 * score_fn(sde, model, x, t, t32, continuous) * lam
+        rev_f = f - bv(G, x) ** 2 * score_fn(sde, model, x, t, t32, continuous, rdt) * lam
         rev_G = torch.zeros_like(G) if probability_flow else G
-        z = randn_like(x, draw)
+        z = randn_like(x, draw, rdt)
         x_mean = x - rev_f
         return x_mean + bv(rev_G, x) * z, x_mean
     if name == "ancestral_sampling":
         if probability_flow or sde.kind == "subvp":
             raise ValueError("ancestral sampling: VE/VP only, no probability flow")
-        score = score_fn(sde, model, x, t, t32, continuous)
+        score = score_fn(sde, model, x, t, t32, continuous, rdt)
         if sde.kind == "ve":
             sig = sde.sigmas[i]
             adj = torch.where(i == 0, torch.zeros_like(sig), sde.sigmas[(i - 1).clamp(min=0)])
@@ -144,14 +173,14 @@ def predictor_step(sde, name, model, x, t, t32, continuous, probability_flow, dr
             beta = sde.betas[i]
             x_mean = (x + bv(beta, x) * score) / bv(torch.sqrt(1.0 - beta), x)
             std = torch.sqrt(beta)
-        z = randn_like(x, draw)
+        z = randn_like(x, draw, rdt)
         return x_mean + bv(std, x) * z, x_mean
     if name == "none":
         return x, x
     raise ValueError(f"unknown predictor {name!r}")
 
 
-def corrector_step(sde, name, model, x, t, t32, continuous, snr, n_steps, norm="batch", draw=None):
+def corrector_step(sde, name, model, x, t, t32, continuous, snr, n_steps, norm="batch", draw=None, rdt=None):
     """One corrector update (``n_steps`` inner steps): ``(x, x_mean)``."""
     if name == "none":
         return x, x
@@ -159,8 +188,8 @@ def corrector_step(sde, name, model, x, t, t32, continuous, snr, n_steps, norm="
     alpha = torch.ones_like(t) if sde.kind == "ve" else sde.alphas[i]
     x_mean = x
     for _ in range(n_steps):
-        grad = score_fn(sde, model, x, t, t32, continuous)
-        z = randn_like(x, draw)
+        grad = score_fn(sde, model, x, t, t32, continuous, rdt)
+        z = randn_like(x, draw, rdt)
         if name == "langevin":
             gn = torch.linalg.norm(grad.reshape(grad.shape[0], -1), dim=-1)
             zn = torch.linalg.norm(z.reshape(z.shape[0], -1), dim=-1)
@@ -173,6 +202,8 @@ def corrector_step(sde, name, model, x, t, t32, continuous, snr, n_steps, norm="
             raise ValueError(f"unknown corrector {name!r}")
         x_mean = x + bv(step, x) * grad
         x = x_mean + bv(torch.sqrt(step * 2), x) * z
+        if rdt is not None:
+            rdt.update()
     return x, x_mean
 
 
@@ -182,24 +213,26 @@ def prior_sample(sde, shape):
 
 
 def pc_sample(sde, model, shape, predictor, corrector, snr, n_steps=1, probability_flow=False, continuous=False,
-              denoise=True, eps=1e-3, corrector_norm="batch", draw=None, after_prior=None):
+              denoise=True, eps=1e-3, corrector_norm="batch", draw=None, after_prior=None, track_dtype=False):
     """The reference's ``pc_sampler(model)`` in float64: ``(x, nfe)`` with ``nfe = N (n_steps + 1)`` (the
     reference's count, whatever runs). ``model(x, labels)`` gets float64 ``x``; ``predictor``/``corrector``
     are the reference's registry names. ``draw(shape)``, when given, replaces every ``randn_like`` after the
     prior (e.g. a Philox stream); ``after_prior()`` is called right after the prior sample (e.g. to draw a
-    key from torch's generator where the face draws it)."""
+    key from torch's generator where the face draws it). ``track_dtype``: the model sees ``x`` in the reference's
+    dtype and a wider output promotes it as there (``Dtype``)."""
     with torch.no_grad():
         x = prior_sample(sde, shape)
         if after_prior is not None:
             after_prior()
         timesteps = torch.linspace(sde.T, eps, sde.N)  # float32, as the reference
         x_mean = x
+        rdt = Dtype() if track_dtype else None
         for k in range(sde.N):
             t32 = torch.ones(shape[0]) * timesteps[k]
             t = t32.to(F64)
             x, x_mean = corrector_step(sde, corrector, model, x, t, t32, continuous, snr, n_steps, corrector_norm,
-                                       draw)
-            x, x_mean = predictor_step(sde, predictor, model, x, t, t32, continuous, probability_flow, draw)
+                                       draw, rdt)
+            x, x_mean = predictor_step(sde, predictor, model, x, t, t32, continuous, probability_flow, draw, rdt)
         return (x_mean if denoise else x), sde.N * (n_steps + 1)
 
 
@@ -214,7 +247,7 @@ def gaussian_model(sde, continuous, mu=0.3, s=0.8, wiggle=0.0):
     Computes in the dtype of ``x``."""
 
     def model(x, labels):
-        dt = x.dtype
+        rdt = x.dtype
         lab = labels.to(F64)
         if sde.kind == "ve":
             sig = lab if continuous else sde.sigmas.flip(0)[labels.long()]
@@ -222,7 +255,7 @@ def gaussian_model(sde, continuous, mu=0.3, s=0.8, wiggle=0.0):
             xs = x.to(F64)
             # the nonlinearity scaled like the score (1/r): sin(3x) itself would make the sampler's map
             # expanding at sigma ~ 50 (the step adds sigma^2 * score), amplifying float32 rounding
-            return (-(xs - mu) / (r * r) + wiggle * torch.sin(3.0 * xs / r) / r).to(dt)
+            return (-(xs - mu) / (r * r) + wiggle * torch.sin(3.0 * xs / r) / r).to(rdt)
         else:
             if continuous or sde.kind == "subvp":
                 t = lab / 999
@@ -233,7 +266,7 @@ def gaussian_model(sde, continuous, mu=0.3, s=0.8, wiggle=0.0):
                 m, std = torch.sqrt(ab), torch.sqrt(1.0 - ab)
             var = m * m * s * s + std * std
             out = bv(std / var, x) * (x.to(F64) - bv(m, x) * mu)
-        return (out + wiggle * torch.sin(3.0 * x.to(F64))).to(dt)
+        return (out + wiggle * torch.sin(3.0 * x.to(F64))).to(rdt)
 
     return model
 

@@ -95,7 +95,6 @@ def _solver(**kw):
     (dict(order=0), "order"),
     (dict(order=4, method="singlestep"), "order"),
     (dict(order=1, method="adaptive"), "order"),
-    (dict(steps=2, order=3, method="singlestep"), "steps"),
     (dict(steps=1, order=2, method="singlestep_fixed"), "steps"),
     (dict(steps=2, order=3, method="multistep"), "steps"),
     (dict(steps=0), "steps"),

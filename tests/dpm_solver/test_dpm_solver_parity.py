@@ -129,6 +129,10 @@ OPTION_CASES = {
     "third_order-consistent": (dict(method="multistep", order=3, steps=12, third_order="consistent",
                                     skip_type="logSNR"), "discrete_linear"),
     "t_range": (dict(method="multistep", order=2, steps=8, t_start=0.7, t_end=0.01), "discrete_linear"),
+    # DPM-Solver-fast with fewer steps than its order: the authors' singlestep runs the orders [1] / [2]
+    "singlestep-3-steps1": (dict(method="singlestep", order=3, steps=1), "discrete_linear"),
+    "singlestep-3-steps2": (dict(method="singlestep", order=3, steps=2, skip_type="logSNR"), "linear"),
+    "singlestep-2-steps1": (dict(method="singlestep", order=2, steps=1), "discrete_cosine"),
 }
 
 

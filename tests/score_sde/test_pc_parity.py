@@ -128,3 +128,31 @@ def test_class_update_fns_match_transcription(kind, predictor, corrector):
     rp, rp_mean = oracle.predictor_step(osde, predictor, model, xc.double(), t, t32, True, False)
     assert rel_l2(xc, rc) < 1e-5
     assert rel_l2(xp, rp) < 1e-5 and rel_l2(xp_mean, rp_mean) < 1e-5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("predictor,corrector", [("euler_maruyama", "langevin"), ("reverse_diffusion", "ald"),
+                                                 ("ancestral_sampling", "none"), ("none", "langevin")])
+def test_a_float64_model_promotes_the_sample_as_the_reference(kind, predictor, corrector):
+    """score_sde's ``x + c s`` promotes: a float64 model output turns the float32 sample float64 after the step that
+    first reads it, and every later randn_like(x) draws float64 normals (another stream)."""
+    if not supported(kind, predictor, False):
+        pytest.skip("the reference has no such predictor for this SDE")
+    sde, osde, model = toy(kind, N, True)
+
+    def model64(x, labels):
+        return model(x, labels).double()
+
+    torch.manual_seed(1)
+    ref, _ = oracle.pc_sample(osde, model64, SHAPE, predictor, corrector, SNR, 1, False, True, True, 1e-3,
+                              track_dtype=True)
+    torch.manual_seed(1)
+    sampler = sampling.get_pc_sampler(sde, SHAPE, sampling.get_predictor(predictor),
+                                      sampling.get_corrector(corrector), lambda x: x, SNR, 1, False, True,
+                                      True, 1e-3, "cpu")
+    out, _ = sampler(model64)
+    assert out.dtype == torch.float64
+    assert rel_l2(out, ref) < 1e-4
+    torch.manual_seed(1)  # and the dtype matters: the untracked (all float32 draws) run is another sample
+    plain, _ = oracle.pc_sample(osde, model, SHAPE, predictor, corrector, SNR, 1, False, True, True, 1e-3)
+    assert rel_l2(plain, ref) > 1e-2

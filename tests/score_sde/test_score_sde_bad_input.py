@@ -36,6 +36,9 @@ def make(**kw):
     (dict(sde="vp"), TypeError, "sde"),
     (dict(predictor="ancestral_sampling", probability_flow=True), ValueError, "probability_flow"),
     (dict(sde=subVPSDE(N=5), predictor="ancestral_sampling"), NotImplementedError, "subVPSDE"),
+    # VP/sub-VP with N < beta_max: alpha_i = 1 - beta_max/N < 0, the Langevin step negative (the reference: NaN)
+    (dict(sde=VPSDE(N=10), predictor="euler_maruyama"), ValueError, "Langevin corrector's step factor"),
+    (dict(sde=subVPSDE(N=19), predictor="none"), ValueError, "Langevin corrector's step factor"),
 ])
 def test_sampler_arguments(kw, exc, match):
     with pytest.raises(exc, match=match):
