@@ -309,7 +309,10 @@ class FusedDPMStep:
         # guided: m = uncond, m2 = cond (M1 = 1 - s, M2 = s in the row); w_out keeps the converted guided output
         m, m2 = (io.m, None) if m_u is None else (m_u, io.m)
         threshold = threshold_scale(self, io.x, m, coef, None, m2)
-        noise, seed, offset, rng = self._step_noise(io, generator, variance_noise)
+        # the model output diffusers converts (the guided combination of the pair): its noise may keep that shape
+        mo_shape = model_output.shape if guide is None else torch.broadcast_shapes(model_output.shape,
+                                                                                   guide.uncond.shape)
+        noise, seed, offset, rng = self._step_noise(io, generator, variance_noise, self._noise_shape(io, mo_shape))
         target, target_k, new_outputs = history_buffer(self, io, cfg.solver_order - 1, fresh=grad)
         prev_sample, prev_k = io.empty()
         fused_step(io.x, m, coef, out=prev_k, w_out=target_k, hist=[io.kernel(h) for h in hist], noise=noise,
@@ -319,6 +322,17 @@ class FusedDPMStep:
         commit_history(self, target, new_outputs)
         self._step_index += 1
         return SchedulerOutput(prev_sample=prev_sample) if args[-1] else (prev_sample,)
+
+    def _noise_shape(self, io, mo_shape):
+        """The shape of diffusers' SDE noise draw: that of the converted model output, which keeps a batch-1 model
+        output's shape where the conversion is the identity (x0 = the output for 'sample' in the ++ family, eps = the
+        output for 'epsilon' otherwise, unless thresholding recomputes it from x0); elsewhere the broadcast shape.
+        The batch-1 draw then broadcasts: every sample gets the same noise, as in diffusers."""
+        cfg = self.config
+        plus = cfg.algorithm_type.endswith("++")
+        identity = (cfg.prediction_type == "sample") if plus else (cfg.prediction_type == "epsilon"
+                                                                    and not cfg.thresholding)
+        return mo_shape if identity else io.shape
 
 
 class DPMSolverMultistepScheduler(FusedDPMStep, DropinMixin, _DiffusersDPMMS):
@@ -454,13 +468,13 @@ class DPMSolverMultistepScheduler(FusedDPMStep, DropinMixin, _DiffusersDPMMS):
     def _step_history(self, order: int) -> list:
         return [self.model_outputs[-k] for k in range(1, order)]  # m_{i-1}, m_{i-2}
 
-    def _step_noise(self, io, generator, variance_noise):
+    def _step_noise(self, io, generator, variance_noise, shape):
         if not self._sde():
             return None, None, 0, None
         if variance_noise is not None:
             variance_noise = variance_noise.to(device=io.device, dtype=torch.float32)
-        # diffusers draws float32 noise of the (converted, broadcast) output's shape
-        return step_noise(self, io.shape, generator, io.device, torch.float32, io, variance_noise, draw=randn_tensor)
+        # diffusers draws float32 noise of the converted output's shape (then broadcasts it)
+        return step_noise(self, shape, generator, io.device, torch.float32, io, variance_noise, draw=randn_tensor)
 
     def _step_done(self, order: int, io) -> None:
         if self.lower_order_nums < self.config.solver_order:

@@ -129,11 +129,11 @@ class DPMSolverSinglestepScheduler(FusedDPMStep, DropinMixin, _DiffusersDPMSS):
             hist.append(self.sample)  # the block's starting sample
         return hist
 
-    def _step_noise(self, io, generator, variance_noise):
+    def _step_noise(self, io, generator, variance_noise, shape):
         if self.config.algorithm_type != "sde-dpmsolver++":
             return None, None, 0, None
-        # diffusers draws noise like the converted (promoted, broadcast) model output
-        return step_noise(self, io.shape, generator, io.device, io.dtype, io, draw=randn_tensor)
+        # diffusers draws noise like the converted (promoted) model output (then broadcasts it): see _noise_shape
+        return step_noise(self, shape, generator, io.device, io.dtype, io, draw=randn_tensor)
 
     def _step_done(self, order: int, io) -> None:
         if order == 1:

@@ -254,6 +254,10 @@ def ddpm_timestep_table(alphas_cumprod: torch.Tensor, timesteps, *, variance_typ
     else:
         rows_t = np.asarray(timesteps, dtype=np.int64)
         prev = np.append(rows_t[1:], -1)
+        # a schedule may hold t = N (timestep_spacing 'leading' with steps_offset=1 and N steps): diffusers accepts
+        # it and fails only when stepping there (alphas_cumprod[N]); such a t gets no row, its step falls back
+        inside = rows_t < N
+        rows_t, prev = rows_t[inside], prev[inside]
     sc = ddpm_scalars(ac[rows_t], _alpha_bar_prev(ac, prev, 1.0), variance_type)
     sub = ddpm_rows_from(sc, prediction_type=prediction_type, clip=clip, variance_type=variance_type)
     sub[rows_t == 0, COL["C"]] = 0.0

@@ -120,3 +120,53 @@ def test_dpm_per_sample_timesteps_raise_naming_the_timestep(kind):
     x = torch.randn(SHAPE)
     with pytest.raises(ValueError, match="timestep"):
         sched.step(x, torch.tensor([999, 500]), x)
+
+
+@pytest.mark.parametrize("kind", ["DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"])
+@pytest.mark.parametrize("alg", ["sde-dpmsolver++", "sde-dpmsolver"])
+@pytest.mark.parametrize("pred", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("thresholding", [False, True])
+def test_sde_noise_of_a_batch_one_model_output(kind, alg, pred, thresholding):
+    """diffusers draws the SDE noise in the shape of the converted model output: a batch-1 output that the
+    conversion leaves as it is (x0 = output for 'sample' in the ++ family, eps = output for 'epsilon' otherwise)
+    draws one sample's noise, shared by the batch; any other conversion broadcasts first and draws the batch's."""
+    if kind == "DPMSolverSinglestepScheduler" and alg != "sde-dpmsolver++":
+        pytest.skip("diffusers' singlestep has no sde-dpmsolver")
+    if thresholding and not alg.endswith("++"):
+        pytest.skip("diffusers thresholds only the ++ family")
+    cfg = dict(algorithm_type=alg, prediction_type=pred, thresholding=thresholding, final_sigmas_type="sigma_min")
+    outs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # diffusers deprecates sde-dpmsolver
+        for module in (diffusers, pd):
+            sched = getattr(module, kind)(**cfg)
+            x = torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(0))
+
+            def one_model(x, t):
+                return _model(x[:1], t)  # a batch-1 output that broadcasts over the sample
+
+            outs.append(_loop(sched, x, steps=4, model=one_model,
+                              step_kw={"generator": torch.Generator().manual_seed(2)}))
+    assert rel_l2(outs[1], outs[0]) < 1e-5
+
+
+def test_ddpm_schedule_reaching_num_train_timesteps():
+    """'leading' spacing with steps_offset=1 and as many steps as training steps puts t = N on the schedule:
+    diffusers accepts it and raises only when stepping there; every other step matches."""
+    cfg = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="leading",
+               steps_offset=1)
+    ref, ours = diffusers.DDPMScheduler(**cfg), pd.DDPMScheduler(**cfg)
+    ref.set_timesteps(1000)
+    ours.set_timesteps(1000)
+    assert int(ours.timesteps[0]) == 1000
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    for t in (999, 500, 1):
+        m = _model(x, t)
+        want = ref.step(m, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
+        got = ours.step(m, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
+        assert rel_l2(got, want) < 1e-6
+        assert ours.last_fallback_reason is None
+    with pytest.raises(IndexError):
+        ref.step(_model(x, 1000), 1000, x)
+    with pytest.raises(IndexError):
+        ours.step(_model(x, 1000), 1000, x)
