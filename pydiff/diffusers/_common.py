@@ -405,6 +405,29 @@ def check_single_timestep(timestep) -> None:
                          f"{tuple(timestep.shape)}: this scheduler steps the whole batch at one timestep")
 
 
+def x0_like_diffusers(scheduler, pred_x0, model_output, uncond=None):
+    """``pred_original_sample`` in diffusers' shape: with ``prediction_type='sample'`` its x0 is the model output
+    itself (clipped or thresholded), so a batch-1 output that broadcasts over the sample gives a batch-1 x0 there.
+    The fused x0 holds the same value along the broadcast dims; this returns the view of it at index 0 of those."""
+    if scheduler.config.prediction_type != "sample" or pred_x0.shape == model_output.shape:
+        return pred_x0
+    shape = model_output.shape if uncond is None else torch.broadcast_shapes(model_output.shape, uncond.shape)
+    if len(shape) != pred_x0.ndim or shape == pred_x0.shape:
+        return pred_x0
+    return pred_x0[tuple(slice(0, 1) if n == 1 and m != 1 else slice(None) for n, m in zip(shape, pred_x0.shape))]
+
+
+def promoting_timestep(timestep, sample) -> str | None:
+    """Why a DDIM/DDPM step must run diffusers' code to keep its dtype: a timestep tensor with a dimension (shape
+    ``(1,)``) indexes ``alphas_cumprod`` into 1-D float32 factors, which promote a float16/bfloat16 sample's step to
+    float32 (a 0-d timestep gives 0-d factors, which do not). None when the fused step keeps diffusers' dtype."""
+    if (isinstance(timestep, torch.Tensor) and timestep.ndim >= 1 and isinstance(sample, torch.Tensor)
+            and sample.dtype in (torch.float16, torch.bfloat16)):
+        return (f"a timestep tensor of shape {tuple(timestep.shape)} with a {sample.dtype} sample (diffusers' "
+                "step then computes and returns float32)")
+    return None
+
+
 def timestep_arg(timestep, num_rows: int, device: torch.device):
     """Classify a timestep: ``("int", t)``, ``("device", int64 tensor of shape (1,))`` or ``(None, reason)``.
 

@@ -15,8 +15,8 @@ from ..plans import PREDICTION_TYPES
 from ..plans.ddim_ddpm import DDIMEtaRows, ddim_timestep_table
 from ..schedules import BETA_SCHEDULES, SPACINGS
 from ._common import (DropinMixin, StepIO, TableCache, check_num_inference_steps, clip_bound, compiling, fallback,
-                      guidance_arg, guided_table, needs_grad, select_rows, step_noise, threshold_scale, timestep_arg,
-                      validated_init, with_guidance)
+                      guidance_arg, guided_table, needs_grad, promoting_timestep, select_rows, step_noise,
+                      threshold_scale, timestep_arg, validated_init, with_guidance, x0_like_diffusers)
 
 
 def _eta_arg(eta) -> float:
@@ -87,8 +87,9 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
 
     Accepts what diffusers' ``step`` accepts: a model output in another float dtype (the result has
     ``torch.promote_types`` of the two, as diffusers' arithmetic gives), a model output that broadcasts
-    against the sample (batch 1), channels_last or otherwise strided tensors (the result keeps the layout
-    diffusers returns), ``eta`` as a NumPy number or a one-element tensor. Falls back to diffusers (a warning
+    against the sample (batch 1), channels_last or otherwise strided tensors (the result takes the layout of
+    ``sample - model_output``: diffusers' but with thresholding or ``prediction_type='sample'``, same values),
+    ``eta`` as a NumPy number or a one-element tensor. Falls back to diffusers (a warning
     once per scheduler and reason through the ``pydiff.diffusers`` logger, the reason in
     ``last_fallback_reason``, all of them in ``pydiff.explain(scheduler)``) for timestep tensors with several
     elements, float timesteps and off-range integer timesteps.
@@ -223,6 +224,10 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
                 "Cannot pass both generator and variance_noise. Please make sure that either `generator` or"
                 " `variance_noise` stays `None`."
             )
+        promoting = promoting_timestep(timestep, sample)
+        if promoting is not None:
+            fallback(self, promoting, key="a promoting timestep")
+            return parent()
         kind, t = timestep_arg(timestep, self.config.num_train_timesteps, sample.device)
         if kind is None:
             fallback(self, t, key="an integer timestep off the range" if t.startswith("timestep ") else None)
@@ -251,6 +256,7 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
         fused_step(io.x, m, coef, index=index, out=prev_k, w_out=pred_k, noise=noise, seed=seed, offset=offset,
                    rng=rng, threshold=threshold, m2=m2, backend=backend)
         prev_sample, pred_x0 = io.result(prev_sample), io.result(pred_x0)
+        pred_x0 = x0_like_diffusers(self, pred_x0, model_output, None if guide is None else guide.uncond)
         if not return_dict:
             return prev_sample, pred_x0
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)

@@ -14,8 +14,8 @@ from ..plans import DDPM_VARIANCE_TYPES, PREDICTION_TYPES
 from ..plans.ddim_ddpm import DDPM_LEARNED_VARIANCE_TYPES, ddpm_timestep_table
 from ..schedules import BETA_SCHEDULES, SPACINGS
 from ._common import (DropinMixin, StepIO, TableCache, TracedTables, check_num_inference_steps, clip_bound, compiling,
-                      fallback, guidance_arg, guided_table, needs_grad, select_rows, step_noise, threshold_scale,
-                      timestep_arg, validated_init)
+                      fallback, guidance_arg, guided_table, needs_grad, promoting_timestep, select_rows, step_noise,
+                      threshold_scale, timestep_arg, validated_init, x0_like_diffusers)
 
 _VARIANCE_TYPES = DDPM_VARIANCE_TYPES + DDPM_LEARNED_VARIANCE_TYPES
 
@@ -52,7 +52,7 @@ class DDPMScheduler(DropinMixin, _DiffusersDDPM):
 
     Accepts what diffusers accepts: ``set_timesteps(10.0)``, a model output in another float dtype (result
     dtype ``torch.promote_types``), a model output that broadcasts against the sample, strided samples (the
-    result keeps diffusers' layout), a list of per-sample generators. ``scheduler.pydiff_noise = "philox"``:
+    result takes the layout of ``sample - model_output``: diffusers' but with thresholding or ``'sample'``), a list of per-sample generators. ``scheduler.pydiff_noise = "philox"``:
     in-kernel noise keyed by a draw from the generator (``_common.step_noise``). Fallbacks are said once per
     scheduler and reason (logger ``pydiff.diffusers``) and listed by ``pydiff.explain(scheduler)``.
 
@@ -170,6 +170,10 @@ class DDPMScheduler(DropinMixin, _DiffusersDDPM):
         if var is not None:
             # diffusers: std = v ** 0.5 for 'learned', so the kernel's exp(v/2) takes log v
             var = io.kernel(torch.log(var) if self.config.variance_type == "learned" else var)
+        promoting = promoting_timestep(timestep, sample)
+        if promoting is not None:
+            fallback(self, promoting, key="a promoting timestep")
+            return parent()
         kind, t = timestep_arg(timestep, self.config.num_train_timesteps, sample.device)
         scale = None if guide is None else guide.scale
         if compiling():
@@ -208,6 +212,8 @@ class DDPMScheduler(DropinMixin, _DiffusersDDPM):
         fused_step(io.x, m, coef, index=index, out=prev_k, w_out=pred_k, noise=noise, seed=seed, offset=offset,
                    rng=rng, threshold=threshold, m2=m2, var=var, backend=backend)
         prev_sample, pred_x0 = io.result(prev_sample), io.result(pred_x0)
+        if m_u is None:  # (a guided pair: the x0 of the combined output, whose shape the kernel view lost)
+            pred_x0 = x0_like_diffusers(self, pred_x0, model_output)
         if not return_dict:
             return prev_sample, pred_x0
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)

@@ -170,3 +170,36 @@ def test_ddpm_schedule_reaching_num_train_timesteps():
         ref.step(_model(x, 1000), 1000, x)
     with pytest.raises(IndexError):
         ours.step(_model(x, 1000), 1000, x)
+
+
+@pytest.mark.parametrize("kind", ["DDIMScheduler", "DDPMScheduler"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_one_element_timestep_tensor_with_half_samples(kind, dtype):
+    """A timestep of shape (1,) makes diffusers' schedule factors 1-D float32 tensors, which promote a half
+    sample's step to float32: the drop-in gives that result (diffusers' own step, said once), not a float16 one."""
+    outs = []
+    for module in (diffusers, pd):
+        sched = getattr(module, kind)()
+        sched.set_timesteps(10)
+        x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)).to(dtype)
+        t = sched.timesteps[2:3]
+        outs.append(sched.step(_model(x, t), t, x, generator=torch.Generator().manual_seed(1)).prev_sample)
+    assert outs[0].dtype == outs[1].dtype == torch.float32
+    assert rel_l2(outs[1], outs[0]) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["DDIMScheduler", "DDPMScheduler"])
+@pytest.mark.parametrize("clip,thresholding", [(False, False), (True, False), (False, True)])
+def test_x0_of_a_batch_one_sample_prediction_keeps_its_shape(kind, clip, thresholding):
+    """prediction_type='sample': diffusers' x0 is the (clipped / thresholded) model output itself, so a batch-1
+    output over a batch gives a batch-1 pred_original_sample; the drop-in returns the same tensor shape."""
+    outs = []
+    for module in (diffusers, pd):
+        sched = getattr(module, kind)(prediction_type="sample", clip_sample=clip, thresholding=thresholding)
+        sched.set_timesteps(10)
+        x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+        m = 1.5 * torch.randn((1,) + SHAPE[1:], generator=torch.Generator().manual_seed(3))
+        outs.append(sched.step(m, 900, x, generator=torch.Generator().manual_seed(1)))
+    assert outs[1].pred_original_sample.shape == outs[0].pred_original_sample.shape == (1,) + SHAPE[1:]
+    assert rel_l2(outs[1].pred_original_sample, outs[0].pred_original_sample) < 1e-6
+    assert rel_l2(outs[1].prev_sample, outs[0].prev_sample) < 1e-6
