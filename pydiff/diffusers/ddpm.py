@@ -94,7 +94,7 @@ class DDPMScheduler(DropinMixin, _DiffusersDDPM):
                 rows = self._pydiff_tables.rows(key, self._build_rows)
             except ValueError:
                 return None
-            on = frozenset(np.flatnonzero(np.isfinite(rows[:, COL["S"]])).tolist())
+            on = frozenset(np.flatnonzero(~np.isnan(rows[:, COL["S"]])).tolist())  # S = inf: a clipped zero-SNR x0
             traced = cache[ckey] = (TracedTables(rows, device), on)
             if len(cache) > 2:
                 cache.popitem(last=False)
@@ -183,7 +183,7 @@ class DDPMScheduler(DropinMixin, _DiffusersDDPM):
         rows = self._pydiff_tables.rows(key, self._build_rows)
         if rows is not self.__dict__.get("_pydiff_rows_of"):  # the timesteps that have rows (NaN off them)
             self._pydiff_rows_of = rows
-            self._pydiff_on_schedule = np.isfinite(rows[:, COL["S"]])
+            self._pydiff_on_schedule = ~np.isnan(rows[:, COL["S"]])
         if kind == "int" and not self._pydiff_on_schedule[t]:
             kind, t = None, f"timestep {t} is not on the schedule"
         if kind is None:

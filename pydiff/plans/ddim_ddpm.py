@@ -223,6 +223,7 @@ class DDIMEtaRows:
             r0 = ddim_rows_from({**sc, "direction": zero, "std": zero}, **kw)
             r1 = ddim_rows_from({**sc, "direction": zero + 1, "std": zero}, **kw)
             self._r0, self._dr = r0, r1 - r0  # CLIP = +inf gives inf - inf = NaN there; row() restores it
+            self._dr[..., COL["S"]] = 0.0  # S = 1/sqrt(a_t) does not depend on eta (and is +inf where a_t = 0)
         self._a_prev, self._sqrt_var = a_prev.numpy(), sc["std"].numpy()
 
     def row(self, t: int, eta: float):

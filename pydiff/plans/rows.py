@@ -77,8 +77,14 @@ def with_guidance(rows, scale: float):
 
 
 def finite_rows(rows: np.ndarray) -> np.ndarray:
-    """Per row: every column but CLIP (which may be +inf: no clipping) is finite."""
-    return np.isfinite(np.delete(np.asarray(rows), COL["CLIP"], axis=-1)).all(axis=-1)
+    """Per row: every column but CLIP (which may be +inf: no clipping) is finite -- or S is infinite and CLIP
+    finite: x0 = (x - sqrt(1 - abar) eps)/sqrt(abar) at a zero-SNR timestep (abar = 0) is +-inf, and the clip takes
+    it to +-CLIP, exactly as torch's clamp takes diffusers' infinite x0 there (an exact tie x = eps is NaN in both)."""
+    rows = np.asarray(rows)
+    s = rows[..., COL["S"]]
+    clipped_inf_x0 = np.isinf(s) & np.isfinite(rows[..., COL["CLIP"]])
+    others = np.isfinite(np.delete(rows, [COL["CLIP"], COL["S"]], axis=-1)).all(axis=-1)
+    return others & (np.isfinite(s) | clipped_inf_x0)
 
 
 def check_finite(rows: np.ndarray, what: str, labels=None) -> None:

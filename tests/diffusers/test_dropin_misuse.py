@@ -203,3 +203,21 @@ def test_x0_of_a_batch_one_sample_prediction_keeps_its_shape(kind, clip, thresho
     assert outs[1].pred_original_sample.shape == outs[0].pred_original_sample.shape == (1,) + SHAPE[1:]
     assert rel_l2(outs[1].pred_original_sample, outs[0].pred_original_sample) < 1e-6
     assert rel_l2(outs[1].prev_sample, outs[0].prev_sample) < 1e-6
+
+
+@pytest.mark.parametrize("kind,step_kw", [("DDIMScheduler", {}), ("DDIMScheduler", {"eta": 1.0}),
+                                          ("DDIMScheduler", {"eta": 0.5, "use_clipped_model_output": True}),
+                                          ("DDPMScheduler", {})])
+def test_zero_terminal_snr_epsilon_model_with_clipping(kind, step_kw):
+    """rescale_betas_zero_snr with an epsilon model: at the first timestep abar = 0 and diffusers' x0 is +-inf,
+    which clip_sample takes to +-1; the fused row holds S = inf and the kernel's clip does the same."""
+    cfg = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    outs = []
+    for module in (diffusers, pd):
+        sched = getattr(module, kind)(**cfg)
+        x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+        outs.append(_loop(sched, x, steps=5, step_kw=step_kw))
+        if module is pd:
+            assert sched.last_fallback_reason is None
+    assert torch.isfinite(outs[0]).all()
+    assert rel_l2(outs[1], outs[0]) < 1e-5
