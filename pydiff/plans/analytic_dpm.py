@@ -369,7 +369,7 @@ def sampler_plan(sampler: str, betas, *, steps_type: str = "linear", sample_step
     eta = _real("eta", eta) if ddim else 0.0
     clip_pixel = _real("clip_pixel", clip_pixel)
     clip_sigma_idx = _int("clip_sigma_idx", clip_sigma_idx)
-    if not -K <= clip_sigma_idx < K:
+    if K > 1 and not -K <= clip_sigma_idx < K:  # one step (s = 0 only) never reads it, as in the authors' code
         raise ValueError(f"clip_sigma_idx must index the trajectory of sample_steps = {K} steps, "
                          f"i.e. lie in [{-K}, {K}), got {clip_sigma_idx}")
     if model_kind not in ("eps", "x0"):
@@ -377,7 +377,8 @@ def sampler_plan(sampler: str, betas, *, steps_type: str = "linear", sample_step
 
     steps = choose_steps(N, K, steps_type, ms_eps=ms_eps, betas=betas, score_dtype=rounding)
     alphas, abar, bbar = schedule(betas)
-    clip_below = steps[clip_sigma_idx]  # sigma^2 is capped on the steps with s < steps[clip_sigma_idx]
+    # sigma^2 is capped on the steps with s < steps[clip_sigma_idx] (and s > 0: none when K = 1)
+    clip_below = steps[clip_sigma_idx] if K > 1 else 0
     threshold = sigma2_threshold(clip_pixel)
     clamp_x0 = 1.0 if (analytic or ddim or clip_denoise) else math.inf
     pairs = list(zip([0] + steps, steps))[::-1]

@@ -106,3 +106,15 @@ def test_estimate_ms_eps_rejects(tmp_path):
         face.estimate_ms_eps(None, BETAS, data, False, progress=False)
     with pytest.raises(ValueError, match="ms_eps must hold finite values"):
         face.save_ms_eps(tmp_path / "m.npz", neg_ms, BETAS)
+
+
+@pytest.mark.parametrize("fn", [ddpm, ddim])
+def test_one_step_ignores_clip_sigma_idx_as_the_authors_code(fn):
+    """One 'quad_ddim' step has only s = 0, where no sigma is capped: the authors' code never reads
+    clip_sigma_idx then, so any value runs (and gives the transcription's sample)."""
+    ref = oracle.reverse_ddpm_ms_eps if fn is ddpm else oracle.reverse_ddim_ms_eps
+    for idx in (0, 1, 5):
+        got = fn(steps_type="quad_ddim", sample_steps=1, clip_sigma_idx=idx)
+        want = ref(X, BETAS, False, steps_type="quad_ddim", eps_model=MODEL, ms_eps=MS, sample_steps=1,
+                   clip_sigma_idx=idx)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
