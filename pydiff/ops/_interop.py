@@ -15,13 +15,29 @@ def _is_array(obj) -> bool:
     return not isinstance(obj, torch.Tensor) and hasattr(obj, "__dlpack__")
 
 
-def _to_torch(obj, seen: dict):
+_OUTPUTS = ("out", "w_out")  # the keyword arguments the ops write into
+
+
+def _to_torch(obj, seen: dict, name: str = "x", output: bool = False):
+    """A DLPack array as a tensor view of its memory. Checked first, because DLPack carries neither: an array
+    with a negative stride (``a[:, ::-1]``) makes torch's importer throw a C++ error that ends the process, so an
+    input is copied and an output refused; a read-only array (NumPy's ``writeable`` flag) would be written
+    through, so an output must be writable."""
     if _is_array(obj):
+        strides = getattr(obj, "strides", None)
+        if strides is not None and any(s < 0 for s in strides):
+            if output:
+                raise ValueError(f"{name} has a negative stride {tuple(strides)}: an output is written in place "
+                                 "and must be a plain strided view (pass a copy)")
+            obj = obj.copy()
+        flags = getattr(obj, "flags", None)
+        if output and flags is not None and not getattr(flags, "writeable", True):
+            raise ValueError(f"{name} is a read-only array (flags.writeable is False): it cannot be written")
         t = torch.from_dlpack(obj)
         seen[id(t)] = obj
         return t
     if isinstance(obj, (list, tuple)) and any(_is_array(o) for o in obj):
-        return type(obj)(_to_torch(o, seen) for o in obj)
+        return type(obj)(_to_torch(o, seen, f"{name}[{k}]") for k, o in enumerate(obj))
     return obj
 
 
@@ -35,9 +51,15 @@ def from_arrays(fn, x, *args, **kwargs):
         return fn(x, *args, **kwargs)
     seen: dict = {}
     lib = importlib.import_module(type(x).__module__.split(".")[0])
-    tx = _to_torch(x, seen)
-    targs = [_to_torch(a, seen) for a in args]
-    tkw = {k: _to_torch(v, seen) for k, v in kwargs.items()}
+    in_place = any(kwargs.get(k) is x for k in _OUTPUTS)
+    tx = _to_torch(x, seen, "x", output=in_place)
+    targs = [_to_torch(a, seen, f"argument {k + 2}") for k, a in enumerate(args)]
+    tkw = {}
+    for k, v in kwargs.items():
+        if v is x:
+            tkw[k] = tx  # out=x: the same view (a copy of a negative-stride x was refused above)
+        else:
+            tkw[k] = _to_torch(v, seen, k, output=k in _OUTPUTS)
     res = fn(tx, *targs, **tkw)
 
     def back(t):

@@ -96,12 +96,13 @@ def check_output(name: str, t, ref: torch.Tensor, ref_name: str) -> torch.Tensor
     return t
 
 
-def check_overlap(outputs, inputs) -> None:
+def check_overlap(outputs, inputs, side=()) -> None:
     """Reject partial overlaps (docs/ops.md, "Aliasing").
 
     ``outputs``/``inputs``: ``(name, tensor or None)`` pairs of contiguous tensors. An output may *be* an input
     (same start and size); any other intersection of an output with an input, or of two outputs, raises.
-    It runs on every step, so it compares byte ranges only (~1 us).
+    ``side``: inputs an output must not touch at all (the coefficient table, thresholds, index, Philox key: the
+    kernels read them while they write). It runs on every step, so it compares byte ranges only (~1 us).
     """
     outs = []
     for name, t in outputs:
@@ -121,6 +122,14 @@ def check_overlap(outputs, inputs) -> None:
             if a0 < o1 and o0 < a1 and (a0 != o0 or a1 != o1):
                 raise ValueError(f"{oname} partially overlaps {name}: an output must be an input exactly or not "
                                  "overlap it at all")
+    for name, t in side:
+        if t is None:
+            continue
+        a0 = t.data_ptr()
+        a1 = a0 + t.nbytes
+        for oname, o0, o1 in outs:
+            if a0 < o1 and o0 < a1:
+                raise ValueError(f"{oname} overlaps {name}: an output must not share memory with {name}")
 
 
 def check_threshold(threshold, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from . import library
+from . import _contract as contract, library
 from ._interop import from_arrays
 from ._validate import check_data, check_index_range, check_like, compute_dtype, normalize_rows
 from .columns import COL
@@ -75,7 +75,8 @@ def _fake(x, m, coef, index, index_stride, row_stride, m2, lo, hi, wt, max_val, 
 #: ``pydiff::dynamic_threshold``: ``(B,)`` scales; no backward (the quantile's derivative is not implemented)
 dynamic_threshold_op = library.define(
     "dynamic_threshold", "(Tensor x, Tensor? m, Tensor? coef, Tensor? index, int index_stride, int row_stride, "
-    "Tensor? m2, SymInt lo, SymInt hi, float wt, float max_val, str? backend) -> Tensor", _run, _fake)
+    "Tensor? m2, SymInt lo, SymInt hi, float wt, float max_val, str? backend) -> Tensor", _run, _fake,
+    check=contract.dynamic_threshold)
 library.no_backward("dynamic_threshold", "x, model_output or m2")
 
 

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from . import library
+from . import _contract as contract, library
 from ._interop import from_arrays
 from ._validate import (check_data, check_index_range, check_like, check_noise_args, check_output, check_overlap,
                         check_threshold, compute_dtype, normalize_rows, to_int64, to_uint64)
@@ -90,7 +90,8 @@ def _run(x, m, coef, index, index_stride, row_stride, out, w_out, hist, noise, s
     check_index_range(coef, index)
     check_overlap((("out", out), ("w_out", w_out)),
                   (("x", x), ("model_output", m), ("noise", noise), ("m2", m2), ("var", var))
-                  + tuple((f"hist[{k}]", h) for k, h in enumerate(hist)))
+                  + tuple((f"hist[{k}]", h) for k, h in enumerate(hist)),
+                  (("coef", coef), ("threshold", threshold), ("index", index), ("rng", rng)))
     impl = dispatch("fused_step", resolve_backend(backend, x))
     impl(x, m, coef, index, index_stride, row_stride, out, w_out, tuple(hist), noise, to_uint64(seed),
          to_uint64(offset), rng, threshold, m2, var)
@@ -107,7 +108,7 @@ _TAIL = ("Tensor? noise, SymInt? seed, SymInt offset, Tensor? rng, Tensor? thres
 #: ``pydiff::fused_step``: writes ``out`` (and ``w_out``) in place; not differentiable (see the functional form)
 fused_step_op = library.define(
     "fused_step", f"({_ARGS}, Tensor(a!) out, Tensor(b!)? w_out, Tensor[] hist, {_TAIL}, str? backend) -> ()",
-    _run, _fake)
+    _run, _fake, check=contract.fused_step, mutating_inputs=(0, 1, 8, 9, 14, 15))
 
 
 def _run_functional(x, m, coef, index, index_stride, row_stride, hist, noise, seed, offset, rng, threshold, m2, var,
@@ -128,7 +129,7 @@ def _fake_functional(x, m, coef, index, index_stride, row_stride, hist, noise, s
 #: the history, the noise tensor, m2 and var
 fused_step_functional_op = library.define(
     "fused_step_functional", f"({_ARGS}, Tensor[] hist, {_TAIL}, bool want_w, str? backend) -> (Tensor, Tensor)",
-    _run_functional, _fake_functional)
+    _run_functional, _fake_functional, check=contract.fused_step_functional)
 
 
 def _setup_context(ctx, inputs, output):
@@ -250,6 +251,13 @@ def fused_step(
         if library.needs_grad(coef, threshold):
             raise ValueError("fused_step does not differentiate with respect to coef or threshold: pass them "
                              "detached (they are constants of a plan)")
+        for name, t in (("x", x), ("model_output", m), ("noise", noise), ("m2", m2), ("var", var)) + tuple(
+                (f"hist[{k}]", h) for k, h in enumerate(hist)):
+            for oname, o in (("out", out), ("w_out", w_out)):
+                if o is not None and o is t:
+                    raise ValueError(f"{oname} is {name} while autograd records: the gradient needs {name}'s "
+                                     f"values, so it cannot be overwritten in place; leave {oname}=None (a new "
+                                     "tensor), or sample under torch.no_grad()")
         res, w = fused_step_functional_op(x, m, coef, index, index_stride, row_stride, hist, noise, seed, offset,
                                           rng, threshold, m2, var, w_out is not None, backend)
         if w_out is not None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from . import library
+from . import _contract as contract, library
 from ._validate import (check_data, check_index_range, check_like, check_noise_args, check_threshold,
                         compute_dtype, normalize_rows, to_int64, to_uint64)
 from .columns import COL
@@ -122,7 +122,7 @@ fused_step_backward_op = library.define(
     "(Tensor grad_out, Tensor? grad_w, Tensor x, Tensor m, Tensor coef, Tensor? index, int index_stride, "
     "int row_stride, Tensor? noise, SymInt? seed, SymInt offset, Tensor? rng, Tensor? threshold, Tensor? m2, "
     "Tensor? var, bool need_dnoise, bool need_dvar, str? backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
-    _run, _fake)
+    _run, _fake, check=contract.fused_step_backward)
 library.no_backward("fused_step_backward", "the inputs of fused_step's backward (double backward)")
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from . import library
+from . import _contract as contract, library
 from ._interop import from_arrays
 from ._validate import (check_data, check_like, check_noise_args, check_output, check_overlap, compute_dtype, to_int64,
                         to_uint64)
@@ -59,7 +59,8 @@ def langevin_step_reference(x, m, coef, coef_stride, sample_norm, out, w_out, no
 
 
 def _run(x, m, coef, coef_stride, sample_norm, out, w_out, noise, seed, offset, rng, backend):
-    check_overlap((("out", out), ("w_out", w_out)), (("x", x), ("model_output", m), ("noise", noise)))
+    check_overlap((("out", out), ("w_out", w_out)), (("x", x), ("model_output", m), ("noise", noise)),
+                  (("coef", coef), ("rng", rng)))
     impl = dispatch("langevin_step", resolve_backend(backend, x, "langevin_step"))
     impl(x, m, coef, int(coef_stride), bool(sample_norm), out, w_out, noise, to_uint64(seed), to_uint64(offset), rng)
 
@@ -72,7 +73,8 @@ def _fake(x, m, coef, coef_stride, sample_norm, out, w_out, noise, seed, offset,
 langevin_step_op = library.define(
     "langevin_step",
     "(Tensor x, Tensor m, Tensor coef, int coef_stride, bool sample_norm, Tensor(a!) out, Tensor(b!)? w_out, "
-    "Tensor? noise, SymInt? seed, SymInt offset, Tensor? rng, str? backend) -> ()", _run, _fake)
+    "Tensor? noise, SymInt? seed, SymInt offset, Tensor? rng, str? backend) -> ()", _run, _fake,
+    check=contract.langevin_step, mutating_inputs=(0, 1, 7))
 
 
 def check_langevin_coef(coef, x: torch.Tensor) -> tuple[torch.Tensor, int]:

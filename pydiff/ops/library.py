@@ -39,14 +39,30 @@ LIB = torch.library.Library(NAMESPACE, "DEF")
 _KEYS = ("CPU", "CUDA", "CompositeExplicitAutograd")
 
 
-def define(name: str, schema: str, impl, fake, *, tags=()) -> torch._ops.OpOverload:
+def define(name: str, schema: str, impl, fake, *, check=None, mutating_inputs=None,
+           tags=()) -> torch._ops.OpOverload:
     """Define ``pydiff::name`` with ``schema`` (``"(args) -> returns"``), its implementation and fake.
 
+    ``check(*args)``: the contract of the normalized arguments (``_contract``), run before ``impl`` on every call
+    of the operator; the public function's direct eager call of ``impl`` has normalized them already and skips it.
+    ``mutating_inputs``: for an op that writes its outputs in place (no autograd formula can attach to them), the
+    positions of its differentiable inputs: a call while autograd records a gradient for one of them raises
+    instead of returning outputs that silently do not track it (the public function runs the functional form).
     Returns the operator's default overload (``torch.ops.pydiff.name.default``), the object to call.
     """
     LIB.define(name + schema, tags=tags)
+    op_impl = impl
+    if check is not None or mutating_inputs is not None:
+        def op_impl(*args):
+            if mutating_inputs is not None and needs_grad(*(_flat(args[i]) for i in mutating_inputs)):
+                raise RuntimeError(f"torch.ops.pydiff.{name} writes its outputs in place and records no gradient, "
+                                   "but an input requires one: call pydiff.ops." + name + " (it runs the "
+                                   "differentiable form then), or detach the inputs")
+            if check is not None:
+                check(*args)
+            return impl(*args)
     for key in _KEYS:
-        LIB.impl(name, impl, key)
+        LIB.impl(name, op_impl, key)
     torch.library.register_fake(f"{NAMESPACE}::{name}", fake, lib=LIB)
     return getattr(getattr(torch.ops, NAMESPACE), name).default
 
@@ -76,6 +92,13 @@ def eager(x) -> bool:
 
 
 _grad_enabled = torch.is_grad_enabled
+
+
+def _flat(arg):
+    """A tensor, or the first tensor of a list that requires a gradient (a history list), or None."""
+    if isinstance(arg, (list, tuple)):
+        return next((t for t in arg if t is not None and t.requires_grad), None)
+    return arg
 
 
 def needs_grad(*tensors) -> bool:

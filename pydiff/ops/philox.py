@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from . import library
+from . import _contract as contract, library
 from ._validate import check_noise_args, to_int64, to_uint64
 from .dispatch import dispatch, resolve_backend
 
@@ -100,7 +100,8 @@ def _fake(out, seed, offset, rng, backend):
 
 #: ``pydiff::philox_normal``: fills ``out`` in place
 philox_normal_op = library.define(
-    "philox_normal", "(Tensor(a!) out, SymInt? seed, SymInt offset, Tensor? rng, str? backend) -> ()", _run, _fake)
+    "philox_normal", "(Tensor(a!) out, SymInt? seed, SymInt offset, Tensor? rng, str? backend) -> ()", _run, _fake,
+    check=contract.philox_normal)
 
 
 def philox_normal(shape, *, seed=None, offset: int = 0, rng=None, dtype=torch.float32, device=None, backend=None):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import library
+from . import _contract as contract, library
 from ._interop import from_arrays
 from ._validate import check_data, check_like, check_noise_args, compute_dtype, to_int64, to_uint64
 from .dispatch import dispatch, resolve_backend
@@ -42,7 +42,7 @@ def _fake(a, b, seed, offset, rng, backend):
 
 #: ``pydiff::sumsq``: ``(S, B)`` sums of squares (S = 1, or 2 with ``b`` or a Philox key)
 sumsq_op = library.define("sumsq", "(Tensor a, Tensor? b, SymInt? seed, SymInt offset, Tensor? rng, str? backend) "
-                          "-> Tensor", _run, _fake)
+                          "-> Tensor", _run, _fake, check=contract.sumsq)
 
 
 def _setup_context(ctx, inputs, output):
