@@ -23,7 +23,9 @@ def real_number(name: str, value, *, minimum: float | None = None, strict: bool 
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     value = float(value)
     low = minimum is not None and (value <= minimum if strict else value < minimum)
-    if not math.isfinite(value) or low:
+    # comparisons, not math.isfinite: under torch.compile a float argument may be symbolic (a SymFloat, after a
+    # recompile with another value), where a comparison becomes a guard and math.isfinite a graph break
+    if not -math.inf < value < math.inf or low:
         bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
         raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
     return value

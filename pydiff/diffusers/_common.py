@@ -142,14 +142,21 @@ class Guidance:
     ``M2 = s`` (docs/ops.md), so a guided step moves one tensor more than a plain one and does no extra pass.
     """
 
-    __slots__ = ("uncond", "scale")
+    __slots__ = ("uncond", "scale", "raw")
 
-    def __init__(self, uncond, scale: float):
-        self.uncond, self.scale = uncond, scale
+    def __init__(self, uncond, scale: float, raw=None):
+        self.uncond, self.scale, self.raw = uncond, scale, raw
+
+    @property
+    def differentiable(self) -> bool:
+        """The scale is a tensor that autograd records a gradient for: the fused row would take it as a constant,
+        so the step runs diffusers' own on ``combine`` (which keeps the gradient)."""
+        return isinstance(self.raw, torch.Tensor) and self.raw.requires_grad and torch.is_grad_enabled()
 
     def combine(self, cond):
         """``uncond + s (cond - uncond)`` in plain torch: the model output a fallback hands to diffusers."""
-        return self.uncond + self.scale * (cond - self.uncond)
+        s = self.raw if self.differentiable else self.scale
+        return self.uncond + s * (cond - self.uncond)
 
 
 def guidance_arg(model_output, model_output_uncond, guidance_scale):
@@ -182,7 +189,7 @@ def guidance_arg(model_output, model_output_uncond, guidance_scale):
     if model_output_uncond.device != model_output.device:
         raise ValueError(f"model_output_uncond is on {model_output_uncond.device} but model_output is on "
                          f"{model_output.device}")
-    return Guidance(model_output_uncond, s)
+    return Guidance(model_output_uncond, s, guidance_scale)
 
 
 def guided_table(scheduler, table: torch.Tensor, scale: float) -> torch.Tensor:
@@ -415,6 +422,10 @@ def x0_like_diffusers(scheduler, pred_x0, model_output, uncond=None):
     if len(shape) != pred_x0.ndim or shape == pred_x0.shape:
         return pred_x0
     return pred_x0[tuple(slice(0, 1) if n == 1 and m != 1 else slice(None) for n, m in zip(shape, pred_x0.shape))]
+
+
+DIFFERENTIABLE_SCALE = ("guidance_scale is a tensor that requires grad (the fused row takes it as a constant; "
+                        "diffusers' arithmetic differentiates it)")
 
 
 def promoting_timestep(timestep, sample) -> str | None:

@@ -14,8 +14,8 @@ from ..ops import COL, NCOEF, fused_step
 from ..plans import PREDICTION_TYPES
 from ..plans.ddim_ddpm import DDIMEtaRows, ddim_timestep_table
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import (DropinMixin, StepIO, TableCache, check_num_inference_steps, clip_bound, compiling, fallback,
-                      guidance_arg, guided_table, needs_grad, promoting_timestep, select_rows, step_noise,
+from ._common import (DIFFERENTIABLE_SCALE, DropinMixin, StepIO, TableCache, check_num_inference_steps, clip_bound,
+                      compiling, fallback, guidance_arg, guided_table, needs_grad, promoting_timestep, select_rows, step_noise,
                       threshold_scale, timestep_arg, validated_init, with_guidance, x0_like_diffusers)
 
 
@@ -96,8 +96,10 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
 
     In a pipeline, assign it: ``pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)``.
     ``DDIMPipeline(unet, scheduler=DDIMScheduler())`` does not keep it: diffusers' constructor rebuilds the
-    scheduler as ``diffusers.DDIMScheduler.from_config(...)``. A pipeline saved with it reloads with it
-    (``model_index.json`` names ``pydiff.diffusers``; import ``pydiff.diffusers`` before loading).
+    scheduler as ``diffusers.DDIMScheduler.from_config(...)`` -- which also holds when such a pipeline is loaded
+    (``from_pretrained`` calls that constructor), so after loading a DDIMPipeline assign the drop-in again. Other
+    pipelines saved with it reload with it (``model_index.json`` names ``pydiff.diffusers``; import
+    ``pydiff.diffusers`` before loading). ``pydiff_noise`` is a run-time attribute, not config: it is not saved.
     """
 
     __init__ = validated_init(
@@ -211,6 +213,13 @@ class DDIMScheduler(DropinMixin, _DiffusersDDIM):
 
         if io.mixed:
             fallback(self, io.mixed, key="mixed dtypes")
+            return parent()
+        if guide is not None and guide.differentiable:
+            fallback(self, DIFFERENTIABLE_SCALE, key="a differentiable guidance scale")
+            return parent()
+        if isinstance(eta, torch.Tensor) and eta.requires_grad and torch.is_grad_enabled():
+            fallback(self, "eta is a tensor that requires grad (the fused row takes it as a constant; diffusers' "
+                           "arithmetic differentiates it)", key="a differentiable eta")
             return parent()
         m_u = None if guide is None else io.kernel(guide.uncond)
         if self.config.thresholding and (needs_grad(io.x, io.m) or (m_u is not None and needs_grad(m_u))):

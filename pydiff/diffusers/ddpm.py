@@ -13,8 +13,8 @@ from ..ops import COL, fused_step
 from ..plans import DDPM_VARIANCE_TYPES, PREDICTION_TYPES
 from ..plans.ddim_ddpm import DDPM_LEARNED_VARIANCE_TYPES, ddpm_timestep_table
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import (DropinMixin, StepIO, TableCache, TracedTables, check_num_inference_steps, clip_bound, compiling,
-                      fallback, guidance_arg, guided_table, needs_grad, promoting_timestep, select_rows, step_noise,
+from ._common import (DIFFERENTIABLE_SCALE, DropinMixin, StepIO, TableCache, TracedTables, check_num_inference_steps,
+                      clip_bound, compiling, fallback, guidance_arg, guided_table, needs_grad, promoting_timestep, select_rows, step_noise,
                       threshold_scale, timestep_arg, validated_init, x0_like_diffusers)
 
 _VARIANCE_TYPES = DDPM_VARIANCE_TYPES + DDPM_LEARNED_VARIANCE_TYPES
@@ -57,7 +57,8 @@ class DDPMScheduler(DropinMixin, _DiffusersDDPM):
     scheduler and reason (logger ``pydiff.diffusers``) and listed by ``pydiff.explain(scheduler)``.
 
     In a pipeline, assign it (``pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)``); a pipeline
-    saved with it reloads with it (``model_index.json`` names ``pydiff.diffusers``; import it before loading).
+    saved with it reloads with it (``model_index.json`` names ``pydiff.diffusers``; import it before loading;
+    ``pydiff_noise`` is run-time state, not saved).
     """
 
     __init__ = validated_init(
@@ -160,6 +161,9 @@ class DDPMScheduler(DropinMixin, _DiffusersDDPM):
         io = StepIO(pred, sample)
         if io.mixed:
             fallback(self, io.mixed, key="mixed dtypes")
+            return parent()
+        if guide is not None and guide.differentiable:
+            fallback(self, DIFFERENTIABLE_SCALE, key="a differentiable guidance scale")
             return parent()
         m_u = None if uncond is None else io.kernel(uncond)
         if self.config.thresholding and (needs_grad(io.x, io.m) or (m_u is not None and needs_grad(m_u))):

@@ -16,8 +16,8 @@ from ..ops import fused_step
 from ..plans.dpm_solver_diffusers import multistep_order, multistep_table, row_is_finite
 from ..plans.rows import finite_rows
 from ..schedules import BETA_SCHEDULES, SPACINGS
-from ._common import (DropinMixin, StepIO, TableCache, TracedTables, check_num_inference_steps, check_single_timestep,
-                      compiling, fallback, guidance_arg, guided_table, needs_grad, step_noise, threshold_scale,
+from ._common import (DIFFERENTIABLE_SCALE, DropinMixin, StepIO, TableCache, TracedTables, check_num_inference_steps,
+                      check_single_timestep, compiling, fallback, guidance_arg, guided_table, needs_grad, step_noise, threshold_scale,
                       validated_init)
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
@@ -269,6 +269,8 @@ class FusedDPMStep:
         check_single_timestep(timestep)
         traced = compiling()
         reason = fused_reason(self, traced)
+        if reason is None and guide is not None and guide.differentiable:
+            reason = DIFFERENTIABLE_SCALE
         if reason is not None:
             return self._parent_step(reason, *args, guide=guide)
         io = StepIO(model_output, sample)
@@ -384,7 +386,7 @@ class DPMSolverMultistepScheduler(FusedDPMStep, DropinMixin, _DiffusersDPMMS):
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
 
     A pipeline saved with it reloads with it (``model_index.json`` names ``pydiff.diffusers``; import
-    ``pydiff.diffusers`` before loading).
+    ``pydiff.diffusers`` before loading); ``pydiff_noise`` is run-time state, not saved.
     """
 
     pydiff_float64_scalars = False  # see scheduler_sigmas

@@ -61,7 +61,7 @@ class DPMSolverSinglestepScheduler(FusedDPMStep, DropinMixin, _DiffusersDPMSS):
         pipe.scheduler = DPMSolverSinglestepScheduler.from_config(pipe.scheduler.config)
 
     A pipeline saved with it reloads with it (``model_index.json`` names ``pydiff.diffusers``; import
-    ``pydiff.diffusers`` before loading).
+    ``pydiff.diffusers`` before loading); ``pydiff_noise`` is run-time state, not saved.
     """
 
     pydiff_float64_scalars = False  # see dpmsolver_multistep.scheduler_sigmas

@@ -18,7 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor as _diffusers_randn_tensor 
 from ..ops import compute_dtype, fused_step, langevin_step
 from ..plans.score_sde import smld_step_rows, ve_sigmas
 from ._common import (DropinMixin, StepIO, check_num_inference_steps, compiling, fallback, fast_randn_tensor,
-                      guarded_table, select_rows, step_noise, validated_init)
+                      guarded_table, needs_grad, select_rows, step_noise, validated_init)
 
 _NO_TIMESTEPS = "`self.timesteps` is not set, you need to run 'set_timesteps' after creating the scheduler"
 HALF = (torch.float16, torch.bfloat16)
@@ -258,6 +258,10 @@ class ScoreSdeVeScheduler(DropinMixin, _DiffusersVE):
         if io.dtype in HALF:
             fallback(self, f"a {io.dtype} corrector step (diffusers takes the norms in {io.dtype} and promotes the "
                            "result to float32; one fused pass does not reproduce that rounding)", key="half corrector")
+            return super().step_correct(model_output, sample, generator, return_dict)
+        if needs_grad(io.x, io.m):
+            fallback(self, "a corrector step while autograd records (pydiff's langevin_step has no backward; "
+                           "diffusers' corrector is differentiable)", key="corrector under autograd")
             return super().step_correct(model_output, sample, generator, return_dict)
         self.last_fallback_reason = None
         noise, seed, offset, rng = step_noise(self, sample.shape, generator, sample.device, None, io,

@@ -230,7 +230,8 @@ class DDIMEtaRows:
         """The row of timestep ``t`` for ``eta``, or None when it is not finite (eta too large, degenerate)."""
         std = np.float32(eta) * self._sqrt_var[t]  # float32, in diffusers' order of operations
         v = np.float32(1) - self._a_prev[t] - std * std
-        direction = np.sqrt(v) if v >= 0 else np.float32(np.nan)  # NaN (eta too large) without a warning
+        # diffusers' 0-d float32 ``** 0.5`` (torch's float32 sqrt is not always NumPy's: 1 ulp apart at times)
+        direction = np.float32((torch.tensor(v) ** 0.5).item()) if v >= 0 else np.float32(np.nan)
         row = self._r0[t] + np.float64(direction) * self._dr[t]
         row[COL["C"]] = np.float64(std)
         row[COL["CLIP"]] = self._r0[t, COL["CLIP"]]  # inf - inf in the difference when not clipping

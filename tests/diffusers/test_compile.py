@@ -273,3 +273,27 @@ def test_dynamic_batch_size():
             torch.manual_seed(4)
             assert ulps(got, loop(eager, model)(x)) <= 4
     assert backend.graphs == 1
+
+
+@pytest.mark.parametrize("cls", [pd.DDIMScheduler, pd.DPMSolverMultistepScheduler])
+def test_float_arguments_that_change_between_calls(cls):
+    """A loop taking guidance_scale (and DDIM's eta) as a Python float: the second call with another value recompiles
+    with a symbolic float, which the argument checks must trace (a graph break there failed fullgraph)."""
+    torch._dynamo.reset()
+    sched = cls()
+    sched.set_timesteps(3)
+
+    def run(x, g, eta):
+        for t in sched.timesteps:
+            m = torch.sin(x)
+            kw = {"eta": eta} if cls is pd.DDIMScheduler else {}
+            x = sched.step(m, t, x, model_output_uncond=0.5 * m, guidance_scale=g, **kw).prev_sample
+        return x
+
+    compiled = torch.compile(run, backend="aot_eager", fullgraph=True)
+    x = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    for g, eta in ((2.0, 0.0), (4.0, 0.0), (3.0, 0.0)):
+        sched.set_timesteps(3)
+        got = compiled(x, g, eta)
+        sched.set_timesteps(3)
+        torch.testing.assert_close(got, run(x, g, eta), rtol=1e-6, atol=1e-6)

@@ -207,3 +207,53 @@ def test_compiled_forward_and_backward_equal_eager():
     assert rel(out_c, out_e) < 1e-12
     for a, b in zip(g_c, g_e):
         assert rel(a, b) < 1e-12
+
+
+@pytest.mark.parametrize("kind", ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
+                                  "DPMSolverSinglestepScheduler"])
+def test_a_tensor_guidance_scale_gets_its_gradient(kind):
+    """A guidance_scale tensor that requires grad (learned or tuned guidance): the fused row would treat it as a
+    constant, so the step runs diffusers' own on the combined output and d/d(scale) is diffusers'."""
+    D = torch.float64
+    grads = []
+    for lib in (diffusers, pd):
+        sched = getattr(lib, kind)()
+        sched.set_timesteps(5)
+        x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=D)
+        m, mu = 0.5 * torch.sin(x), 0.3 * torch.cos(x)
+        scale = torch.tensor(3.0, dtype=D, requires_grad=True)
+        t = sched.timesteps[1]
+        if lib is diffusers:
+            out = sched.step(mu + scale * (m - mu), t, x, generator=torch.Generator().manual_seed(1))
+        else:
+            out = sched.step(m, t, x, model_output_uncond=mu, guidance_scale=scale,
+                             generator=torch.Generator().manual_seed(1))
+        grads.append(torch.autograd.grad(out.prev_sample.sum(), [scale])[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=0)
+
+
+def test_a_tensor_eta_gets_its_gradient():
+    D = torch.float64
+    grads = []
+    for lib in (diffusers, pd):
+        sched = lib.DDIMScheduler()
+        sched.set_timesteps(5)
+        x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=D)
+        noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=D)
+        eta = torch.tensor(0.5, dtype=D, requires_grad=True)
+        out = sched.step(0.5 * torch.sin(x), sched.timesteps[1], x, eta=eta, variance_noise=noise)
+        grads.append(torch.autograd.grad(out.prev_sample.sum(), [eta])[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=0)
+
+
+def test_score_sde_ve_corrector_under_autograd_runs_diffusers():
+    """pydiff's langevin_step has no backward: under autograd the corrector is diffusers' own (differentiable)."""
+    grads = []
+    for lib in (diffusers, pd):
+        x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        sched = lib.ScoreSdeVeScheduler()
+        sched.set_timesteps(4)
+        sched.set_sigmas(4)
+        out = sched.step_correct(-0.1 * x, x, generator=torch.Generator().manual_seed(1)).prev_sample
+        grads.append(torch.autograd.grad(out.sum(), [x])[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
