@@ -25,8 +25,10 @@ ROW = torch.tensor(coef_row(P=1.0, B0=1.0))
     (dict(hist=X), TypeError, "hist must be a tuple"),
     (dict(hist=[X[:1]]), ValueError, r"hist\[0\] has shape"),
     (dict(noise=X, seed=1), ValueError, "either noise or seed"),
-    (dict(seed=-1), TypeError, "seed must be an int"),
-    (dict(seed=1, offset=2**64), TypeError, "offset must be an int"),
+    (dict(seed=-2**63 - 1), ValueError, "seed must be an int"),  # -1 is the int64 pattern of 2**64 - 1: fine
+    (dict(seed=1.0), TypeError, "seed must be an int"),
+    (dict(seed=1, offset=2**64), ValueError, "offset must be an int"),
+    (dict(seed=1, offset=1.0), TypeError, "offset must be an int"),
     (dict(seed=1, rng=torch.zeros(2, dtype=torch.int64)), ValueError, "either seed or rng"),
     (dict(rng=torch.zeros(3, dtype=torch.int64)), TypeError, "rng must be an int64 tensor of shape"),
     (dict(rng=torch.zeros(2, dtype=torch.int32)), TypeError, "rng must be an int64 tensor"),
@@ -135,8 +137,9 @@ def test_ddim_nan_producing_configurations():
         s.step(x, s.timesteps[0], x, eta=1.5)  # 1 - a_prev - sigma^2 < 0: diffusers returns NaN
     with pytest.raises(ValueError, match="eta must be"):
         s.step(x, s.timesteps[0], x, eta=-0.1)
-    # zero terminal SNR with an epsilon model: x0 = (x - eps)/0 at t = 999
-    z = pd.DDIMScheduler(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    # zero terminal SNR with an epsilon model and no clip: x0 = (x - eps)/0 at t = 999 (diffusers: inf; with the
+    # default clip_sample it is clipped to +-1 and runs, see tests/diffusers/test_dropin_misuse.py)
+    z = pd.DDIMScheduler(rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False)
     z.set_timesteps(10)
     with pytest.raises(ValueError, match="prediction_type='epsilon'.*rescale_betas_zero_snr=True.*timestep 999"):
         z.step(x, z.timesteps[0], x)

@@ -34,13 +34,21 @@ def int64_to_seed(value: int) -> int:
     return value % _U64
 
 
+def _int(name: str, value, low: int, high: int, what: str) -> int:
+    """An int (or NumPy integer) in ``[low, high)``: TypeError for another type, ValueError out of range."""
+    if isinstance(value, np.integer):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int in {what}, got {type(value).__name__} {value!r}")
+    if not low <= value < high:
+        raise ValueError(f"{name} must be an int in {what}, got {value!r}")
+    return value
+
+
 def check_seed(name: str, seed) -> int:
-    """A seed: an int (or NumPy integer) in ``[0, 2**64)``. Its int64 bit pattern is ``seed_to_int64(seed)``."""
-    if isinstance(seed, np.integer):
-        seed = int(seed)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _U64:
-        raise TypeError(f"{name} must be an int in [0, 2**64), got {seed!r}")
-    return seed
+    """A seed: an int (or NumPy integer) in ``[0, 2**64)``, or a negative int64 taken as its bit pattern (the
+    int64 interfaces: ``rng[0]``, ``seed_to_int64``). Returned unsigned."""
+    return _int(name, seed, _I64_MIN, _U64, "[0, 2**64) (or an int64 bit pattern)") % _U64
 
 
 def check_noise_args(seed, offset, rng, like: torch.Tensor, tensor=None, tensor_name="noise"):
@@ -54,8 +62,7 @@ def check_noise_args(seed, offset, rng, like: torch.Tensor, tensor=None, tensor_
         raise ValueError(f"give either {given[0]} or {given[1]}, not both")
     if seed is not None:
         seed = check_seed("seed", seed)
-    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < _U64:
-        raise TypeError(f"offset must be an int in [0, 2**64), got {offset!r}")
+    offset = _int("offset", offset, 0, _U64, "[0, 2**64)")
     if rng is not None:
         if not isinstance(rng, torch.Tensor) or rng.dtype != torch.int64 or rng.numel() != 2:
             raise TypeError("rng must be an int64 tensor of shape (2,): [seed bits, offset base]")

@@ -38,6 +38,8 @@ def coef_row(**values: float) -> np.ndarray:
         if name not in COL:
             raise ValueError(f"unknown coefficient {name!r}; columns are {COLUMNS}")
         row[COL[name]] = value
+    if row[COL["CLIP"]] < 0:  # the clip is to [-CLIP, CLIP] (NaN passes: a NaN row is the kernels' poison row)
+        raise ValueError(f"CLIP must be >= 0 (+inf: no clip), got {row[COL['CLIP']]!r}")
     return row
 
 

@@ -12,6 +12,7 @@ to [-1, 1]; pixels are pushed inwards only when more than ``1 - ratio`` of them 
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -107,9 +108,13 @@ def dynamic_threshold(
         return from_arrays(dynamic_threshold, x, model_output, coef, index=index, m2=m2, ratio=ratio,
                            max_val=max_val, backend=backend)
     check_data("x", x)
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+    for name, v in (("ratio", ratio), ("max_val", max_val)):  # Python or NumPy real numbers
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(v).__name__} {v!r}")
+    ratio, max_val = float(ratio), float(max_val)
+    if not 0.0 < ratio <= 1.0:
         raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
-    if isinstance(max_val, bool) or not isinstance(max_val, (int, float)) or not max_val > 0:
+    if not max_val > 0:
         raise ValueError(f"max_val must be a positive number, got {max_val!r}")
     x = x.contiguous()
     B = x.shape[0]

@@ -117,8 +117,9 @@ def langevin_step(x: torch.Tensor, model_output: torch.Tensor, coef: torch.Tenso
 
     Returns:
         ``out``. Runs the operator ``torch.ops.pydiff.langevin_step`` (``torch.compile`` sees it without a graph
-        break). Not differentiable: asking for a gradient raises. A zero score (``S_m = 0``) gives an infinite
-        step, as in the reference.
+        break). Not differentiable: asking for a gradient raises. A zero score (``S_m = 0``) makes the step
+        infinite and ``x + eps s`` = inf * 0 = NaN, as score_sde's and diffusers' correctors give it (their
+        step size divides by the norm too): an all-zero score has no Langevin step.
     """
     if not isinstance(x, torch.Tensor):
         return from_arrays(langevin_step, x, model_output, coef, norm=norm, out=out, w_out=w_out, noise=noise,

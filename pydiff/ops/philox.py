@@ -20,6 +20,7 @@ instead of storing it (the Langevin corrector's step size needs ``||z||`` before
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import _contract as contract, library
@@ -124,7 +125,10 @@ def philox_normal(shape, *, seed=None, offset: int = 0, rng=None, dtype=torch.fl
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
     if device is None and isinstance(rng, torch.Tensor):
         device = rng.device
-    out = torch.empty(tuple(shape), dtype=dtype, device=device)
+    shape = (shape,) if isinstance(shape, (int, np.integer, torch.SymInt)) else tuple(shape)
+    if not all(isinstance(n, (int, np.integer, torch.SymInt)) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ValueError(f"shape must hold non-negative ints, got {shape!r}")
+    out = torch.empty(shape, dtype=dtype, device=device)
     if seed is None and rng is None:
         raise TypeError("philox_normal needs seed= or rng=")
     seed, offset, rng = check_noise_args(seed, offset, rng, out)

@@ -136,3 +136,27 @@ def test_numpy_outputs_must_be_writable_plain_views():
     # a negative-stride input is copied (torch's DLPack importer would end the process)
     got = ops.fused_step(x[:, ::-1], x, row, backend="reference")
     np.testing.assert_allclose(got, x[:, ::-1], rtol=0, atol=0)
+
+
+def test_argument_rules_of_the_public_ops():
+    """One rule for ints (TypeError for another type, ValueError out of range; NumPy ints are ints), reals
+    (NumPy floats are reals), shapes and clip bounds."""
+    x = torch.randn(B, N)
+    row = ops.coef_row(P=1.0, B0=1.0)
+    # a negative seed is an int64 bit pattern, as the docstring says: the same stream as its unsigned value
+    torch.testing.assert_close(ops.philox_normal((B, N), seed=-1), ops.philox_normal((B, N), seed=2**64 - 1),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(ops.philox_normal((B, N), seed=5, offset=np.int64(3)),
+                               ops.philox_normal((B, N), seed=5, offset=3), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="offset must be an int"):
+        ops.philox_normal((B, N), seed=1, offset=-1)
+    with pytest.raises(ValueError, match="shape must hold non-negative ints"):
+        ops.philox_normal((B, -1), seed=1)
+    with pytest.raises(ValueError, match="CLIP must be >= 0"):
+        ops.coef_row(P=1.0, CLIP=-1.0)
+    ops.dynamic_threshold(x, ratio=np.float32(0.9), max_val=np.float64(2.0))
+    with pytest.raises(TypeError, match="ratio must be a real number"):
+        ops.dynamic_threshold(x, ratio="0.9")
+    with pytest.raises(ValueError, match="ratio must be"):
+        ops.dynamic_threshold(x, ratio=1.5)
+    assert ops.fused_step(x, x, torch.tensor(row)).shape == x.shape
