@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import FLOAT_DTYPES, compute_dtype
+from ._validate import FLOAT_DTYPES, check_like, compute_dtype
 from .columns import K_MAX, NCOEF
 
 
@@ -37,13 +37,7 @@ def like(name: str, t, ref: torch.Tensor, ref_name: str) -> None:
     """``t`` (None allowed) has ``ref``'s shape, dtype and device and is contiguous."""
     if t is None:
         return
-    _tensor(name, t)
-    if t.dtype != ref.dtype:
-        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
-    if t.device != ref.device:
-        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
-    if t.shape != ref.shape:
-        raise ValueError(f"{name} has shape {tuple(t.shape)} but {ref_name} has shape {tuple(ref.shape)}")
+    check_like(name, t, ref, ref_name)
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous")
 

@@ -120,23 +120,17 @@ def check_overlap(outputs, inputs, side=()) -> None:
                 if p0 < end and start < p1:
                     raise ValueError(f"{name} overlaps {pname}: the two outputs must not share memory")
             outs.append((name, start, end))
-    for name, t in inputs:
-        if t is None:
-            continue
-        a0 = t.data_ptr()
-        a1 = a0 + t.nbytes
-        for oname, o0, o1 in outs:
-            if a0 < o1 and o0 < a1 and (a0 != o0 or a1 != o1):
-                raise ValueError(f"{oname} partially overlaps {name}: an output must be an input exactly or not "
-                                 "overlap it at all")
-    for name, t in side:
-        if t is None:
-            continue
-        a0 = t.data_ptr()
-        a1 = a0 + t.nbytes
-        for oname, o0, o1 in outs:
-            if a0 < o1 and o0 < a1:
-                raise ValueError(f"{oname} overlaps {name}: an output must not share memory with {name}")
+    for exact_ok, group in ((True, inputs), (False, side)):
+        for name, t in group:
+            if t is None:
+                continue
+            a0 = t.data_ptr()
+            a1 = a0 + t.nbytes
+            for oname, o0, o1 in outs:
+                if a0 < o1 and o0 < a1 and not (exact_ok and a0 == o0 and a1 == o1):
+                    raise ValueError(f"{oname} partially overlaps {name}: an output must be an input exactly or not "
+                                     "overlap it at all" if exact_ok else
+                                     f"{oname} overlaps {name}: an output must not share memory with {name}")
 
 
 def check_threshold(threshold, x: torch.Tensor) -> torch.Tensor:
