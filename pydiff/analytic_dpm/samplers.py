@@ -28,7 +28,7 @@ from .._checks import sample_tensor
 from ..ops import compute_dtype, fused_step
 from ..ops.columns import COL
 from ..plans import analytic_dpm as plan
-from ..runtime.layout import follow, randn_in_layout
+from ..runtime.layout import follow, randn_in_layout, row_major
 
 NOISE_SOURCES = ("torch", "philox")
 
@@ -92,7 +92,7 @@ def run_plan(p: plan.AnalyticPlan, x_init, model, model_name, N, rescale_timeste
                 elif C[k] != 0:
                     kw = {"rng": rng, "offset": draws}
                 draws += 1
-            if rng is None and not (like.is_contiguous() and out_k.is_contiguous()):
+            if rng is None and not row_major(like, out_k):
                 like = _next_layout(like, out_k, model_name == "d_model", ddim, p.noisy[k])
             # never write into the caller's x_init; the fused step writes a contiguous sample
             out = x if k > 0 else torch.empty(x.shape, dtype=x.dtype, device=x.device)

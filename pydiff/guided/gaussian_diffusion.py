@@ -31,7 +31,7 @@ import torch
 
 from ..ops import compute_dtype, fused_step
 from ..plans import guided as plan
-from ..runtime.layout import follow, randn_in_layout
+from ..runtime.layout import follow, randn_in_layout, row_major
 from .cfg import ClassifierFreeGuidance
 
 NOISE_SOURCES = ("torch", "philox")
@@ -334,8 +334,7 @@ class GaussianDiffusion:
             w = fused_step(w, g, **sel(xrows))  # Alg. 2's pred_xstart: x0 + (1 - abar)/sqrt(abar) g
         elif w is not None and self._mean == "start_x" and denoised_fn is None:
             w = w.to(m_dtype)  # the reference's x0 is then the (clipped) model output itself, in its dtype
-        if rng is None and m2 is None and not (like.is_contiguous() and m.is_contiguous()
-                                               and (g is None or g.is_contiguous())):
+        if rng is None and m2 is None and not row_major(like, m, g):
             like = self._next_layout(kind, like, m, g, denoised_fn is not None)
         return {"sample": out, "pred_xstart": w}, like
 

@@ -16,6 +16,19 @@ def _meta(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
 
 
+def row_major(*tensors) -> bool:
+    """True when every tensor (None skipped) orders its dimensions as a contiguous tensor does (strides
+    non-increasing over the dimensions of size > 1; a slice such as ``out[:, :C]`` counts). Arithmetic on such
+    operands gives a contiguous result, so a face skips ``follow`` (meta tensors cost milliseconds a step)."""
+    for t in tensors:
+        if t is None or t.is_contiguous():
+            continue
+        st = [s for s, n in zip(t.stride(), t.shape) if n > 1]
+        if any(a < b for a, b in zip(st, st[1:])):
+            return False
+    return True
+
+
 def follow(*operands: torch.Tensor) -> torch.Tensor:
     """A ``meta`` tensor with the strides of ``operands[0] + operands[1] + ...`` (same shapes): the layout torch's
     elementwise arithmetic gives a result computed from them in this order."""
