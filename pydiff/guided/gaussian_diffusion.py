@@ -344,7 +344,12 @@ class GaussianDiffusion:
         the model's (START_X) or c x_prev - c x (PREVIOUS_X); mean = c x0 + c x, or the model's (PREVIOUS_X); Alg. 1
         adds var g to the mean; DDIM (Alg. 2 first replaces eps by c x - c x0 - c g and x0 by c x - c eps) takes
         eps = c x - c x0, mean = c x0 + c eps; the sample is mean + c randn_like(x)."""
-        x0 = {"start_x": lambda: follow(m), "previous_x": lambda: follow(m, x)}.get(self._mean, lambda: follow(x, m))()
+        if self._mean == "start_x":
+            x0 = follow(m)
+        elif self._mean == "previous_x":
+            x0 = follow(m, x)
+        else:
+            x0 = follow(x, m)
         if denoised:
             x0 = follow(x0)  # denoised_fn taken to keep its input's layout
         if kind == "p":

@@ -13,7 +13,9 @@ pattern, written in its own module next to its reference twin (``fused_step.py``
    where only the reference backend runs): it applies the checks that need real data (a CPU index out of range,
    partial overlaps: they cannot run on the fake tensors of a trace), picks the backend
    (``dispatch.resolve_backend``: ``backend=``, ``PYDIFF_BACKEND``, the registry's automatic order) and calls the
-   backend's normalized function (docs/ops.md).
+   backend's normalized function (docs/ops.md). A call of the operator itself (not the public function's direct
+   eager call) first checks the normalized signature (``define(check=...)``, ``_contract``: the backends read raw
+   pointers) and, for an op that writes in place, refuses inputs that autograd records (``mutating_inputs``).
 3. **A fake implementation**: output shapes and dtypes only, for tracing.
 4. **Autograd**: a formula (``torch.library.register_autograd``) on the functional form; an op without one says
    so when a gradient is asked of it (``no_backward``) instead of returning zeros.
